@@ -1,0 +1,1 @@
+"""paperec: actor_service."""

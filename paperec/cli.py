@@ -1,0 +1,58 @@
+"""The ``paperec`` command line: one subcommand per service or operation.
+
+Subcommands register themselves in ``COMMANDS``; each gets the shared settings flags, so every
+endpoint can be given as ``--flag`` or ``PAPEREC_*`` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from paperec.settings import Settings
+
+# name -> (module, help). The module exposes ``configure(parser)`` and ``run(args, settings) -> int``.
+# Imported lazily so that `paperec devstack status` does not pay for importing torch.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "devstack": ("paperec.devstack.cli", "start, stop or inspect the local Kafka + ClickHouse dev stack"),
+    "topics": ("paperec.topics", "create or describe the Kafka topics"),
+    "metrics": ("paperec.metrics_store", "create the ClickHouse metric tables"),
+    "demo": ("paperec.demo", "run the end-to-end demo"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paperec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        Settings.add_arguments(p)
+        p.set_defaults(_module=module_name)
+        _module(module_name).configure(p)
+    return parser
+
+
+def _module(name: str) -> object:
+    return importlib.import_module(name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    run: Callable[[argparse.Namespace, Settings], int] = _module(args._module).run  # type: ignore[attr-defined]
+    return run(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
