@@ -1,0 +1,193 @@
+"""``paperec topics``: provision and check every Kafka topic of the system.
+
+The plan (names, partitions, configs) is a pure function of the settings, so it is unit-tested
+without a broker; ``create`` applies it idempotently and then *checks* the result on the broker:
+co-partitioning of the join inputs is read back from the broker, not assumed from the plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+from paperec.settings import (
+    CO_PARTITIONED_TOPICS,
+    TOPIC_CLICKS,
+    TOPIC_DEAD_LETTER,
+    TOPIC_DWELLS,
+    TOPIC_IMPRESSIONS,
+    TOPIC_SNAPSHOTS,
+    TOPIC_TRANSITIONS,
+    Settings,
+)
+
+log = logging.getLogger(__name__)
+
+# Impressions carry per-item features of up to 1000 items: allow 4 MiB per event message.
+EVENT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+def topic_plan(settings: Settings) -> list[TopicSpec]:
+    """Every topic the system uses, with its partition count and configs."""
+
+    def delete_policy(retention_ms: int) -> dict[str, str]:
+        return {
+            "cleanup.policy": "delete",
+            "retention.ms": str(retention_ms),
+            "max.message.bytes": str(EVENT_MAX_MESSAGE_BYTES),
+        }
+
+    rf = settings.replication_factor
+    specs = [
+        # Join inputs, keyed by request_id: co-partitioned (same count) so a request's impression,
+        # clicks and dwells land in the same partition number of each topic.
+        *(
+            TopicSpec(settings.topic(t), settings.event_partitions, rf, delete_policy(settings.event_retention_ms))
+            for t in (TOPIC_IMPRESSIONS, TOPIC_CLICKS, TOPIC_DWELLS)
+        ),
+        TopicSpec(
+            settings.topic(TOPIC_TRANSITIONS),
+            settings.transition_partitions,
+            rf,
+            delete_policy(settings.event_retention_ms),
+        ),
+        # One key per actor: compaction keeps the latest snapshot forever, so a serving node that
+        # starts later still finds it. One partition keeps snapshot order total.
+        TopicSpec(
+            settings.topic(TOPIC_SNAPSHOTS),
+            1,
+            rf,
+            {
+                "cleanup.policy": "compact",
+                "retention.ms": "-1",
+                "max.message.bytes": str(settings.max_message_bytes),
+                "segment.ms": str(10 * 60 * 1000),
+                "min.cleanable.dirty.ratio": "0.1",
+            },
+        ),
+        TopicSpec(
+            settings.topic(TOPIC_DEAD_LETTER),
+            1,
+            rf,
+            delete_policy(settings.dead_letter_retention_ms),
+        ),
+    ]
+    return specs
+
+
+def check_copartitioned(partition_counts: dict[str, int], settings: Settings) -> list[str]:
+    """Problems with the join inputs' partition counts (empty list when co-partitioned)."""
+    names = [settings.topic(t) for t in CO_PARTITIONED_TOPICS]
+    missing = [n for n in names if n not in partition_counts]
+    if missing:
+        return [f"topic {n} does not exist" for n in missing]
+    counts = {n: partition_counts[n] for n in names}
+    if len(set(counts.values())) > 1:
+        detail = ", ".join(f"{n}={c}" for n, c in counts.items())
+        return [f"join inputs are not co-partitioned (partition counts {detail}); they must be equal"]
+    return []
+
+
+def _admin(settings: Settings) -> KafkaAdminClient:
+    return KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="paperec-topics")
+
+
+def partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:
+    existing = set(admin.list_topics())
+    wanted = [n for n in names if n in existing]
+    if not wanted:
+        return {}
+    return {d["topic"]: len(d["partitions"]) for d in admin.describe_topics(wanted)}
+
+
+def topic_configs(admin: KafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    """Configs of each topic as the broker reports them (all keys, not only overrides)."""
+    out: dict[str, dict[str, str]] = {}
+    resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
+    result = admin.describe_configs(resources, config_filter="all")
+    for by_name in result.values():
+        for name, configs in by_name.items():
+            out[name] = {k: str(v.get("value") if isinstance(v, dict) else v) for k, v in configs.items()}
+    return out
+
+
+def create_topics(settings: Settings) -> list[str]:
+    """Create missing topics, then verify partitions, configs and co-partitioning.
+
+    Returns the list of problems found (empty when everything matches the plan).
+    """
+    plan = topic_plan(settings)
+    admin = _admin(settings)
+    try:
+        existing = set(admin.list_topics())
+        to_create = {
+            s.name: {
+                "num_partitions": s.partitions,
+                "replication_factor": s.replication_factor,
+                "configs": s.configs,
+            }
+            for s in plan
+            if s.name not in existing
+        }
+        if to_create:
+            admin.create_topics(to_create, wait_for_metadata=True)
+            log.info("created topics: %s", ", ".join(sorted(to_create)))
+        return verify_topics(admin, settings)
+    finally:
+        admin.close()
+
+
+def verify_topics(admin: KafkaAdminClient, settings: Settings) -> list[str]:
+    plan = topic_plan(settings)
+    names = [s.name for s in plan]
+    counts = partition_counts(admin, names)
+    problems = check_copartitioned(counts, settings)
+    configs = topic_configs(admin, [n for n in names if n in counts])
+    for spec in plan:
+        if spec.name not in counts:
+            problems.append(f"topic {spec.name} does not exist")
+            continue
+        if counts[spec.name] != spec.partitions:
+            problems.append(
+                f"topic {spec.name} has {counts[spec.name]} partitions, planned {spec.partitions}"
+            )
+        actual = configs.get(spec.name, {})
+        for key, value in spec.configs.items():
+            if actual.get(key) != value:
+                problems.append(f"topic {spec.name}: {key}={actual.get(key)!r}, planned {value!r}")
+    return problems
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["create", "check", "plan"], help="create: provision and verify")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "plan":
+        for spec in topic_plan(settings):
+            print(f"{spec.name}\tpartitions={spec.partitions}\t{spec.configs}")
+        return 0
+    if args.action == "create":
+        problems = create_topics(settings)
+    else:
+        admin = _admin(settings)
+        try:
+            problems = verify_topics(admin, settings)
+        finally:
+            admin.close()
+    for p in problems:
+        print(f"problem: {p}")
+    if not problems:
+        print(f"all {len(topic_plan(settings))} topics present and as planned on {settings.kafka_bootstrap}")
+    return 1 if problems else 0

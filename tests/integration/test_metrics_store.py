@@ -1,0 +1,74 @@
+"""Metric tables on the real ClickHouse server: created idempotently, accept a batch insert
+(also through MetricsWriter) and answer the reference aggregate queries."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime
+
+import pytest
+
+from paperec.metrics_store import QUERIES, TABLES, client, init_tables
+from paperec.metrics_writer import MetricsWriter
+from paperec.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def metrics_settings(settings: Settings, unique_prefix: str) -> Settings:
+    db = "test_" + unique_prefix.strip(".").replace(".", "_")
+    s = settings.replace(clickhouse_database=db)
+    init_tables(s)
+    init_tables(s)  # idempotent
+    yield s
+    ch = client(s)
+    ch.execute(f"DROP DATABASE IF EXISTS {db}")
+    ch.disconnect()
+
+
+def test_tables_exist_and_aggregate_a_batch(metrics_settings: Settings) -> None:
+    db = metrics_settings.clickhouse_database
+    ch = client(metrics_settings)
+    tables = {row[0] for row in ch.execute(f"SHOW TABLES FROM {db}")}
+    assert set(TABLES) <= tables
+
+    rng = random.Random(7)
+    ts = datetime(2026, 11, 28, 12, 0, 0)
+    rows = []
+    for i in range(1000):
+        n_items, clicks = 10, rng.randint(0, 3)
+        w = rng.random()
+        rows.append((ts, f"r{i}", f"u{i % 50}", i % 3, ["click", "dwell"], [1 - w, w], [0.0, 0.0],
+                     n_items, clicks, clicks * 1000 * rng.randint(1, 60), 1))
+    ch.execute(
+        f"INSERT INTO {db}.list_outcomes (ts, request_id, user_id, snapshot_version, objectives, weights,"
+        " noise, n_items, clicks, dwell_ms, complete) VALUES",
+        rows,
+    )
+    ((impressions, clicks, ctr, _dwell),) = [r[1:] for r in ch.execute(QUERIES["objectives_per_minute"].format(db=db))]
+    assert impressions == 10_000
+    assert clicks == sum(r[8] for r in rows)
+    assert ctr == pytest.approx(clicks / 10_000)
+    per_snapshot = ch.execute(QUERIES["objectives_per_snapshot"].format(db=db))
+    assert [r[0] for r in per_snapshot] == [0, 1, 2] and sum(r[1] for r in per_snapshot) == 1000
+    buckets = ch.execute(QUERIES["objectives_per_weight_bucket"].format(db=db))
+    assert sum(r[1] for r in buckets) == 1000
+    ch.disconnect()
+
+
+def test_metrics_writer_batches_into_clickhouse(metrics_settings: Settings) -> None:
+    db = metrics_settings.clickhouse_database
+    writer = MetricsWriter(
+        lambda: client(metrics_settings), f"{db}.learner_metrics", ["ts", "source", "name", "label", "value"],
+        batch_size=100, flush_interval_s=0.05,
+    )
+    ts = datetime(2026, 11, 28, 12, 0, 0)
+    for step in range(1000):
+        writer.add((ts, "learner-0", "reward", "", -float(step)))
+    assert writer.flush(10)
+    writer.close()
+    ch = client(metrics_settings)
+    ((count, total),) = ch.execute(f"SELECT count(), sum(value) FROM {db}.learner_metrics WHERE name = 'reward'")
+    assert count == 1000 and total == -sum(range(1000))
+    ch.disconnect()
