@@ -54,10 +54,11 @@ TABLES: dict[str, tuple[str, str]] = {
     "serving_metrics": (SAMPLE_COLUMNS, "(name, ts)"),
 }
 
-# Reference aggregates (also what the dashboards run). `{db}` is the database name.
+# Reference aggregates (also what the dashboards run). `{db}` is the database name. Aliases must
+# not reuse a column name: ClickHouse 18.16 resolves `sum(clicks)` to the alias `clicks` if it exists.
 QUERIES: dict[str, str] = {
     "objectives_per_minute": """
-        SELECT toStartOfMinute(ts) AS minute, sum(n_items) AS impressions, sum(clicks) AS clicks,
+        SELECT toStartOfMinute(ts) AS minute, sum(n_items) AS impressions, sum(clicks) AS total_clicks,
                sum(clicks) / sum(n_items) AS ctr, sum(dwell_ms) / 1000 / sum(n_items) AS dwell_s_per_impression
         FROM {db}.list_outcomes GROUP BY minute ORDER BY minute
     """,

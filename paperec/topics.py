@@ -108,7 +108,7 @@ def partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int
     wanted = [n for n in names if n in existing]
     if not wanted:
         return {}
-    return {d["topic"]: len(d["partitions"]) for d in admin.describe_topics(wanted)}
+    return {d["name"]: len(d["partitions"]) for d in admin.describe_topics(wanted)}
 
 
 def topic_configs(admin: KafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:

@@ -3,6 +3,8 @@ and configs, creation is idempotent, and broken co-partitioning is detected, not
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from kafka.admin import KafkaAdminClient
 
@@ -36,6 +38,11 @@ def test_verify_detects_broken_copartitioning(settings: Settings, unique_prefix:
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
     try:
         admin.create_partitions({f"{unique_prefix}dwells": 3})
+        # partition metadata propagates asynchronously: poll until the broker reports it
+        deadline = time.monotonic() + 15
+        while partition_counts(admin, [f"{unique_prefix}dwells"]).get(f"{unique_prefix}dwells") != 3:
+            assert time.monotonic() < deadline, "broker never reported the new partition"
+            time.sleep(0.2)
         problems = verify_topics(admin, s)
     finally:
         admin.close()
