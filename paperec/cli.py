@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 from paperec.settings import Settings
 
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _module(name: str) -> object:
+def _module(name: str) -> ModuleType:
     return importlib.import_module(name)
 
 
@@ -50,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    run: Callable[[argparse.Namespace, Settings], int] = _module(args._module).run  # type: ignore[attr-defined]
+    # kafka-python and aiokafka log every connection at INFO: keep the CLI output readable.
+    for noisy in ("kafka", "aiokafka"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    run: Callable[[argparse.Namespace, Settings], int] = _module(args._module).run
     return run(args, settings)
 
 

@@ -59,7 +59,8 @@ TABLES: dict[str, tuple[str, str]] = {
 QUERIES: dict[str, str] = {
     "objectives_per_minute": """
         SELECT toStartOfMinute(ts) AS minute, sum(n_items) AS impressions, sum(clicks) AS total_clicks,
-               sum(clicks) / sum(n_items) AS ctr, sum(dwell_ms) / 1000 / sum(n_items) AS dwell_s_per_impression
+               sum(clicks) / sum(n_items) AS ctr,
+               sum(dwell_ms) / 1000 / sum(n_items) AS dwell_s_per_impression
         FROM {db}.list_outcomes GROUP BY minute ORDER BY minute
     """,
     "objectives_per_snapshot": """
@@ -69,7 +70,8 @@ QUERIES: dict[str, str] = {
     """,
     "objectives_per_weight_bucket": """
         SELECT floor(weights[2] * 10) / 10 AS dwell_weight_bucket, count() AS lists,
-               sum(clicks) / sum(n_items) AS ctr, sum(dwell_ms) / 1000 / sum(n_items) AS dwell_s_per_impression
+               sum(clicks) / sum(n_items) AS ctr,
+               sum(dwell_ms) / 1000 / sum(n_items) AS dwell_s_per_impression
         FROM {db}.list_outcomes WHERE length(weights) >= 2
         GROUP BY dwell_weight_bucket ORDER BY dwell_weight_bucket
     """,

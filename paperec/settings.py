@@ -117,9 +117,7 @@ class Settings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
-        overrides = {
-            f.name: getattr(args, f"settings_{f.name}", None) for f in fields(cls)
-        }
+        overrides = {f.name: getattr(args, f"settings_{f.name}", None) for f in fields(cls)}
         return cls.from_env(env, **overrides)
 
     def replace(self, **changes: Any) -> Settings:
@@ -150,3 +148,25 @@ def _coerce(f: dataclasses.Field[Any], raw: str) -> Any:
         return _type_of(f)(raw)
     except ValueError as exc:
         raise ValueError(f"{ENV_PREFIX}{f.name.upper()}: {exc}") from None
+
+
+def markdown_table() -> str:
+    """The configuration table of the README: one row per setting."""
+    rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
+    for f in fields(Settings):
+        default = "<dev key>" if f.name == "snapshot_hmac_key" else f.default
+        rows.append(
+            f"| `--{f.name.replace('_', '-')}` | `{ENV_PREFIX}{f.name.upper()}` | `{default}` "
+            f"| {f.metadata.get('help', '')} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--markdown"]:
+        print(markdown_table())
+    else:
+        print("usage: python -m paperec.settings --markdown", file=sys.stderr)
+        sys.exit(2)

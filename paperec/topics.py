@@ -53,7 +53,9 @@ def topic_plan(settings: Settings) -> list[TopicSpec]:
         # Join inputs, keyed by request_id: co-partitioned (same count) so a request's impression,
         # clicks and dwells land in the same partition number of each topic.
         *(
-            TopicSpec(settings.topic(t), settings.event_partitions, rf, delete_policy(settings.event_retention_ms))
+            TopicSpec(
+                settings.topic(t), settings.event_partitions, rf, delete_policy(settings.event_retention_ms)
+            )
             for t in (TOPIC_IMPRESSIONS, TOPIC_CLICKS, TOPIC_DWELLS)
         ),
         TopicSpec(

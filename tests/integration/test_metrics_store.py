@@ -39,14 +39,29 @@ def test_tables_exist_and_aggregate_a_batch(metrics_settings: Settings) -> None:
     for i in range(1000):
         n_items, clicks = 10, rng.randint(0, 3)
         w = rng.random()
-        rows.append((ts, f"r{i}", f"u{i % 50}", i % 3, ["click", "dwell"], [1 - w, w], [0.0, 0.0],
-                     n_items, clicks, clicks * 1000 * rng.randint(1, 60), 1))
+        rows.append(
+            (
+                ts,
+                f"r{i}",
+                f"u{i % 50}",
+                i % 3,
+                ["click", "dwell"],
+                [1 - w, w],
+                [0.0, 0.0],
+                n_items,
+                clicks,
+                clicks * 1000 * rng.randint(1, 60),
+                1,
+            )
+        )
     ch.execute(
         f"INSERT INTO {db}.list_outcomes (ts, request_id, user_id, snapshot_version, objectives, weights,"
         " noise, n_items, clicks, dwell_ms, complete) VALUES",
         rows,
     )
-    ((impressions, clicks, ctr, _dwell),) = [r[1:] for r in ch.execute(QUERIES["objectives_per_minute"].format(db=db))]
+    ((impressions, clicks, ctr, _dwell),) = [
+        r[1:] for r in ch.execute(QUERIES["objectives_per_minute"].format(db=db))
+    ]
     assert impressions == 10_000
     assert clicks == sum(r[8] for r in rows)
     assert ctr == pytest.approx(clicks / 10_000)
@@ -60,8 +75,11 @@ def test_tables_exist_and_aggregate_a_batch(metrics_settings: Settings) -> None:
 def test_metrics_writer_batches_into_clickhouse(metrics_settings: Settings) -> None:
     db = metrics_settings.clickhouse_database
     writer = MetricsWriter(
-        lambda: client(metrics_settings), f"{db}.learner_metrics", ["ts", "source", "name", "label", "value"],
-        batch_size=100, flush_interval_s=0.05,
+        lambda: client(metrics_settings),
+        f"{db}.learner_metrics",
+        ["ts", "source", "name", "label", "value"],
+        batch_size=100,
+        flush_interval_s=0.05,
     )
     ts = datetime(2026, 11, 28, 12, 0, 0)
     for step in range(1000):
@@ -69,6 +87,8 @@ def test_metrics_writer_batches_into_clickhouse(metrics_settings: Settings) -> N
     assert writer.flush(10)
     writer.close()
     ch = client(metrics_settings)
-    ((count, total),) = ch.execute(f"SELECT count(), sum(value) FROM {db}.learner_metrics WHERE name = 'reward'")
+    ((count, total),) = ch.execute(
+        f"SELECT count(), sum(value) FROM {db}.learner_metrics WHERE name = 'reward'"
+    )
     assert count == 1000 and total == -sum(range(1000))
     ch.disconnect()

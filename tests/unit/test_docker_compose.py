@@ -20,8 +20,17 @@ def _compose() -> dict[str, Any]:
 
 def test_services_present() -> None:
     services = _compose()["services"]
-    assert {"kafka", "clickhouse", "grafana", "init", "streams", "learner", "actor-1", "actor-2",
-            "simulator"} <= set(services)
+    assert {
+        "kafka",
+        "clickhouse",
+        "grafana",
+        "init",
+        "streams",
+        "learner",
+        "actor-1",
+        "actor-2",
+        "simulator",
+    } <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
 

@@ -1,0 +1,156 @@
+"""``paperec devstack up | down | status``: the local Kafka + ClickHouse dev stack.
+
+All three are idempotent: ``up`` on a running stack only reports it, ``down`` on a stopped one
+does nothing. Exit codes: 0 ok (``status``: all selected services up), 1 error, 3 ``status``
+found a service down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from paperec.devstack.clickhouse import ClickHouse
+from paperec.devstack.kafka import Kafka
+from paperec.devstack.process import DevstackError, Service, pid_alive, port_in_use
+from paperec.settings import ENV_PREFIX, Settings
+
+log = logging.getLogger(__name__)
+
+SERVICES: dict[str, type[Service]] = {"kafka": Kafka, "clickhouse": ClickHouse}
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_NOT_UP = 3
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["up", "down", "status"], help="what to do")
+    parser.add_argument("--only", choices=list(SERVICES), help="act on one service (default: all)")
+    parser.add_argument(
+        "--wipe", action="store_true",
+        help="with down: also delete data, logs and configs (keeps Kafka's jar cache)",
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    services = [cls(settings) for name, cls in SERVICES.items() if args.only in (None, name)]
+    if args.wipe and args.action != "down":
+        print("paperec devstack: --wipe only goes with `down`", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        if args.action == "status":
+            return status(services)
+        # Serialise up/down: two concurrent `up`s would both see free ports and race.
+        with _state_lock(settings.state_path):
+            if args.action == "up":
+                return up(services)
+            return down(services, wipe=args.wipe)
+    except DevstackError as exc:
+        print(f"paperec devstack {args.action}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def up(services: Sequence[Service]) -> int:
+    started_at = time.monotonic()
+    _check_distinct_ports(services)
+    to_start: list[Service] = []
+    for svc in services:
+        pid = svc.running_pid()
+        if pid is None:
+            svc.check_ports()  # all ports of all services, before anything is started
+            to_start.append(svc)
+        elif svc.probe():
+            print(f"{svc.name}: already running (pid {pid}, {svc.address})")
+        else:
+            log.info("%s: pid %d runs but does not answer yet; waiting for it", svc.name, pid)
+            svc.wait_ready(pid)
+    for svc in to_start:
+        svc.prepare()
+    # Start all, then wait for all: the JVM and ClickHouse boot in parallel.
+    spawned = [(svc, svc.spawn()) for svc in to_start]
+    errors = []
+    for svc, pid in spawned:
+        try:
+            svc.wait_ready(pid)
+            print(f"{svc.name}: started (pid {pid}, {svc.address})")
+        except DevstackError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise DevstackError("\n".join(errors))
+    if spawned:
+        log.info("devstack up in %.1f s", time.monotonic() - started_at)
+    return EXIT_OK
+
+
+def down(services: Sequence[Service], *, wipe: bool) -> int:
+    for svc in services:
+        stopped = svc.stop()
+        print(f"{svc.name}: {'stopped' if stopped else 'not running'}")
+        if wipe:
+            svc.wipe()
+            print(f"{svc.name}: wiped {svc.root} (kept: {', '.join(svc.keep_on_wipe) or 'nothing'})")
+    return EXIT_OK
+
+
+def status(services: Sequence[Service]) -> int:
+    all_up = True
+    print(f"{'SERVICE':<11} {'STATE':<13} {'PID':<8} {'ADDRESS':<40} DATA")
+    for svc in services:
+        pid = svc.running_pid()
+        note = ""
+        if pid is None:
+            state = "down"
+            taken = [p.port for p in svc.ports() if port_in_use(p.host, p.port)]
+            if taken:
+                note = f"  (port {', '.join(map(str, taken))} held by another process)"
+        else:
+            state = "up" if svc.probe() else "not-answering"
+        all_up = all_up and state == "up"
+        pid_text = str(pid) if pid is not None and pid_alive(pid) else "-"
+        print(f"{svc.name:<11} {state:<13} {pid_text:<8} {svc.address:<40} {svc.data_dir}{note}")
+    return EXIT_OK if all_up else EXIT_NOT_UP
+
+
+def _check_distinct_ports(services: Sequence[Service]) -> None:
+    seen: dict[int, str] = {}
+    for port in (p for svc in services for p in svc.ports()):
+        if port.port in seen:
+            raise DevstackError(
+                f"port {port.port} is configured twice: for {seen[port.port]} and for {port.purpose} "
+                f"({ENV_PREFIX}{port.setting.upper()}); give each its own port."
+            )
+        seen[port.port] = f"{port.purpose} ({ENV_PREFIX}{port.setting.upper()})"
+
+
+@contextlib.contextmanager
+def _state_lock(state_path: Path) -> Iterator[None]:
+    state_path.mkdir(parents=True, exist_ok=True)
+    with (state_path / ".devstack.lock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another `paperec devstack` is running on %s; waiting for it", state_path)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m paperec.devstack``: the same command without importing the other subcommands."""
+    parser = argparse.ArgumentParser(prog="python -m paperec.devstack", description=__doc__)
+    Settings.add_arguments(parser)
+    configure(parser)
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return run(args, settings)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The project's test command: bootstrap, start the dev stack, provision topics and metric
+# tables, run pytest (extra arguments are passed through), and always stop the stack again.
+# Exits with pytest's exit code (or the first failing setup step's).
+#   bash scripts/test.sh                       # everything under tests/
+#   bash scripts/test.sh tests/unit -k settings
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/bootstrap.sh
+
+PAPEREC=.venv/bin/paperec
+teardown() {
+    echo "test.sh: stopping the dev stack"
+    $PAPEREC devstack down || echo "test.sh: warning: 'paperec devstack down' failed" >&2
+}
+trap teardown EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+$PAPEREC devstack up
+$PAPEREC topics create
+$PAPEREC metrics init
+
+if [[ $# -eq 0 ]]; then
+    set -- tests
+fi
+status=0
+.venv/bin/python -m pytest -q "$@" || status=$?
+exit "$status"
