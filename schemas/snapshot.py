@@ -1,0 +1,141 @@
+"""Actor snapshot headers: what a published model snapshot is, and its HMAC-SHA256 signature.
+
+A snapshot is a header record (this module) plus a payload (safetensors bytes, sent in
+``chunk_count`` chunks). The signature authenticates the header, and the header pins the payload
+by size and SHA-256, so verifying both authenticates the payload:
+
+    signature = hex(HMAC-SHA256(key, canonical_header_bytes(header)))
+    canonical_header_bytes = the header's JSON form without "signature",
+                             keys sorted (recursively), no whitespace, UTF-8
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Final, Literal
+
+import orjson
+
+from schemas._model import SCHEMA_VERSION, Model, child_prefix
+from schemas.errors import SchemaError
+from schemas.validate import MISSING, v_const, v_hex64, v_int, v_json_object
+
+PAYLOAD_FORMAT: Final = "safetensors"
+_PLACEHOLDER_SIGNATURE: Final = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotHeader(Model):
+    """Header of one actor snapshot. Not hashable (``model_config`` is a dict)."""
+
+    TYPE: ClassVar[str | None] = "snapshot_header"
+    type: Literal["snapshot_header"] = field(default="snapshot_header", init=False, repr=False)
+    schema_version: int = field(default=SCHEMA_VERSION, init=False, repr=False)
+    snapshot_version: int
+    created_at_ms: int
+    training_step: int
+    watermark_ms: int
+    model_config: dict[str, Any]
+    payload_format: str
+    payload_size: int
+    payload_sha256: str
+    chunk_count: int
+    signature: str
+
+    @staticmethod
+    def _check(src: Mapping[str, Any], path: str) -> dict[str, Any]:
+        p = child_prefix(path)
+        g = src.get
+        return {
+            "snapshot_version": v_int(g("snapshot_version", MISSING), p + "snapshot_version", 1),
+            "created_at_ms": v_int(g("created_at_ms", MISSING), p + "created_at_ms"),
+            "training_step": v_int(g("training_step", MISSING), p + "training_step"),
+            "watermark_ms": v_int(g("watermark_ms", MISSING), p + "watermark_ms"),
+            "model_config": v_json_object(g("model_config", MISSING), p + "model_config"),
+            "payload_format": v_const(g("payload_format", MISSING), p + "payload_format", PAYLOAD_FORMAT),
+            "payload_size": v_int(g("payload_size", MISSING), p + "payload_size"),
+            "payload_sha256": v_hex64(g("payload_sha256", MISSING), p + "payload_sha256"),
+            "chunk_count": v_int(g("chunk_count", MISSING), p + "chunk_count", 1),
+            "signature": v_hex64(g("signature", MISSING), p + "signature"),
+        }
+
+
+def canonical_header_bytes(header: SnapshotHeader | Mapping[str, Any]) -> bytes:
+    """The bytes the signature covers: the header's JSON form without ``signature``, keys sorted
+    recursively, compact, UTF-8. A mapping (with or without ``signature``, ``type`` and
+    ``schema_version``) is validated first; raises SchemaError if it is not a valid header."""
+    if not isinstance(header, SnapshotHeader):
+        data = {"type": SnapshotHeader.TYPE, "schema_version": SCHEMA_VERSION, **header}
+        data["signature"] = _PLACEHOLDER_SIGNATURE
+        header = SnapshotHeader.from_dict(data)
+    d = header.to_dict()
+    del d["signature"]
+    return orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
+
+
+def _check_key(key: bytes) -> bytes:
+    if not isinstance(key, (bytes, bytearray)):
+        raise TypeError(f"key must be bytes, got {type(key).__name__}")
+    if not key:
+        raise ValueError("key must not be empty")
+    return bytes(key)
+
+
+def sign(header: SnapshotHeader | Mapping[str, Any], key: bytes) -> str:
+    """Hex HMAC-SHA256 of :func:`canonical_header_bytes` (any existing signature is ignored)."""
+    return hmac.new(_check_key(key), canonical_header_bytes(header), hashlib.sha256).hexdigest()
+
+
+def verify_snapshot(header: SnapshotHeader, payload: bytes | bytearray | memoryview, key: bytes) -> None:
+    """Check the header's signature, then the payload's size and SHA-256 against the header.
+
+    Raises SchemaError with field ``signature``, ``payload_size`` or ``payload_sha256``.
+    Comparisons of digests are constant-time.
+    """
+    if not hmac.compare_digest(sign(header, key), header.signature):
+        raise SchemaError("signature", "HMAC-SHA256 signature mismatch (wrong key or tampered header)")
+    size = memoryview(payload).nbytes
+    if size != header.payload_size:
+        raise SchemaError("payload_size", f"payload has {size} bytes, header says {header.payload_size}")
+    if not hmac.compare_digest(hashlib.sha256(payload).hexdigest(), header.payload_sha256):
+        raise SchemaError("payload_sha256", "payload SHA-256 does not match the header")
+
+
+def make_header(
+    *,
+    snapshot_version: int,
+    created_at_ms: int,
+    training_step: int,
+    watermark_ms: int,
+    model_config: Mapping[str, Any],
+    payload: bytes | bytearray | memoryview,
+    key: bytes,
+    chunk_count: int = 1,
+) -> SnapshotHeader:
+    """Build a signed header for ``payload``: computes payload_size, payload_sha256 and signature."""
+    unsigned = SnapshotHeader(
+        snapshot_version=snapshot_version,
+        created_at_ms=created_at_ms,
+        training_step=training_step,
+        watermark_ms=watermark_ms,
+        model_config=dict(model_config),
+        payload_format=PAYLOAD_FORMAT,
+        payload_size=memoryview(payload).nbytes,
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+        chunk_count=chunk_count,
+        signature=_PLACEHOLDER_SIGNATURE,
+    )
+    return replace(unsigned, signature=sign(unsigned, key))
+
+
+__all__ = [
+    "PAYLOAD_FORMAT",
+    "SnapshotHeader",
+    "canonical_header_bytes",
+    "make_header",
+    "sign",
+    "verify_snapshot",
+]

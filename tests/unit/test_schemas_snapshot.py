@@ -1,0 +1,161 @@
+"""Snapshot headers: signing, verification, tampering, canonical bytes."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+
+import orjson
+import pytest
+
+import schemas
+from schemas import SchemaError, SnapshotHeader, canonical_header_bytes, make_header, sign, verify_snapshot
+
+KEY = b"test-key"
+PAYLOAD = bytes(range(256)) * 40
+
+
+def _header(**overrides: object) -> SnapshotHeader:
+    kw: dict[str, object] = dict(
+        snapshot_version=3,
+        created_at_ms=1_700_000_000_000,
+        training_step=1234,
+        watermark_ms=1_699_999_990_000,
+        model_config={"hidden": [64, 32], "lr": 0.001, "name": "actör", "nested": {"b": 1, "a": None}},
+        payload=PAYLOAD,
+        key=KEY,
+        chunk_count=2,
+    )
+    kw.update(overrides)
+    return make_header(**kw)  # type: ignore[arg-type]
+
+
+def test_make_header_and_verify() -> None:
+    h = _header()
+    assert h.payload_size == len(PAYLOAD)
+    assert h.payload_sha256 == hashlib.sha256(PAYLOAD).hexdigest()
+    assert h.payload_format == "safetensors"
+    assert len(h.signature) == 64
+    verify_snapshot(h, PAYLOAD, KEY)
+    verify_snapshot(h, memoryview(PAYLOAD), KEY)
+    verify_snapshot(h, bytearray(PAYLOAD), KEY)
+    # survives the wire
+    back = schemas.decode_snapshot_header(schemas.encode(h))
+    assert back == h
+    verify_snapshot(back, PAYLOAD, KEY)
+
+
+def test_tampered_payload() -> None:
+    h = _header()
+    bad = bytearray(PAYLOAD)
+    bad[100] ^= 1
+    with pytest.raises(SchemaError) as info:
+        verify_snapshot(h, bytes(bad), KEY)
+    assert info.value.field == "payload_sha256"
+    with pytest.raises(SchemaError) as info:
+        verify_snapshot(h, PAYLOAD[:-1], KEY)
+    assert info.value.field == "payload_size"
+    with pytest.raises(SchemaError) as info:
+        verify_snapshot(h, PAYLOAD + b"\0", KEY)
+    assert info.value.field == "payload_size"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"training_step": 1235},
+        {"snapshot_version": 4},
+        {"watermark_ms": 1},
+        {"created_at_ms": 2},
+        {"chunk_count": 1},
+        {"model_config": {"hidden": [64, 33], "lr": 0.001, "name": "actör", "nested": {"b": 1, "a": None}}},
+    ],
+)
+def test_tampered_header(change: dict[str, object]) -> None:
+    h = dataclasses.replace(_header(), **change)  # type: ignore[arg-type]
+    with pytest.raises(SchemaError) as info:
+        verify_snapshot(h, PAYLOAD, KEY)
+    assert info.value.field == "signature"
+
+
+def test_tampered_payload_with_matching_header_fields() -> None:
+    """Replacing the payload and fixing size/sha in the header breaks the signature."""
+    other = b"evil" * 100
+    h = dataclasses.replace(
+        _header(), payload_size=len(other), payload_sha256=hashlib.sha256(other).hexdigest()
+    )
+    with pytest.raises(SchemaError) as info:
+        verify_snapshot(h, other, KEY)
+    assert info.value.field == "signature"
+
+
+def test_tampered_on_the_wire() -> None:
+    raw = schemas.encode(_header())
+    tampered = raw.replace(b'"training_step":1234', b'"training_step":1239')
+    assert tampered != raw
+    with pytest.raises(SchemaError) as info:
+        verify_snapshot(schemas.decode_snapshot_header(tampered), PAYLOAD, KEY)
+    assert info.value.field == "signature"
+
+
+def test_wrong_key() -> None:
+    h = _header()
+    with pytest.raises(SchemaError) as info:
+        verify_snapshot(h, PAYLOAD, b"other-key")
+    assert info.value.field == "signature"
+    with pytest.raises(TypeError):
+        verify_snapshot(h, PAYLOAD, "test-key")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        sign(h, b"")
+
+
+def test_signature_changes_with_key_and_header() -> None:
+    a, b = _header(), _header(key=b"k2")
+    assert a.signature != b.signature
+    assert dataclasses.replace(a, signature=b.signature) == dataclasses.replace(b, signature=b.signature)
+    assert _header().signature == a.signature  # deterministic
+
+
+def test_canonical_bytes() -> None:
+    h = _header()
+    canon = canonical_header_bytes(h)
+    d = orjson.loads(canon)
+    assert "signature" not in d
+    assert d == {k: v for k, v in h.to_dict().items() if k != "signature"}
+    assert list(d) == sorted(d)
+    assert list(d["model_config"]["nested"]) == ["a", "b"]  # sorted recursively
+    assert b" " not in canon.replace(b"act\xc3\xb6r", b"")
+    assert "actör".encode() in canon  # UTF-8, not \\u-escaped
+    # the signature is exactly HMAC-SHA256 over those bytes
+    assert h.signature == hmac.new(KEY, canon, hashlib.sha256).hexdigest()
+    # a mapping without signature (and without type/schema_version) gives the same bytes
+    m = {k: v for k, v in h.to_dict().items() if k not in ("signature", "type", "schema_version")}
+    assert canonical_header_bytes(m) == canon
+    assert sign(m, KEY) == h.signature
+    with pytest.raises(SchemaError):
+        canonical_header_bytes({**m, "chunk_count": 0})
+
+
+def test_unknown_fields_do_not_enter_the_signature() -> None:
+    h = _header()
+    d = h.to_dict()
+    d["future"] = "x"
+    back = schemas.decode_snapshot_header(orjson.dumps(d))
+    verify_snapshot(back, PAYLOAD, KEY)
+
+
+def test_documented_test_vector() -> None:
+    """The example header in docs/schemas.md is signed with the dev key over these exact bytes."""
+    from schemas.examples import EXAMPLE_HMAC_KEY, EXAMPLE_PAYLOAD, SNAPSHOT_HEADER
+
+    verify_snapshot(SNAPSHOT_HEADER, EXAMPLE_PAYLOAD, EXAMPLE_HMAC_KEY)
+    canon = (
+        b'{"chunk_count":1,"created_at_ms":1732795170000,"model_config":{"hidden_sizes":[128,64],'
+        b'"n_item_features":4,"objectives":["click","dwell"]},"payload_format":"safetensors",'
+        b'"payload_sha256":"a3fb12c6931e9489c025a4386b292fe95be819221676421104986d0407a0dc5c",'
+        b'"payload_size":27,"schema_version":1,"snapshot_version":12,"training_step":48000,'
+        b'"type":"snapshot_header","watermark_ms":1732795168500}'
+    )
+    assert canonical_header_bytes(SNAPSHOT_HEADER) == canon
+    assert SNAPSHOT_HEADER.signature == hmac.new(EXAMPLE_HMAC_KEY, canon, hashlib.sha256).hexdigest()
