@@ -1,1 +1,6 @@
-"""paperec: learner."""
+"""paperec: learner.
+
+Model code (safe for serving): batch, features, objectives, ranker, policy, scoring.
+Training code (never imported by serving): mgda, grads, ddpg, paperec. See docs/learner.md.
+Nothing is imported here, so ``import learner.scoring`` loads no training code.
+"""

@@ -1,0 +1,147 @@
+"""DDPG (Lillicrap et al. 2016), generic over state and action widths; cleanrl-style update.
+
+The actor comes from :mod:`learner.policy` (simplex head for objective weights, tanh head for
+ordinary control); this module adds the critic, the target networks and the optimizers.
+``update`` learns from logged transitions (off-policy), so it takes the actions as given.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from learner.config import sub_config
+from learner.policy import Actor, ActorConfig
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class DDPGConfig:
+    obs_dim: int = 64
+    """state width S"""
+    action_dim: int = 2
+    """action width A"""
+    hidden: int = 64
+    """actor hidden width"""
+    head: str = "simplex"
+    """actor head: "simplex" or "tanh" (see learner.policy)"""
+    temperature: float = 1.0
+    """simplex head: softmax temperature"""
+    action_scale: float = 1.0
+    """tanh head: action bound"""
+    critic_hidden: int = 128
+    """critic hidden width"""
+    actor_lr: float = 3e-4
+    """actor Adam learning rate"""
+    critic_lr: float = 1e-3
+    """critic Adam learning rate"""
+    gamma: float = 0.9
+    """discount factor"""
+    tau: float = 0.005
+    """target smoothing: target <- (1 - tau) target + tau online"""
+    exploration_noise: float = 0.1
+    """default std of the exploration noise of ``act`` (action or logit units)"""
+    policy_frequency: int = 1
+    """actor and target updates every this many critic updates"""
+
+    def actor_config(self) -> ActorConfig:
+        return sub_config(ActorConfig, self)
+
+
+class QNetwork(nn.Module):
+    """Q(s, a): an MLP on the concatenated state and action."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim + action_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, obs: Tensor, action: Tensor) -> Tensor:
+        return self.net(torch.cat([obs, action], dim=-1)).squeeze(-1)  # (B,)
+
+
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    with torch.no_grad():
+        for tp, p in zip(target.parameters(), online.parameters(), strict=True):
+            tp.lerp_(p, tau)
+
+
+class DDPG:
+    def __init__(self, cfg: DDPGConfig, device: torch.device | str = "cpu") -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.actor = Actor(cfg.actor_config()).to(self.device)
+        self.qf = QNetwork(cfg.obs_dim, cfg.action_dim, cfg.critic_hidden).to(self.device)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.q_optimizer = torch.optim.Adam(self.qf.parameters(), lr=cfg.critic_lr)
+        self.num_updates = 0
+
+    @torch.no_grad()
+    def act(
+        self, obs: Tensor, noise_std: float | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Exploratory (action, noise) for ``obs`` (B, S); std defaults to cfg.exploration_noise."""
+        std = self.cfg.exploration_noise if noise_std is None else noise_std
+        return self.actor.explore(obs, std, generator)
+
+    def update(
+        self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor, dones: Tensor
+    ) -> dict[str, float]:
+        """One critic TD step and (every policy_frequency) one actor + target step.
+
+        obs, next_obs (B, S); actions (B, A); rewards, dones (B,). Inputs are not modified.
+        """
+        cfg = self.cfg
+        with torch.no_grad():
+            next_actions = self.actor_target(next_obs)
+            next_q = self.qf_target(next_obs, next_actions)  # (B,)
+            td_target = rewards + cfg.gamma * (1.0 - dones) * next_q
+        qf_values = self.qf(obs, actions)  # (B,)
+        qf_loss = F.mse_loss(qf_values, td_target)
+        self.q_optimizer.zero_grad(set_to_none=True)
+        qf_loss.backward()
+        self.q_optimizer.step()
+        metrics = {"qf_loss": qf_loss.item(), "qf_value": qf_values.mean().item()}
+
+        self.num_updates += 1
+        if self.num_updates % cfg.policy_frequency == 0:
+            # deterministic policy gradient: ascend Q(s, mu(s)) through the critic into the actor
+            self.qf.requires_grad_(False)
+            actor_loss = -self.qf(obs, self.actor(obs)).mean()
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_optimizer.step()
+            self.qf.requires_grad_(True)
+            soft_update(self.actor_target, self.actor, cfg.tau)
+            soft_update(self.qf_target, self.qf, cfg.tau)
+            metrics["actor_loss"] = actor_loss.item()
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor.state_dict(),
+            "qf": self.qf.state_dict(),
+            "actor_target": self.actor_target.state_dict(),
+            "qf_target": self.qf_target.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "q_optimizer": self.q_optimizer.state_dict(),
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("actor", "qf", "actor_target", "qf_target", "actor_optimizer", "q_optimizer"):
+            getattr(self, name).load_state_dict(state[name])
+        self.num_updates = int(state["num_updates"])

@@ -1,0 +1,131 @@
+"""Schema records -> model tensors: the one place where lists become (B, L, ...) tensors.
+
+The serving node featurizes the list it is asked to rank and the learner featurizes logged
+transitions with the same code, so both see identical inputs for the same list (same hashing,
+same padding, same history truncation).
+
+Widths are checked, not padded: a feature vector of the wrong width means the producer and the
+model disagree about the schema, and silently padding it would train on garbage. The error names
+the offending field so the caller (HTTP 422, dead letter, dropped transition) can report it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from learner.batch import ListBatch, ListInputsBatch
+from learner.features import PADDING_ID, hash_id
+from learner.ranker import RankerConfig
+from schemas import ListState, Transition
+
+
+class FeatureError(ValueError):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ListView:
+    """The model-relevant part of one list (a ListState, or a request being ranked)."""
+
+    user_features: Sequence[float]
+    history: Sequence[str]
+    context: Sequence[float]
+    item_ids: Sequence[str]
+    item_features: Sequence[Sequence[float]]
+
+    @classmethod
+    def of(cls, state: ListState) -> ListView:
+        return cls(
+            state.user_features,
+            state.history,
+            state.context,
+            [it.item_id for it in state.items],
+            [it.features for it in state.items],
+        )
+
+
+def _check_width(values: Sequence[float], width: int, field: str) -> None:
+    if len(values) != width:
+        raise FeatureError(field, f"has {len(values)} values, the model expects {width}")
+
+
+def list_inputs(views: Sequence[ListView], cfg: RankerConfig, list_len: int | None = None) -> ListInputsBatch:
+    """Tensors of B lists, right-padded to the longest list (or ``list_len``)."""
+    b = len(views)
+    length = max((len(v.item_ids) for v in views), default=1) if list_len is None else list_len
+    h = cfg.history_len
+    user_feats = torch.zeros(b, cfg.user_dim)
+    context = torch.zeros(b, cfg.context_dim)
+    history = torch.full((b, h), PADDING_ID, dtype=torch.int64)
+    item_ids = torch.full((b, length), PADDING_ID, dtype=torch.int64)
+    item_feats = torch.zeros(b, length, cfg.item_dim)
+    mask = torch.zeros(b, length, dtype=torch.bool)
+    for i, v in enumerate(views):
+        _check_width(v.user_features, cfg.user_dim, "user_features")
+        _check_width(v.context, cfg.context_dim, "context")
+        n = len(v.item_ids)
+        if n > length:
+            raise FeatureError("items", f"has {n} items, more than the list length {length}")
+        for j, feats in enumerate(v.item_features):
+            _check_width(feats, cfg.item_dim, f"items[{j}].features")
+        user_feats[i] = torch.tensor(v.user_features, dtype=torch.float32)
+        context[i] = torch.tensor(v.context, dtype=torch.float32)
+        recent = list(v.history)[-h:] if h else []
+        if recent:  # left-padded: most recent last, like the ranker's GRU expects
+            history[i, h - len(recent) :] = torch.tensor([hash_id(x, cfg.hash_buckets) for x in recent])
+        if n:
+            item_ids[i, :n] = torch.tensor([hash_id(x, cfg.hash_buckets) for x in v.item_ids])
+            item_feats[i, :n] = torch.tensor(list(v.item_features), dtype=torch.float32)
+            mask[i, :n] = True
+    return ListInputsBatch(user_feats, history, context, item_ids, item_feats, mask)
+
+
+def transition_batch(transitions: Sequence[Transition], cfg: RankerConfig) -> ListBatch:
+    """A training batch from logged transitions (s' of a done transition is all padding)."""
+    if not transitions:
+        raise ValueError("empty batch")
+    k = len(cfg.objectives)
+    for t in transitions:
+        if tuple(t.objectives) != tuple(cfg.objectives):
+            raise FeatureError(
+                "objectives", f"{list(t.objectives)} != model objectives {list(cfg.objectives)}"
+            )
+    length = max(max(len(t.state.items), len(t.next_state.items) if t.next_state else 0) for t in transitions)
+    s = list_inputs([ListView.of(t.state) for t in transitions], cfg, length)
+    empty = ListView([0.0] * cfg.user_dim, [], [0.0] * cfg.context_dim, [], [])
+    s_next = list_inputs(
+        [ListView.of(t.next_state) if t.next_state else empty for t in transitions], cfg, length
+    )
+    b = len(transitions)
+    clicks = torch.zeros(b, length)
+    dwell = torch.zeros(b, length)
+    for i, t in enumerate(transitions):
+        n = len(t.labels.clicks)
+        clicks[i, :n] = torch.tensor(t.labels.clicks, dtype=torch.float32)
+        dwell[i, :n] = torch.tensor(t.labels.dwell_ms, dtype=torch.float32) / 1000.0  # seconds
+    action = torch.tensor([list(t.action) for t in transitions], dtype=torch.float32).reshape(b, k)
+    done = torch.tensor([float(t.done) for t in transitions])
+    return ListBatch(
+        user_feats=s.user_feats,
+        history=s.history,
+        context=s.context,
+        item_ids=s.item_ids,
+        item_feats=s.item_feats,
+        mask=s.mask,
+        clicks=clicks,
+        dwell=dwell,
+        action=action,
+        next_user_feats=s_next.user_feats,
+        next_history=s_next.history,
+        next_context=s_next.context,
+        next_item_ids=s_next.item_ids,
+        next_item_feats=s_next.item_feats,
+        next_mask=s_next.mask,
+        done=done,
+    )

@@ -1,0 +1,270 @@
+"""The PAPERec training step (Xie et al., WWW 2021) and its baselines behind one interface.
+
+One ``Trainer.step(batch)`` on B logged transitions (s, list, labels, logged weights w, s'):
+
+1. ranker forward: user state s (B, S), shared representation h (B, L, D), per-list
+   per-objective losses L (B, K) (masked mean over list positions);
+2. the strategy turns them into loss weights (B, K) or (K,):
+   - ``paperec``: per-list gradients g_bk of L_bk w.r.t. h (MGDA-UB, or w.r.t. all shared
+     parameters with grad_mode="full_params"); reward r_b = -|| sum_k w_bk g_bk ||_2 for the
+     *logged* weights (how close they came to a Pareto-stationary point, 0 at best);
+     one DDPG step of the weight generator on (s, w, r, s', done); loss weights = the
+     current actor's w(s) (detached) + ``single_loss_weight`` (the sum_k L_k term);
+   - ``single``: one objective; ``fixed``: fixed global weights;
+   - ``peltr`` (Lin et al. RecSys 2019): global weights = min-norm of the batch-mean gradients
+     with lower bounds, recomputed every step;
+3. ranker update on mean_b sum_k weight_bk L_bk.
+
+Randomness inside a step (dropout) comes from a generator seeded by (seed, step number), so a
+step is a pure function of (trainer state, batch): checkpoints resume bit-identically.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from learner.batch import ListBatch
+from learner.config import config_to_dict, sub_config
+from learner.ddpg import DDPG, DDPGConfig
+from learner.grads import batch_grads, per_list_param_grads, per_list_repr_grads, shared_parameters
+from learner.mgda import Normalize, min_norm, normalize_grads, weighted_norm
+from learner.ranker import Ranker, RankerConfig
+from learner.runtime import default_device, seeded
+from learner.scoring import ActorModel
+
+log = logging.getLogger(__name__)
+Tensor = torch.Tensor
+
+
+@dataclass
+class PAPERecConfig:
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    """the ranker's model args"""
+    strategy: str = "paperec"
+    """"paperec", "single", "fixed" or "peltr" (see STRATEGIES)"""
+    ranker_lr: float = 1e-3
+    """ranker AdamW learning rate"""
+    weight_decay: float = 0.0
+    """ranker AdamW weight decay"""
+    max_grad_norm: float = 5.0
+    """clip the ranker's gradient norm to this (0 = no clipping)"""
+    grad_mode: str = "shared_repr"
+    """gradients for MGDA: "shared_repr" (w.r.t. h, MGDA-UB) or "full_params" (small models)"""
+    grad_normalize: Normalize = "none"
+    """per-objective gradient normalization before reward / min-norm: none, l2, loss, loss+
+    (with K = 2, "l2" makes the min-norm weights always (1/2, 1/2): only magnitudes differ)"""
+    single_loss_weight: float = 1.0
+    """paperec: weight of the unweighted sum_k L_k added to the personalized sum_k w_k(s) L_k"""
+    actor_hidden: int = 64
+    """weight generator (DDPG actor) hidden width"""
+    critic_hidden: int = 128
+    """critic hidden width"""
+    temperature: float = 1.0
+    """softmax temperature of the weight generator"""
+    actor_lr: float = 3e-4
+    """actor Adam learning rate"""
+    critic_lr: float = 1e-3
+    """critic Adam learning rate"""
+    gamma: float = 0.9
+    """discount factor of the weight generator's MDP"""
+    tau: float = 0.005
+    """target network smoothing"""
+    exploration_noise: float = 0.1
+    """std of the logit-space exploration noise serving adds (recorded for the snapshot)"""
+    policy_frequency: int = 1
+    """actor updates every this many critic updates"""
+    single_objective: str = "click"
+    """single: the objective trained"""
+    fixed_weights: tuple[float, ...] = (0.5, 0.5)
+    """fixed: the global weights (one per objective)"""
+    peltr_lower_bounds: tuple[float, ...] = (0.2, 0.2)
+    """peltr: lower bounds c_k of the weights (sum <= 1)"""
+    seed: int = 0
+    """seeds model init and the per-step randomness"""
+    device: str = ""
+    """"" = CUDA when available, else CPU"""
+
+    def ddpg_config(self) -> DDPGConfig:
+        return sub_config(
+            DDPGConfig,
+            self,
+            obs_dim=self.ranker.d_model,
+            action_dim=len(self.ranker.objectives),
+            hidden=self.actor_hidden,
+            head="simplex",
+        )
+
+
+@dataclass
+class StepContext:
+    """What a strategy sees of one step (graph attached: strategies may differentiate)."""
+
+    batch: ListBatch
+    state: Tensor  # (B, S) user state of s
+    h: Tensor  # (B, L, D) shared representation
+    losses: Tensor  # (B, K) per-list losses
+
+
+class Strategy:
+    """Turns one step's losses into loss weights; may learn on the side (paperec)."""
+
+    name: ClassVar[str]
+
+    def __init__(self, cfg: PAPERecConfig, ranker: Ranker, device: torch.device) -> None:
+        self.cfg, self.ranker, self.device = cfg, ranker, device
+
+    def weights(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        """Loss weights (B, K) or (K,), and metrics."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def _global(self, values: tuple[float, ...], what: str) -> Tensor:
+        if len(values) != self.ranker.num_objectives:
+            raise ValueError(f"{what} needs {self.ranker.num_objectives} values, got {values}")
+        return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+    def _named(self, prefix: str, weights: Tensor) -> dict[str, float]:
+        mean = weights.reshape(-1, weights.shape[-1]).mean(0)
+        return {f"{prefix}/{o}": float(mean[k]) for k, o in enumerate(self.cfg.ranker.objectives)}
+
+
+class SingleStrategy(Strategy):
+    name = "single"
+
+    def weights(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        k = self.cfg.ranker.objectives.index(self.cfg.single_objective)
+        w = torch.zeros(self.ranker.num_objectives, device=self.device)
+        w[k] = 1.0
+        return w, {}
+
+
+class FixedStrategy(Strategy):
+    name = "fixed"
+
+    def weights(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        return self._global(self.cfg.fixed_weights, "fixed_weights"), {}
+
+
+class PELTRStrategy(Strategy):
+    name = "peltr"
+
+    def weights(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        inputs = [ctx.h] if self.cfg.grad_mode == "shared_repr" else shared_parameters(self.ranker)
+        grads = batch_grads(ctx.losses, inputs)  # (K, D)
+        bounds = self._global(self.cfg.peltr_lower_bounds, "peltr_lower_bounds")
+        w = min_norm(grads, bounds, self.cfg.grad_normalize, ctx.losses.detach().mean(0))
+        return w, self._named("weight", w)
+
+
+class PAPERecStrategy(Strategy):
+    name = "paperec"
+
+    def __init__(self, cfg: PAPERecConfig, ranker: Ranker, device: torch.device) -> None:
+        super().__init__(cfg, ranker, device)
+        self.ddpg = DDPG(cfg.ddpg_config(), device)
+
+    def weights(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        batch = ctx.batch
+        if self.cfg.grad_mode == "shared_repr":
+            grads = per_list_repr_grads(ctx.losses, ctx.h)  # (B, K, L*D)
+        else:
+            grads = per_list_param_grads(self.ranker, batch)  # (B, K, P)
+        grads = normalize_grads(grads, self.cfg.grad_normalize, ctx.losses)
+        reward = -weighted_norm(grads, batch.action)  # (B,) for the logged weights
+        best = -weighted_norm(grads, min_norm(grads))  # (B,) the best any weights could do
+
+        obs = ctx.state.detach()
+        with torch.no_grad():
+            next_obs = self.ranker.user_state(batch.next_user_feats, batch.next_history, batch.next_context)
+        metrics = self.ddpg.update(obs, batch.action, reward, next_obs, batch.done)
+        with torch.no_grad():
+            w = self.ddpg.actor(obs)  # (B, K) personalized weights of the updated actor
+        metrics.update(reward=reward.mean().item(), reward_best=best.mean().item())
+        metrics.update(self._named("weight", w))
+        return w + self.cfg.single_loss_weight, metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ddpg": self.ddpg.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ddpg.load_state_dict(state["ddpg"])
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    s.name: s for s in (PAPERecStrategy, SingleStrategy, FixedStrategy, PELTRStrategy)
+}
+
+
+class Trainer:
+    def __init__(self, cfg: PAPERecConfig) -> None:
+        if cfg.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {cfg.strategy!r}; one of {sorted(STRATEGIES)}")
+        if cfg.grad_mode not in ("shared_repr", "full_params"):
+            raise ValueError(f"unknown grad_mode {cfg.grad_mode!r}")
+        self.cfg = cfg
+        self.device = default_device(cfg.device)
+        with seeded(cfg.seed, self.device):
+            self.ranker = Ranker(cfg.ranker).to(self.device)
+            self.strategy = STRATEGIES[cfg.strategy](cfg, self.ranker, self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.ranker.parameters(), lr=cfg.ranker_lr, weight_decay=cfg.weight_decay
+        )
+        self.num_steps = 0
+        log.info("trainer: strategy=%s grad_mode=%s device=%s", cfg.strategy, cfg.grad_mode, self.device)
+
+    def step(self, batch: ListBatch) -> dict[str, float]:
+        """One training step on ``batch`` (not modified); returns metrics."""
+        batch = batch.to(self.device)
+        with seeded(self.cfg.seed + 1 + self.num_steps, self.device):
+            self.ranker.train()
+            state = self.ranker.user_state(batch.user_feats, batch.history, batch.context)  # (B, S)
+            h = self.ranker.encode(batch, user_state=state)  # (B, L, D)
+            losses = self.ranker.losses_per_list(self.ranker.heads(h), batch)  # (B, K)
+            weights, metrics = self.strategy.weights(StepContext(batch, state, h, losses))
+            loss = (weights.detach() * losses).sum(-1).mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.max_grad_norm > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.ranker.parameters(), self.cfg.max_grad_norm)
+                metrics["grad_norm"] = grad_norm.item()
+            self.optimizer.step()
+        self.num_steps += 1
+        mean_losses = losses.detach().mean(0)
+        metrics["loss"] = loss.item()
+        metrics.update({f"loss/{o}": float(mean_losses[k]) for k, o in enumerate(self.cfg.ranker.objectives)})
+        return metrics
+
+    def actor_model(self) -> ActorModel:
+        """A serving copy (ranker + weight generator) on CPU, in eval mode (paperec only)."""
+        if not isinstance(self.strategy, PAPERecStrategy):
+            raise ValueError("only the paperec strategy has a weight generator to serve")
+        model = ActorModel(self.cfg.ranker, self.strategy.ddpg.actor.cfg)
+        model.ranker.load_state_dict(self.ranker.state_dict())
+        model.actor.load_state_dict(self.strategy.ddpg.actor.state_dict())
+        return model.eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": config_to_dict(self.cfg),
+            "ranker": self.ranker.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "num_steps": self.num_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["config"] != config_to_dict(self.cfg):
+            log.warning("loading a checkpoint written with a different config")
+        self.ranker.load_state_dict(state["ranker"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.num_steps = int(state["num_steps"])

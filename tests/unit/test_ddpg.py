@@ -1,0 +1,132 @@
+"""DDPG learns a point-mass control task (tanh head) and state-dependent simplex weights."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from learner.ddpg import DDPG, DDPGConfig
+from learner.policy import Actor, ActorConfig
+from learner.runtime import torch_threads
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    with torch_threads(1):  # tiny networks: more threads only add barrier waits on a busy machine
+        yield
+
+
+HORIZON = 8
+Transitions = list[torch.Tensor]
+
+
+def point_mass_rollout(
+    agent: DDPG | None, noise: float, n: int, g: torch.Generator
+) -> tuple[Transitions, float]:
+    """2-D point mass: obs = position - target, action = velocity in [-1, 1]^2, r = -distance."""
+    s = torch.rand(n, 2, generator=g) * 2 - 1
+    steps: list[Transitions] = []
+    ret = torch.zeros(n)
+    for t in range(HORIZON):
+        a = torch.rand(n, 2, generator=g) * 2 - 1 if agent is None else agent.act(s, noise, g)[0]
+        s2 = s + 0.25 * a
+        r = -s2.norm(dim=1)
+        steps.append([s, a, r, s2, torch.full((n,), float(t == HORIZON - 1))])
+        ret += r
+        s = s2
+    return [torch.cat(x) for x in zip(*steps, strict=True)], ret.mean().item()
+
+
+def test_tanh_head_learns_point_mass() -> None:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    cfg = DDPGConfig(
+        obs_dim=2, action_dim=2, head="tanh", hidden=64, critic_hidden=64, gamma=0.9, tau=0.01,
+        actor_lr=1e-3, critic_lr=1e-3, exploration_noise=0.3,
+    )  # fmt: skip
+    agent = DDPG(cfg)
+    _, random_return = point_mass_rollout(None, 0.0, 512, g)
+    buffer: Transitions = []
+    for _ in range(30):
+        data, _ = point_mass_rollout(agent, cfg.exploration_noise, 64, g)
+        buffer = (
+            data if not buffer else [torch.cat([b, d])[-20000:] for b, d in zip(buffer, data, strict=True)]
+        )
+        for _ in range(20):
+            idx = torch.randint(0, buffer[0].shape[0], (128,), generator=g)
+            metrics = agent.update(*[b[idx] for b in buffer])
+    _, learned_return = point_mass_rollout(agent, 0.0, 512, g)
+    assert set(metrics) >= {"qf_loss", "qf_value", "actor_loss"}
+    # random: about -6.6; reaching the target and staying there: about -1
+    assert learned_return > random_return + 3.0
+    assert learned_return > -2.0
+
+
+def test_simplex_head_learns_state_dependent_weights() -> None:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    mixing = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [-1.0, -1.5]])
+
+    def best(s: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(s @ mixing.T, dim=-1)  # the best weights depend on the state
+
+    cfg = DDPGConfig(
+        obs_dim=2, action_dim=3, head="simplex", hidden=64, critic_hidden=64, gamma=0.0, tau=0.05,
+        actor_lr=1e-3, critic_lr=2e-3, exploration_noise=0.5,
+    )  # fmt: skip
+    agent = DDPG(cfg)
+    for _ in range(600):  # contextual bandit: done = 1
+        s = torch.rand(128, 2, generator=g) * 2 - 1
+        a, noise = agent.act(s, generator=g)
+        assert noise.abs().sum() > 0
+        r = -10 * (a - best(s)).pow(2).sum(-1)
+        agent.update(s, a, r, s, torch.ones(128))
+    probe = torch.tensor([[1.0, 0.0], [-1.0, 1.0], [-1.0, -1.0]])
+    with torch.no_grad():
+        w = agent.actor(probe)
+        assert torch.equal(w.argmax(-1), torch.arange(3))
+        s = torch.rand(1000, 2, generator=g) * 2 - 1
+        err = (agent.actor(s) - best(s)).abs().sum(-1).mean().item()
+    uniform_err = (1 / 3 - best(s)).abs().sum(-1).mean().item()
+    assert err < 0.4 * uniform_err
+
+
+def test_heads_respect_their_action_sets() -> None:
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randn(64, 4, generator=g)
+    simplex = Actor(ActorConfig(obs_dim=4, action_dim=3, head="simplex", temperature=0.5))
+    w, noise = simplex.explore(obs, 1.0, torch.Generator().manual_seed(1))
+    assert torch.allclose(w.sum(-1), torch.ones(64)) and (w > 0).all()
+    assert torch.allclose(w, torch.softmax((simplex.net(obs) + noise) / 0.5, -1))
+    w0, noise0 = simplex.explore(obs, 0.0)
+    assert torch.equal(noise0, torch.zeros_like(noise0)) and torch.allclose(w0, simplex(obs))
+    w_again, noise_again = simplex.explore(obs, 1.0, torch.Generator().manual_seed(1))
+    assert torch.equal(w, w_again) and torch.equal(noise, noise_again)  # seeded
+
+    tanh = Actor(ActorConfig(obs_dim=4, action_dim=2, head="tanh", action_scale=2.0))
+    a, _ = tanh.explore(obs, 5.0, g)
+    assert a.abs().max() <= 2.0 and (a.abs() == 2.0).any()  # clipped to the bound
+
+
+def test_state_dict_round_trip_and_no_input_mutation() -> None:
+    torch.manual_seed(0)
+    cfg = DDPGConfig(obs_dim=3, action_dim=2, head="simplex", policy_frequency=2)
+    g = torch.Generator().manual_seed(0)
+    batch = [torch.randn(16, 3, generator=g), torch.softmax(torch.randn(16, 2, generator=g), -1),
+             torch.randn(16, generator=g), torch.randn(16, 3, generator=g), torch.zeros(16)]  # fmt: skip
+    before = [t.clone() for t in batch]
+    agent = DDPG(cfg)
+    for _ in range(3):
+        agent.update(*batch)
+    assert all(torch.equal(a, b) for a, b in zip(batch, before, strict=True))
+    buf = io.BytesIO()
+    torch.save(agent.state_dict(), buf)
+    buf.seek(0)
+    fresh = DDPG(cfg)
+    fresh.load_state_dict(torch.load(buf))
+    assert agent.update(*batch) == fresh.update(*batch)
+    for a, b in zip(agent.actor_target.parameters(), fresh.actor_target.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -1,0 +1,88 @@
+"""The batch contract, feature hashing and config dict round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from learner.batch import ListBatch
+from learner.config import config_from_dict, config_to_dict
+from learner.features import hash_id, hash_ids
+from learner.paperec import PAPERecConfig
+from learner.ranker import RankerConfig
+
+
+def test_hash_id_is_stable_and_in_range() -> None:
+    # pinned values: a change here re-maps every embedding row of deployed models
+    assert hash_ids(["item-1", "item-2", ""], 1 << 16) == [28889, 50966, 11437]
+    values = hash_ids([f"i{n}" for n in range(2000)], 50)
+    assert min(values) >= 1 and max(values) <= 49
+    assert len(set(values)) == 49  # spreads over every bucket
+    with pytest.raises(ValueError):
+        hash_id("x", 1)
+
+
+def test_hash_id_does_not_depend_on_the_process() -> None:
+    code = "from learner.features import hash_id; print(hash_id('item-1', 65536))"
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout) == hash_id("item-1", 65536)
+
+
+def test_synthetic_batch_follows_the_contract() -> None:
+    cfg = RankerConfig.tiny()
+    b, h, lmax, k = 16, cfg.history_len, cfg.max_list_len, len(cfg.objectives)
+    batch = ListBatch.synthetic(cfg, b, torch.Generator().manual_seed(0))
+    shapes = {
+        "user_feats": ((b, cfg.user_dim), torch.float32),
+        "history": ((b, h), torch.int64),
+        "context": ((b, cfg.context_dim), torch.float32),
+        "item_ids": ((b, lmax), torch.int64),
+        "item_feats": ((b, lmax, cfg.item_dim), torch.float32),
+        "mask": ((b, lmax), torch.bool),
+        "clicks": ((b, lmax), torch.float32),
+        "dwell": ((b, lmax), torch.float32),
+        "action": ((b, k), torch.float32),
+        "done": ((b,), torch.float32),
+    }
+    for name, (shape, dtype) in shapes.items():
+        value = getattr(batch, name)
+        assert value.shape == shape and value.dtype == dtype, name
+        if not name.startswith("next") and name not in ("action", "done", "clicks", "dwell"):
+            nxt = getattr(batch, f"next_{name}")
+            assert nxt.shape == shape and nxt.dtype == dtype, name
+    assert ((batch.item_ids > 0) == batch.mask).all()  # 0 = padding
+    assert batch.mask[:, 0].all()  # right-padded, never empty
+    assert ((batch.dwell > 0) == (batch.clicks > 0)).all()  # zero-inflated
+    assert (batch.clicks[~batch.mask] == 0).all()
+    assert torch.allclose(batch.action.sum(-1), torch.ones(b)) and (batch.action > 0).all()
+    done = batch.done.bool()
+    assert (batch.next_user_feats[done] == 0).all() and not batch.next_mask[done].any()
+    assert ((batch.history > 0).long().diff(dim=1) >= 0).all()  # left-padded history
+
+
+def test_synthetic_is_seeded_and_select_and_to_work() -> None:
+    cfg = RankerConfig.tiny()
+    a = ListBatch.synthetic(cfg, 8, torch.Generator().manual_seed(1))
+    b = ListBatch.synthetic(cfg, 8, torch.Generator().manual_seed(1))
+    for f in dataclasses.fields(a):
+        assert torch.equal(getattr(a, f.name), getattr(b, f.name))
+    one = a.select(slice(2, 3))
+    assert one.batch_size == 1 and torch.equal(one.item_feats[0], a.item_feats[2])
+    assert a.to("cpu").batch_size == 8
+    assert torch.equal(a.inputs().item_ids, a.item_ids)
+    assert torch.equal(a.next_inputs().history, a.next_history)
+
+
+def test_config_dict_round_trip_is_json_able() -> None:
+    cfg = PAPERecConfig(ranker=RankerConfig.tiny(objectives=("click", "dwell")), fixed_weights=(0.3, 0.7))
+    data = json.loads(json.dumps(config_to_dict(cfg)))
+    assert config_from_dict(PAPERecConfig, data) == cfg
+    with pytest.raises(ValueError):
+        config_from_dict(RankerConfig, {"no_such_field": 1})
