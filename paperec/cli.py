@@ -22,17 +22,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "topics": ("paperec.topics", "create or describe the Kafka topics"),
     "metrics": ("paperec.metrics_store", "create the ClickHouse metric tables"),
     "demo": ("paperec.demo", "run the end-to-end demo"),
+    # --- Streams
+    "streams": ("streams.cli", "run a stream join worker (impressions + feedback -> transitions)"),
+    # --- Serving
+    "serve": ("actor_service.cli", "serve ranked lists over HTTP with hot-loaded actor snapshots"),
+    # --- Learner service
+    "learner": ("learner.cli", "train continuously on the transitions topic and publish actor snapshots"),
+    # --- Simulation, recorded logs, evaluation
+    "simulate": ("paperec.simulate", "simulate users and write a recorded event log (JSON Lines)"),
+    "replay": ("paperec.replay", "publish a recorded event log (or a KuaiRand CSV) to Kafka"),
+    "evaluate": ("paperec.evaluate", "train and evaluate every policy on the simulator; write a report"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """Every subcommand is listed, but only the one named in ``argv`` imports its module to add
+    its own flags: ``paperec devstack status`` does not pay for torch, and a subcommand whose
+    module fails to import breaks only itself."""
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="paperec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         Settings.add_arguments(p)
         p.set_defaults(_module=module_name)
-        _module(module_name).configure(p)
+        if name == chosen:
+            _module(module_name).configure(p)
     return parser
 
 
@@ -41,7 +56,8 @@ def _module(name: str) -> ModuleType:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_args(args)

@@ -1,0 +1,233 @@
+"""The HTTP API (FastAPI): ``POST /rank``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``;
+the OpenAPI schema at ``/openapi.json`` (and ``/docs``).
+
+Errors name the field: 422 ``{"detail": [{"field": "items[3].features", "msg": ..., "type": ...}]}``
+for validation and feature-width errors, 413 for a body over ``serve_max_body_bytes``, 503
+while no model may serve (see the cold-start policy).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from actor_service.api import ErrorBody, RankRequest, RankResponse, field_errors
+from actor_service.instruments import Instruments
+from actor_service.metrics import CONTENT_TYPE
+from actor_service.node import Node
+from learner.featurize import FeatureError
+from schemas import SchemaError
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_REQUEST_REF = {"$ref": "#/components/schemas/RankRequest"}
+
+ROUTES = frozenset({"/rank", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+
+
+def _error(status: int, field: str, msg: str, kind: str, headers: dict[str, str] | None = None) -> Response:
+    body = {"detail": [{"field": field, "msg": msg, "type": kind}]}
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+class ServingMiddleware:
+    """Pure ASGI (no per-request task, unlike BaseHTTPMiddleware): bounds the request body and
+    records latency and status of every request."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, instruments: Instruments) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.m = instruments
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+        status = 500
+        limit = self.max_body_bytes
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            length = _content_length(scope)
+            if length is not None and length > limit:
+                await _too_large(limit, self.m)(scope, receive, send_status)
+                return
+            received = 0
+
+            async def bounded_receive() -> Message:
+                # Chunked bodies have no Content-Length: count what arrives.
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        self.m.errors.inc(labels=("too_large",))
+                        raise HTTPException(413, f"request body over {limit} bytes")
+                return message
+
+            await self.app(scope, bounded_receive, send_status)
+        finally:
+            self.m.requests.inc(labels=(route, str(status)))
+            if route == "/rank":
+                self.m.latency.observe(time.perf_counter() - started, labels=(route,))
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _too_large(limit: int, m: Instruments) -> Response:
+    m.errors.inc(labels=("too_large",))
+    return _error(413, "$", f"request body over {limit} bytes (serve_max_body_bytes)", "body_too_large")
+
+
+def create_app(node: Node) -> FastAPI:
+    s = node.settings
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    app = FastAPI(
+        title="paperec actor service",
+        version="1",
+        description="Ranks candidate lists with per-user objective weights (PAPERec) and logs impressions.",
+        lifespan=lifespan,
+    )
+    app.state.node = node
+    app.add_middleware(ServingMiddleware, max_body_bytes=s.serve_max_body_bytes, instruments=node.m)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        node.m.errors.inc(labels=("validation",))
+        return Response(
+            orjson.dumps({"detail": field_errors(exc.errors())}),
+            status_code=422,
+            media_type="application/json",
+        )
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 413:
+            return _error(413, "$", str(exc.detail), "body_too_large")
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.post(
+        "/rank",
+        response_model=RankResponse,
+        responses={
+            413: {"model": ErrorBody, "description": "request body too large"},
+            422: {"model": ErrorBody, "description": "invalid request; `field` names the offending field"},
+            503: {"model": ErrorBody, "description": "no model to serve yet (cold-start policy `refuse`)"},
+        },
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST_REF}}}
+        },
+        summary="Rank candidate items for one user",
+    )
+    async def rank_endpoint(request: Request) -> Response:
+        # The body is validated by pydantic's own JSON parser (model_validate_json), not FastAPI's
+        # json.loads + validate: 4x less event-loop time for a 200-item list.
+        try:
+            req = RankRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            node.m.errors.inc(labels=("validation",))
+            return Response(
+                orjson.dumps({"detail": field_errors(exc.errors())}),
+                status_code=422,
+                media_type="application/json",
+            )
+        ts_ms = int(time.time() * 1000)
+        served = node.slot.current  # captured once: this request uses this model to the end
+        if served is None or not node.ready():
+            node.m.errors.inc(labels=("not_ready",))
+            return _error(503, "$", "no actor snapshot loaded yet", "not_ready", headers={"Retry-After": "1"})
+        if len(req.items) > s.serve_max_items:
+            node.m.errors.inc(labels=("validation",))
+            return _error(
+                422, "items", f"{len(req.items)} items, at most {s.serve_max_items} allowed", "too_long"
+            )
+        request_id = req.request_id or uuid.uuid4().hex
+        try:
+            ranked = await node.batcher.rank(served, req, request_id, ts_ms)
+        except (FeatureError, SchemaError) as exc:
+            node.m.errors.inc(labels=("validation",))
+            return _error(422, exc.field, exc.reason, "feature_error")
+        except Exception:
+            node.m.errors.inc(labels=("internal",))
+            log.exception("ranking request %s failed", request_id)
+            return _error(500, "$", "internal error while ranking", "internal")
+        node.impressions.submit(request_id.encode(), ranked.impression)
+        node.m.candidates.inc(ranked.n_items)
+        return Response(ranked.body, media_type="application/json")
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: /rank serves (a snapshot is loaded, or the cold-start policy)")
+    async def readyz() -> Response:
+        cur = node.slot.current
+        ready = node.ready()
+        body = {
+            "ready": ready,
+            "snapshot_version": None if cur is None else cur.version,
+            "cold_start": None if cur is None else cur.cold_start,
+            "caught_up": node.snapshots.caught_up.is_set(),
+            "node": node.node_id,
+        }
+        return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
+
+    @app.get("/metrics", summary="Prometheus metrics (text format 0.0.4)")
+    async def metrics() -> Response:
+        return Response(node.m.registry.render(), media_type=CONTENT_TYPE)
+
+    def openapi() -> dict[str, Any]:
+        # The /rank body is parsed by hand (see rank_endpoint), so its schema is added here.
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            request_schema = RankRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(request_schema.pop("$defs", {}))
+            components["RankRequest"] = request_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

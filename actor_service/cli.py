@@ -1,0 +1,48 @@
+"""``paperec serve``: run one serving node (uvicorn + the FastAPI app of :mod:`actor_service.app`).
+
+Heavy imports (torch, FastAPI, uvicorn) happen in :func:`run`, not at import: ``paperec``
+builds every subcommand's parser, and ``paperec devstack status`` must stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from paperec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="listen address (shorthand for --serve-host)")
+    parser.add_argument("--port", type=int, default=None, help="listen port (shorthand for --serve-port)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.host is not None:
+        settings = settings.replace(serve_host=args.host)
+    if args.port is not None:
+        settings = settings.replace(serve_port=args.port)
+
+    import uvicorn
+
+    from actor_service.app import create_app
+    from actor_service.node import Node
+
+    try:
+        node = Node(settings)
+    except ValueError as exc:
+        print(f"paperec serve: {exc}")
+        return 2
+    app = create_app(node)
+    log.info("serving on http://%s:%d (node %s)", settings.serve_host, settings.serve_port, node.node_id)
+    uvicorn.run(
+        app,
+        host=settings.serve_host,
+        port=settings.serve_port,
+        log_config=None,  # keep the CLI's logging setup
+        access_log=False,  # per-request lines cost more than scoring a short list
+        timeout_graceful_shutdown=10,
+    )
+    return 0

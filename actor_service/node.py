@@ -1,0 +1,179 @@
+"""One serving node: the served model slot, the scoring worker, the impression logger, the
+snapshot consumer and the metrics exporter, with their start/stop order.
+
+Scoring runs torch on a single worker thread, never on the event loop, so ``/healthz`` and
+``/metrics`` answer while a list is being scored; torch gets ``serve_torch_threads`` intra-op
+threads (1 by default: the event loop needs the other core of a small machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from actor_service.batcher import MicroBatcher
+from actor_service.impressions import ImpressionLogger, Producer
+from actor_service.instruments import ClickHouseExporter, Instruments, NodeState
+from actor_service.model_slot import ModelSlot, cold_start_model
+from actor_service.snapshots import FETCH_HEADROOM_BYTES, SnapshotConsumer, SnapshotLoader
+from paperec.settings import TOPIC_IMPRESSIONS, TOPIC_SNAPSHOTS, Settings
+from paperec.topics import EVENT_MAX_MESSAGE_BYTES
+from schemas import MAX_ITEMS
+
+log = logging.getLogger(__name__)
+
+COLD_START_POLICIES = ("random", "refuse")
+
+
+def check_settings(s: Settings) -> None:
+    """Reject serving settings that cannot work, naming the setting."""
+    if s.serve_cold_start not in COLD_START_POLICIES:
+        raise ValueError(f"serve_cold_start must be one of {COLD_START_POLICIES}, got {s.serve_cold_start!r}")
+    if not 1 <= s.serve_max_items <= MAX_ITEMS:
+        raise ValueError(f"serve_max_items must be in 1..{MAX_ITEMS} (the impression schema's limit)")
+    if s.serve_max_body_bytes < 1024:
+        raise ValueError("serve_max_body_bytes must be at least 1024")
+    if s.serve_noise_std < 0:
+        raise ValueError("serve_noise_std must be >= 0")
+    if s.serve_torch_threads < 1 or s.serve_max_batch < 1:
+        raise ValueError("serve_torch_threads and serve_max_batch must be >= 1")
+    if s.serve_impression_buffer < 1 or s.serve_impression_buffer_bytes < 1:
+        raise ValueError("serve_impression_buffer and serve_impression_buffer_bytes must be >= 1")
+
+
+def node_id(s: Settings) -> str:
+    return s.serve_node_id or f"{socket.gethostname()}:{s.serve_port}"
+
+
+class Node:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        make_producer: Callable[[], Producer] | None = None,
+        make_consumer: Callable[[], Any] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        check_settings(settings)
+        self.settings = settings
+        self.node_id = node_id(settings)
+        self.slot = ModelSlot()
+        self.m = Instruments(
+            NodeState(
+                snapshot_version=self.slot.version,
+                snapshot_created_at_ms=self.slot.created_at_ms,
+                ready=self.ready,
+                cold_start=lambda: None if self.slot.current is None else self.slot.current.cold_start,
+            )
+        )
+        self.scorer = ThreadPoolExecutor(1, thread_name_prefix="scorer")
+        # Exploration noise: drawn only on the scorer thread, from a per-node stream.
+        self.generator = torch.Generator().manual_seed(
+            int.from_bytes(os.urandom(8), "little") if seed is None else seed
+        )
+        self.batcher = MicroBatcher(
+            self.scorer, settings.serve_noise_std, self.generator, max_lists=settings.serve_max_batch
+        )
+        self.impressions = ImpressionLogger(
+            make_producer or self._producer,
+            settings.topic(TOPIC_IMPRESSIONS),
+            self.m,
+            max_records=settings.serve_impression_buffer,
+            max_bytes=settings.serve_impression_buffer_bytes,
+            max_message_bytes=EVENT_MAX_MESSAGE_BYTES,
+        )
+        self.loader = SnapshotLoader(self.slot, settings.snapshot_hmac_key.encode(), self.m)
+        self.snapshots = SnapshotConsumer(
+            self.loader, make_consumer or self._consumer, settings.topic(TOPIC_SNAPSHOTS)
+        )
+        self.exporter: ClickHouseExporter | None = None
+        self._export_task: asyncio.Task[None] | None = None
+        self._ready_deadline = float("inf")
+
+    # ------------------------------------------------------------------ Kafka clients
+    def _producer(self) -> Producer:
+        from aiokafka import AIOKafkaProducer
+
+        return AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            client_id=f"paperec-serve-{self.node_id}",
+            acks="all",
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+            max_request_size=EVENT_MAX_MESSAGE_BYTES,
+            request_timeout_ms=15_000,
+        )
+
+    def _consumer(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        fetch = self.settings.max_message_bytes + FETCH_HEADROOM_BYTES
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            client_id=f"paperec-serve-{self.node_id}",
+            group_id=None,  # every node reads every snapshot
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_bytes=fetch,
+            max_partition_fetch_bytes=fetch,
+            fetch_max_wait_ms=200,
+            request_timeout_ms=15_000,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    def ready(self) -> bool:
+        """Serving when a model is in the slot and the snapshot topic was read to its end (so a
+        restarted node does not briefly serve an old model), or the startup timeout passed."""
+        if self.slot.current is None:
+            return False
+        return self.snapshots.caught_up.is_set() or time.monotonic() >= self._ready_deadline
+
+    async def start(self) -> None:
+        s = self.settings
+        torch.set_num_threads(s.serve_torch_threads)
+        loop = asyncio.get_running_loop()
+        if s.serve_cold_start == "random":
+            served = await loop.run_in_executor(
+                self.scorer, cold_start_model, s.serve_cold_start_seed, s.serve_cold_start_config
+            )
+            self.slot.offer(served)
+        self._ready_deadline = time.monotonic() + s.serve_startup_timeout_s
+        self.snapshots.start()
+        self.impressions.start()
+        if s.serve_metrics_clickhouse:
+            from paperec.metrics_store import client
+
+            self.exporter = ClickHouseExporter(
+                self.m,
+                lambda: client(s, s.clickhouse_database),
+                "serving_metrics",
+                f"actor:{self.node_id}",
+                s.serve_metrics_interval_s,
+            )
+            self._export_task = asyncio.create_task(self.exporter.run(), name="metrics-export")
+        log.info(
+            "node %s: cold start %s, noise std %g, max %d items, topics %s / %s",
+            self.node_id,
+            s.serve_cold_start,
+            s.serve_noise_std,
+            s.serve_max_items,
+            s.topic(TOPIC_SNAPSHOTS),
+            s.topic(TOPIC_IMPRESSIONS),
+        )
+
+    async def stop(self) -> None:
+        await self.snapshots.close()
+        await self.impressions.close(timeout_s=5.0)
+        if self._export_task is not None:
+            self._export_task.cancel()
+        if self.exporter is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.exporter.close, 2.0)
+        self.scorer.shutdown(wait=True, cancel_futures=True)

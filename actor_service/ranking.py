@@ -1,0 +1,147 @@
+"""Rank requests with one served model: the response bodies and the impression records.
+
+Runs on the scoring worker thread (never the event loop). Featurizing and scoring are the
+learner's own functions (``learner.featurize.list_inputs``, ``learner.scoring.score``), so the
+node ranks exactly as the learner evaluates. Several concurrent requests are scored as one
+batch (see :mod:`actor_service.batcher`): a list's outputs depend on that list only (the
+ranker has no cross-list interaction, right padding only trails), so batching changes speed,
+not results.
+
+The impression lists the items in SERVED order (position 0 = top) with their features, and
+user features/history/context as the request gave them: the stream join and the learner then
+featurize the very list the user saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+import torch
+
+from actor_service.api import RankRequest
+from actor_service.model_slot import Served
+from learner.featurize import FeatureError, ListView, list_inputs
+from learner.scoring import ScoreResult, score
+from schemas import SCHEMA_VERSION, Impression, SchemaError, encode
+
+
+@dataclass(frozen=True)
+class Job:
+    req: RankRequest
+    request_id: str
+    ts_ms: int
+
+
+@dataclass(frozen=True)
+class Ranked:
+    body: bytes  # the JSON response
+    impression: bytes  # the encoded schemas.Impression
+    version: int
+    n_items: int
+
+
+def _view(req: RankRequest) -> ListView:
+    return ListView(
+        req.user_features,
+        req.history,
+        req.context,
+        [it.item_id for it in req.items],
+        [it.features for it in req.items],
+    )
+
+
+def rank_batch(
+    served: Served,
+    jobs: Sequence[Job],
+    noise_std: float,
+    generator: torch.Generator | None,
+) -> list[Ranked | FeatureError | SchemaError]:
+    """One result per job: a Ranked, or the error that names the offending field (feature widths
+    that do not fit the model; an impression that would be invalid, which the API prevents)."""
+    cfg = served.model.ranker.cfg
+    views = [_view(j.req) for j in jobs]
+    try:
+        inputs = list_inputs(views, cfg)
+    except FeatureError as exc:
+        if len(jobs) == 1:
+            return [exc]
+        # Only some lists are bad: score each alone so the others are served.
+        out: list[Ranked | FeatureError | SchemaError] = []
+        for job in jobs:
+            out.extend(rank_batch(served, [job], noise_std, generator))
+        return out
+    result = score(served.model, inputs, noise_std, generator)
+    results: list[Ranked | FeatureError | SchemaError] = []
+    for b, job in enumerate(jobs):
+        try:
+            results.append(_one(served, job, views[b], result, b))
+        except SchemaError as exc:
+            results.append(exc)
+    return results
+
+
+def _one(served: Served, job: Job, view: ListView, result: ScoreResult, b: int) -> Ranked:
+    n = len(view.item_ids)
+    order: list[int] = result.ranking[b, :n].tolist()  # padding (-inf) sorts last
+    scores: list[float] = result.scores[b, :n].tolist()
+    preds: list[list[float]] = result.preds[b, :n].tolist()
+    weights: list[float] = result.weights[b].tolist()
+    noise: list[float] = result.noise[b].tolist()
+    objectives = list(served.objectives)
+    item_ids, item_features = view.item_ids, view.item_features
+
+    ranked_items = []
+    logged_items = []
+    for position, i in enumerate(order):
+        ranked_items.append({
+            "item_id": item_ids[i],
+            "position": position,
+            "score": scores[i],
+            "objective_scores": dict(zip(objectives, preds[i], strict=True)),
+        })
+        logged_items.append({"item_id": item_ids[i], "position": position, "features": item_features[i]})
+
+    body = orjson.dumps({
+        "request_id": job.request_id,
+        "snapshot_version": served.version,
+        "objectives": objectives,
+        "weights": weights,
+        "noise": noise,
+        "items": ranked_items,
+    })
+    # from_dict validates (fast path for well-formed lists) and builds the record the way a
+    # consumer decoding it will: a record that would fail the join's decoder never leaves here.
+    req = job.req
+    impression = Impression.from_dict({
+        "type": "impression",
+        "schema_version": SCHEMA_VERSION,
+        "request_id": job.request_id,
+        "user_id": req.user_id,
+        "ts_ms": job.ts_ms,
+        "snapshot_version": served.version,
+        "objectives": objectives,
+        "weights": weights,
+        "noise": noise,
+        "user_features": req.user_features,
+        "history": req.history,
+        "context": req.context,
+        "items": logged_items,
+    })
+    return Ranked(body=body, impression=encode(impression), version=served.version, n_items=n)
+
+
+def rank(
+    served: Served,
+    req: RankRequest,
+    request_id: str,
+    ts_ms: int,
+    noise_std: float,
+    generator: torch.Generator | None,
+) -> Ranked:
+    """Rank one request; raises FeatureError/SchemaError naming the field."""
+    (out,) = rank_batch(served, [Job(req, request_id, ts_ms)], noise_std, generator)
+    if isinstance(out, Exception):
+        raise out
+    return out

@@ -1,0 +1,231 @@
+"""Hot-load: read every actor snapshot, verify it, build the model off the request path, swap it in.
+
+Every node reads the whole compacted ``actor-snapshots`` topic itself: no consumer group, the
+single partition assigned manually, read from the beginning on start (compaction keeps the
+latest snapshot, so the node finds it there), then followed. A record is verified (checksum,
+HMAC signature, schema version, finite weights, shapes: ``learner.snapshot.decode_snapshot``)
+and the model built on a dedicated loader thread; only then is the one model reference
+swapped (:class:`ModelSlot`). An invalid snapshot is logged, counted by reason and ignored:
+the previous model keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from actor_service.instruments import Instruments
+from actor_service.model_slot import ModelSlot, Served, check_servable
+from learner.snapshot import SNAPSHOT_KEY, SnapshotRejected, decode_snapshot, header_of
+from schemas import SchemaError, decode_snapshot_header
+
+log = logging.getLogger(__name__)
+
+# Room on top of the largest snapshot message for the record batch framing and header.
+FETCH_HEADROOM_BYTES = 1024 * 1024
+
+
+class RecordLike(Protocol):
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int  # ms; the producer's CreateTime: "publication" of the snapshot
+    headers: Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    offset: int
+    status: str  # "loaded", "rejected", "skipped", "tombstone"
+    version: int | None = None
+    reason: str = ""
+
+
+def rejection_kind(message: str) -> str:
+    """A small, fixed set of metric labels from a SnapshotRejected reason."""
+    for needle, kind in (
+        ("payload_sha256", "checksum"),
+        ("payload_size", "checksum"),
+        ("signature", "signature"),
+        ("schema_version", "schema"),
+        ("non-finite", "non_finite"),
+        ("does not fit", "shape"),
+        ("safetensors", "payload"),
+        ("payload_format", "payload"),
+        ("header", "header"),
+    ):
+        if needle in message:
+            return kind
+    return "other"
+
+
+class SnapshotLoader:
+    """Verifies snapshot records and offers the valid, newer ones to the slot (thread-safe use:
+    one loader thread)."""
+
+    def __init__(
+        self,
+        slot: ModelSlot,
+        hmac_key: bytes,
+        instruments: Instruments,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.slot = slot
+        self.key = hmac_key
+        self.m = instruments
+        self.clock = clock
+
+    def handle(self, records: Sequence[RecordLike]) -> list[Outcome]:
+        """Newest first: the first valid record newer than the served model is loaded and the
+        older ones of the batch are not worth verifying (a catch-up batch may hold many)."""
+        out: list[Outcome] = []
+        for rec in sorted(records, key=lambda r: r.offset, reverse=True):
+            outcome = self.handle_one(rec)
+            out.append(outcome)
+            if outcome.status == "loaded":
+                break
+        return out
+
+    def handle_one(self, rec: RecordLike) -> Outcome:
+        if rec.value is None:
+            return Outcome(rec.offset, "tombstone")
+        if rec.key != SNAPSHOT_KEY:
+            return self._reject(rec, None, f"record key {rec.key!r} is not {SNAPSHOT_KEY!r}", "key")
+        try:
+            header_bytes = header_of(list(rec.headers or ()))
+            version = decode_snapshot_header(header_bytes).snapshot_version
+        except (SnapshotRejected, SchemaError) as exc:
+            return self._reject(rec, None, f"bad header: {exc}", "header")
+        current = self.slot.version()
+        if current is not None and version <= current:
+            # Replay of the topic on start, or a duplicate: never roll back. (The version is read
+            # before verification; a forged one can only make this node skip, not load, a record.)
+            self.m.snapshots_skipped.inc()
+            return Outcome(rec.offset, "skipped", version)
+        started = time.perf_counter()
+        try:
+            header, model = decode_snapshot(header_bytes, rec.value, self.key)
+            check_servable(model)
+        except SnapshotRejected as exc:
+            return self._reject(rec, version, str(exc), rejection_kind(str(exc)))
+        except ValueError as exc:
+            return self._reject(rec, version, str(exc), "model")
+        served = Served(
+            model=model,
+            version=header.snapshot_version,
+            objectives=tuple(model.ranker.cfg.objectives),
+            created_at_ms=header.created_at_ms,
+            training_step=header.training_step,
+        )
+        if not self.slot.offer(served):
+            self.m.snapshots_skipped.inc()
+            return Outcome(rec.offset, "skipped", version)
+        load_s = time.perf_counter() - started
+        publish_to_served = max(0.0, self.clock() - rec.timestamp / 1000.0)
+        self.m.snapshots_loaded.inc()
+        self.m.snapshot_load_seconds.set(load_s)
+        self.m.publish_to_served.observe(publish_to_served)
+        log.info(
+            "serving snapshot %d (offset %d, training step %d): verified and built in %.0f ms, "
+            "%.0f ms after publication",
+            served.version,
+            rec.offset,
+            served.training_step,
+            load_s * 1e3,
+            publish_to_served * 1e3,
+        )
+        return Outcome(rec.offset, "loaded", served.version)
+
+    def _reject(self, rec: RecordLike, version: int | None, reason: str, kind: str) -> Outcome:
+        self.m.snapshots_rejected.inc(labels=(kind,))
+        log.error(
+            "rejected snapshot at offset %d (version %s): %s; still serving version %s",
+            rec.offset,
+            version,
+            reason,
+            self.slot.version(),
+        )
+        return Outcome(rec.offset, "rejected", version, kind)
+
+
+class SnapshotConsumer:
+    """The background task that follows the topic and feeds the loader (on its own thread)."""
+
+    def __init__(
+        self,
+        loader: SnapshotLoader,
+        make_consumer: Callable[[], Any],
+        topic: str,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.loader = loader
+        self._make_consumer = make_consumer
+        self.topic = topic
+        self.max_backoff_s = max_backoff_s
+        self.caught_up = asyncio.Event()  # set once the topic was read up to its end at start
+        self._next_offset: int | None = None
+        # Its own thread: verifying and building a model never waits behind, or holds up, scoring.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="snapshot-loader")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="snapshot-consumer")
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            consumer = None
+            try:
+                consumer = self._make_consumer()
+                await consumer.start()
+                backoff = 0.2
+                await self._follow(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("snapshot consumer failed (%r); reconnecting in %.1f s", exc, backoff)
+            finally:
+                if consumer is not None:
+                    with contextlib.suppress(Exception):
+                        await consumer.stop()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    async def _follow(self, consumer: Any) -> None:
+        from aiokafka import TopicPartition  # local: keeps this module importable without a broker
+
+        # Assigning a missing topic makes aiokafka spin on metadata errors: check it exists first.
+        if self.topic not in await consumer.topics():
+            raise LookupError(f"topic {self.topic} does not exist (run `paperec topics create`)")
+        tp = TopicPartition(self.topic, 0)
+        consumer.assign([tp])
+        if self._next_offset is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, self._next_offset)
+        end = (await consumer.end_offsets([tp]))[tp]
+        log.info(
+            "following %s from offset %s (end offset at start: %d)", self.topic, self._next_offset or 0, end
+        )
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.caught_up.is_set() and await consumer.position(tp) >= end:
+                self.caught_up.set()
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            records = batch.get(tp, [])
+            if records:
+                await loop.run_in_executor(self._pool, self.loader.handle, records)
+                self._next_offset = records[-1].offset + 1
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._pool.shutdown(wait=False, cancel_futures=True)
