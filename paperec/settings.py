@@ -38,6 +38,16 @@ CO_PARTITIONED_TOPICS = (TOPIC_IMPRESSIONS, TOPIC_CLICKS, TOPIC_DWELLS)
 
 DEV_HMAC_KEY = "paperec-dev-key-not-for-production"
 
+# --- Streams (streams/): internal topics of the stream join, behind the same prefix. ``list-outcomes``
+# (stage 1 -> stage 2, keyed by user_id) and the changelogs of the two state tables (compacted). The
+# changelogs are co-partitioned with the topic their table is keyed like (see topic_plan).
+TOPIC_LIST_OUTCOMES = "list-outcomes"
+TOPIC_JOIN_CHANGELOG = "streams-join-changelog"
+TOPIC_LINK_CHANGELOG = "streams-link-changelog"
+STREAMS_TOPICS = (TOPIC_LIST_OUTCOMES, TOPIC_JOIN_CHANGELOG, TOPIC_LINK_CHANGELOG)
+ALL_TOPICS = (*ALL_TOPICS, *STREAMS_TOPICS)  # type: ignore[assignment]  # extends the tuple above
+# --- end Streams
+
 
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -68,11 +78,76 @@ class Settings:
     state_dir: str = _opt(".paperec", "dev stack state: jar cache, data, logs, pid files")
     log_level: str = _opt("INFO", "logging level")
 
+    # --- Serving (actor_service, `paperec serve`)
+    serve_host: str = _opt("127.0.0.1", "serve: HTTP listen address")
+    serve_port: int = _opt(18080, "serve: HTTP listen port")
+    serve_node_id: str = _opt("", "serve: node name in metrics (default: <hostname>:<port>)")
+    serve_max_items: int = _opt(1000, "serve: most candidate items per /rank request (<= 1000)")
+    serve_max_body_bytes: int = _opt(4 * 1024 * 1024, "serve: largest accepted request body (bytes)")
+    serve_cold_start: str = _opt("random", "serve: before any snapshot: 'random' (seeded model) or 'refuse'")
+    serve_cold_start_seed: int = _opt(0, "serve: seed of the cold-start model (same on every node)")
+    serve_cold_start_config: str = _opt("", "serve: cold-start model config as JSON (empty = defaults)")
+    serve_noise_std: float = _opt(0.1, "serve: exploration noise std on the weight logits (0 = exploit only)")
+    serve_torch_threads: int = _opt(1, "serve: torch intra-op threads of the scoring worker")
+    serve_max_batch: int = _opt(16, "serve: most concurrent lists scored as one batch (1 = no batching)")
+    serve_startup_timeout_s: float = _opt(30.0, "serve: longest wait for the snapshot topic on start")
+    serve_impression_buffer: int = _opt(10_000, "serve: impressions buffered while Kafka is slow or down")
+    serve_impression_buffer_bytes: int = _opt(
+        64 * 1024 * 1024, "serve: bytes of impressions buffered while Kafka is slow or down"
+    )
+    serve_metrics_interval_s: float = _opt(5.0, "serve: seconds between metric batches to ClickHouse")
+    serve_metrics_clickhouse: bool = _opt(True, "serve: write serving metrics to ClickHouse")
+    # --- end Serving
+
+    # --- Streams (streams/, `paperec streams`)
+    join_window_ms: int = _opt(30_000, "streams: feedback window after an impression (event time, ms)")
+    join_lateness_ms: int = _opt(5_000, "streams: allowed lateness: the window is emitted this much later")
+    join_closed_retention_ms: int = _opt(
+        120_000, "streams: how long a closed list is remembered, to tell late feedback from unknown (ms)"
+    )
+    session_gap_ms: int = _opt(30 * 60 * 1000, "streams: gap between two lists of a user that ends a session")
+    streams_idle_ms: int = _opt(5_000, "streams: a partition idle this long advances its watermark by wall time")
+    streams_max_future_ms: int = _opt(60_000, "streams: event times this far past wall time do not move watermarks")
+    streams_tick_ms: int = _opt(200, "streams: how often windows and sessions are checked for closing (ms)")
+    streams_max_batch: int = _opt(20_000, "streams: most input records processed as one batch")
+    streams_commit_interval_s: float = _opt(1.0, "streams: seconds between offset commits")
+    streams_web_port: int = _opt(0, "streams: Faust web server port (0 = web server disabled)")
+    streams_metrics_interval_s: float = _opt(10.0, "streams: seconds between stream health samples")
+    streams_metrics_clickhouse: bool = _opt(True, "streams: write list outcomes and stream health to ClickHouse")
+    streams_create_topics: bool = _opt(True, "streams: create missing topics (as `paperec topics create`) on start")
+    # --- end Streams
+
+    # --- Learner service (learner/, `paperec learner`)
+    learner_checkpoint_dir: str = _opt(
+        "", "learner: checkpoint directory (default: <state_dir>/learner/<topic_prefix>)"
+    )
+    # --- end Learner service
+
     # ---------------------------------------------------------------- derived values
     def topic(self, suffix: str) -> str:
         """Full topic name for one of the TOPIC_* suffixes."""
         return f"{self.topic_prefix}{suffix}"
 
+    # --- Streams
+    @property
+    def streams_app_id(self) -> str:
+        """Faust app id (= consumer group) of the streams worker: one per topic prefix."""
+        return f"{self.topic_prefix}streams"
+
+    # --- end Streams
+    # --- Learner service
+    @property
+    def learner_group_id(self) -> str:
+        """Consumer group of the learner (its committed offsets): one per topic prefix."""
+        return f"{self.topic_prefix}learner"
+
+    @property
+    def learner_checkpoint_path(self) -> Path:
+        if self.learner_checkpoint_dir:
+            return Path(self.learner_checkpoint_dir).resolve()
+        return self.state_path / "learner" / (self.topic_prefix.strip(".") or "default")
+
+    # --- end Learner service
     @property
     def kafka_host(self) -> str:
         return self.kafka_bootstrap.split(",")[0].rsplit(":", 1)[0]

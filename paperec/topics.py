@@ -15,6 +15,9 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from paperec.settings import (
     CO_PARTITIONED_TOPICS,
+    TOPIC_JOIN_CHANGELOG,
+    TOPIC_LINK_CHANGELOG,
+    TOPIC_LIST_OUTCOMES,
     TOPIC_CLICKS,
     TOPIC_DEAD_LETTER,
     TOPIC_DWELLS,
@@ -85,8 +88,44 @@ def topic_plan(settings: Settings) -> list[TopicSpec]:
             delete_policy(settings.dead_letter_retention_ms),
         ),
     ]
+    specs.extend(streams_topic_specs(settings))  # --- Streams: internal topics of the stream join
     return specs
 
+
+# --- Streams: internal topics of the stream join (streams/). All have event_partitions partitions:
+# the join's changelog is written to the partition number of the input record it came from, and
+# list-outcomes and the link changelog are keyed by user_id, so each changelog partition is
+# co-partitioned with the topic its table is keyed like and recovery restores exactly the keys of
+# the input partitions a worker owns.
+STREAMS_STATE_MAX_MESSAGE_BYTES = 4 * EVENT_MAX_MESSAGE_BYTES
+
+
+def streams_changelog_configs() -> dict[str, str]:
+    """Configs of the streams state changelogs (also passed to Faust, which may create them)."""
+    return {
+        "cleanup.policy": "compact",
+        "max.message.bytes": str(STREAMS_STATE_MAX_MESSAGE_BYTES),
+        "min.cleanable.dirty.ratio": "0.2",
+        "segment.ms": str(60 * 60 * 1000),
+    }
+
+
+def streams_topic_specs(settings: Settings) -> list[TopicSpec]:
+    rf = settings.replication_factor
+    n = settings.event_partitions
+    outcomes = {
+        "cleanup.policy": "delete",
+        "retention.ms": str(settings.event_retention_ms),
+        "max.message.bytes": str(STREAMS_STATE_MAX_MESSAGE_BYTES),
+    }
+    return [
+        TopicSpec(settings.topic(TOPIC_LIST_OUTCOMES), n, rf, outcomes),
+        TopicSpec(settings.topic(TOPIC_JOIN_CHANGELOG), n, rf, streams_changelog_configs()),
+        TopicSpec(settings.topic(TOPIC_LINK_CHANGELOG), n, rf, streams_changelog_configs()),
+    ]
+
+
+# --- end Streams
 
 def check_copartitioned(partition_counts: dict[str, int], settings: Settings) -> list[str]:
     """Problems with the join inputs' partition counts (empty list when co-partitioned)."""
