@@ -60,6 +60,12 @@ class RankRequest(BaseModel):
     items: list[Candidate] = Field(
         min_length=1, max_length=MAX_ITEMS, description="candidates to rank (unique item ids)"
     )
+    top_k: int | None = Field(
+        default=None,
+        ge=1,
+        description="return and log only the top k items: the list the user is actually shown "
+        "(unshown candidates must not be logged, or the join would count them as skipped)",
+    )
 
     @field_validator("items")
     @classmethod

@@ -85,6 +85,7 @@ def rank_batch(
 def _one(served: Served, job: Job, view: ListView, result: ScoreResult, b: int) -> Ranked:
     n = len(view.item_ids)
     order: list[int] = result.ranking[b, :n].tolist()  # padding (-inf) sorts last
+    order = order[: job.req.top_k]  # the shown list only (top_k None keeps all)
     scores: list[float] = result.scores[b, :n].tolist()
     preds: list[list[float]] = result.preds[b, :n].tolist()
     weights: list[float] = result.weights[b].tolist()
@@ -129,7 +130,7 @@ def _one(served: Served, job: Job, view: ListView, result: ScoreResult, b: int) 
         "context": req.context,
         "items": logged_items,
     })
-    return Ranked(body=body, impression=encode(impression), version=served.version, n_items=n)
+    return Ranked(body=body, impression=encode(impression), version=served.version, n_items=len(order))
 
 
 def rank(

@@ -130,3 +130,13 @@ def test_only_simplex_weight_generators_are_servable() -> None:
     tanh = ActorModel(TINY, ActorConfig(obs_dim=TINY.d_model, action_dim=2, head="tanh"))
     with pytest.raises(ValueError, match="simplex"):
         check_servable(tanh)
+
+
+def test_top_k_returns_and_logs_only_the_shown_list(served: Served) -> None:
+    full = rank(served, request(8, request_id="req-k"), "req-k", 1, noise_std=0.0, generator=None)
+    top = rank(served, request(8, request_id="req-k", top_k=3), "req-k", 1, noise_std=0.0, generator=None)
+    full_ids = [it["item_id"] for it in json.loads(full.body)["items"]]
+    top_ids = [it["item_id"] for it in json.loads(top.body)["items"]]
+    assert top_ids == full_ids[:3]
+    logged = decode_impression(top.impression)
+    assert [it.item_id for it in logged.items] == top_ids and top.n_items == 3
