@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "devstack": ("paperec.devstack.cli", "start, stop or inspect the local Kafka + ClickHouse dev stack"),
     "topics": ("paperec.topics", "create or describe the Kafka topics"),
     "metrics": ("paperec.metrics_store", "create the ClickHouse metric tables"),
+    "dashboard": ("paperec.dashboard", "serve a local web dashboard of the metrics in ClickHouse"),
     "demo": ("paperec.demo", "run the end-to-end demo"),
     # --- Streams
     "streams": ("streams.cli", "run a stream join worker (impressions + feedback -> transitions)"),
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # kafka-python and aiokafka log every connection at INFO: keep the CLI output readable.
-    for noisy in ("kafka", "aiokafka"):
+    for noisy in ("kafka", "aiokafka", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     run: Callable[[argparse.Namespace, Settings], int] = _module(args._module).run
     return run(args, settings)

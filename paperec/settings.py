@@ -109,8 +109,11 @@ class Settings:
     streams_idle_ms: int = _opt(5_000, "streams: a partition idle this long advances its watermark by wall time")
     streams_max_future_ms: int = _opt(60_000, "streams: event times this far past wall time do not move watermarks")
     streams_tick_ms: int = _opt(200, "streams: how often windows and sessions are checked for closing (ms)")
-    streams_max_batch: int = _opt(20_000, "streams: most input records processed as one batch")
+    streams_max_batch: int = _opt(5_000, "streams: most input records processed as one batch")
     streams_commit_interval_s: float = _opt(1.0, "streams: seconds between offset commits")
+    streams_session_timeout_s: float = _opt(
+        10.0, "streams: Kafka group session timeout: a dead worker's partitions move after this long"
+    )
     streams_web_port: int = _opt(0, "streams: Faust web server port (0 = web server disabled)")
     streams_metrics_interval_s: float = _opt(10.0, "streams: seconds between stream health samples")
     streams_metrics_clickhouse: bool = _opt(True, "streams: write list outcomes and stream health to ClickHouse")

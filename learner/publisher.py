@@ -1,0 +1,260 @@
+"""Actor snapshots to the compacted ``actor-snapshots`` topic.
+
+Encoding (serving copy of ranker + weight generator -> safetensors -> signed header, see
+:mod:`learner.snapshot`) runs on the training thread: it must read a consistent model between two
+steps and takes milliseconds. Sending and waiting for the broker's acknowledgement (acks=all)
+runs on a publisher thread, so a slow broker never stalls training. If a newer snapshot is ready
+while an older one still waits to be sent, the older one is dropped (the topic is compacted:
+only the newest matters). A failed publish is logged and counted, never raised.
+
+Size policy: one message per snapshot; the limit is raised consistently, not chunked. The
+producer's ``max_request_size`` is ``Settings.max_message_bytes``, the same value the topic's
+``max.message.bytes`` and the dev broker's ``message.max.bytes`` are set from (16 MiB default;
+the default model's snapshot is ~4.5 MB, already over Kafka's 1 MiB default).
+
+Versions: strictly increasing across restarts. The first version of a run is
+``max(version in the checkpoint, newest version on the topic) + 1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from learner.scoring import ActorModel
+from learner.snapshot import HEADER_NAME, encode_snapshot, to_record
+from schemas import SchemaError, SnapshotHeader, decode_snapshot_header, verify_snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    version: int
+    training_step: int
+    payload_bytes: int
+    encode_s: float
+    send_s: float  # send until the broker's ack
+    ok: bool
+    error: str = ""
+
+
+def latest_version(bootstrap: str, topic: str, key: bytes | None = None, tail: int = 16) -> int:
+    """The highest snapshot_version among the last ``tail`` records of the snapshot topic (0 if none).
+
+    Every decodable header counts, signed with our key or not: the version must outrun anything
+    serving nodes may have seen, and skipping numbers is harmless.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_bytes=256 * 1024 * 1024,
+        max_partition_fetch_bytes=256 * 1024 * 1024,
+    )
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return 0
+        consumer.assign(tps)
+        ends = consumer.end_offsets(tps)
+        begins = consumer.beginning_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(begins[tp], ends[tp] - tail))
+        best, remaining = 0, {tp for tp in tps if ends[tp] > begins[tp]}
+        deadline = time.monotonic() + 15.0
+        while remaining and time.monotonic() < deadline:
+            for tp, msgs in consumer.poll(timeout_ms=500).items():
+                for m in msgs:
+                    best = max(best, _version_of(m.headers, m.value, key))
+                if consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+            remaining = {tp for tp in remaining if consumer.position(tp) < ends[tp]}
+        return best
+    finally:
+        consumer.close()
+
+
+def _version_of(headers: list[tuple[str, bytes]] | None, payload: bytes | None, key: bytes | None) -> int:
+    for name, value in headers or ():
+        if name != HEADER_NAME:
+            continue
+        try:
+            header = decode_snapshot_header(value)
+        except SchemaError:
+            return 0
+        if key is not None:
+            try:
+                verify_snapshot(header, payload or b"", key)
+            except SchemaError as exc:
+                log.warning("snapshot v%d on the topic does not verify (%s)", header.snapshot_version, exc)
+        return header.snapshot_version
+    return 0
+
+
+class SnapshotPublisher:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        key: bytes,
+        max_message_bytes: int,
+        first_version: int,
+        on_result: Callable[[PublishResult], None] | None = None,
+        send_timeout_s: float = 30.0,
+    ) -> None:
+        from kafka import KafkaProducer
+
+        self.topic = topic
+        self.key = key
+        self.max_message_bytes = max_message_bytes
+        self.next_version = first_version
+        self.on_result = on_result
+        self.send_timeout_s = send_timeout_s
+        self.published = 0
+        self.failed = 0
+        self.superseded = 0
+        self.last_header: SnapshotHeader | None = None
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id="paperec-learner-snapshots",
+            acks="all",
+            linger_ms=0,
+            max_request_size=max_message_bytes,
+            request_timeout_ms=int(send_timeout_s * 1000),
+        )
+        self._pending: tuple[SnapshotHeader, bytes, float] | None = None
+        self._cond = threading.Condition()
+        self._stop = False
+        self._busy = False
+        self._thread = threading.Thread(target=self._run, name="learner-publish", daemon=True)
+        self._thread.start()
+
+    @property
+    def last_version(self) -> int:
+        """The last version handed out (published or not): what a checkpoint must remember."""
+        return self.next_version - 1
+
+    def publish(
+        self, make_model: Callable[[], ActorModel], *, training_step: int, watermark_ms: int
+    ) -> SnapshotHeader | None:
+        """Build the serving model and encode it now (caller's thread: between two training
+        steps, so the weights are consistent), send it in the background. None on failure."""
+        start = time.perf_counter()
+        version = self.next_version
+        try:
+            header, payload = encode_snapshot(
+                make_model(),
+                snapshot_version=version,
+                training_step=training_step,
+                watermark_ms=watermark_ms,
+                key=self.key,
+                max_message_bytes=self.max_message_bytes,
+            )
+        except Exception as exc:  # e.g. over the size limit: log and keep training
+            self.failed += 1
+            log.error("snapshot v%d not encoded: %s", version, exc)
+            self._report(
+                PublishResult(version, training_step, 0, time.perf_counter() - start, 0.0, False, str(exc))
+            )
+            return None
+        self.next_version += 1
+        with self._cond:
+            if self._pending is not None:
+                self.superseded += 1
+                log.info(
+                    "snapshot v%d superseded by v%d before it was sent",
+                    self._pending[0].snapshot_version,
+                    version,
+                )
+            self._pending = (header, payload, time.perf_counter() - start)
+            self._cond.notify()
+        return header
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until nothing is pending or being sent (True) or ``timeout_s`` passed."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._pending is not None or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        self.wait_idle(timeout_s)
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+        self.producer.close(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stop:
+                    self._cond.wait()
+                if self._pending is None:
+                    return
+                (header, payload, encode_s), self._pending = self._pending, None
+                self._busy = True
+            try:
+                self._send(header, payload, encode_s)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _send(self, header: SnapshotHeader, payload: bytes, encode_s: float) -> None:
+        rec = to_record(header, payload)
+        start = time.perf_counter()
+        try:
+            self.producer.send(self.topic, key=rec.key, value=rec.value, headers=rec.headers).get(
+                timeout=self.send_timeout_s
+            )
+        except Exception as exc:
+            self.failed += 1
+            log.error("snapshot v%d publish failed: %s", header.snapshot_version, exc)
+            result = PublishResult(
+                header.snapshot_version,
+                header.training_step,
+                len(payload),
+                encode_s,
+                time.perf_counter() - start,
+                False,
+                str(exc),
+            )
+        else:
+            self.published += 1
+            self.last_header = header
+            result = PublishResult(
+                header.snapshot_version,
+                header.training_step,
+                len(payload),
+                encode_s,
+                time.perf_counter() - start,
+                True,
+            )
+            log.info(
+                "snapshot v%d published: step %d, %.2f MB, encode %.0f ms, send %.0f ms",
+                header.snapshot_version,
+                header.training_step,
+                len(payload) / 1e6,
+                encode_s * 1000,
+                result.send_s * 1000,
+            )
+        self._report(result)
+
+    def _report(self, result: PublishResult) -> None:
+        if self.on_result is not None:
+            try:
+                self.on_result(result)
+            except Exception:  # metrics must never break publishing
+                log.exception("publish result callback failed")
