@@ -11,6 +11,7 @@ the offending field so the caller (HTTP 422, dead letter, dropped transition) ca
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,17 +57,16 @@ def _check_width(values: Sequence[float], width: int, field: str) -> None:
 
 
 def list_inputs(views: Sequence[ListView], cfg: RankerConfig, list_len: int | None = None) -> ListInputsBatch:
-    """Tensors of B lists, right-padded to the longest list (or ``list_len``)."""
-    b = len(views)
+    """Tensors of B lists, right-padded to the longest list (or ``list_len``).
+
+    Built as padded Python lists and converted with one ``torch.tensor`` call per field: per-row
+    tensor writes cost more than the conversion itself on the ingest and serving hot paths.
+    """
     length = max((len(v.item_ids) for v in views), default=1) if list_len is None else list_len
-    h = cfg.history_len
-    user_feats = torch.zeros(b, cfg.user_dim)
-    context = torch.zeros(b, cfg.context_dim)
-    history = torch.full((b, h), PADDING_ID, dtype=torch.int64)
-    item_ids = torch.full((b, length), PADDING_ID, dtype=torch.int64)
-    item_feats = torch.zeros(b, length, cfg.item_dim)
-    mask = torch.zeros(b, length, dtype=torch.bool)
-    for i, v in enumerate(views):
+    h, buckets = cfg.history_len, cfg.hash_buckets
+    zero_item = [0.0] * cfg.item_dim
+    history, item_ids, item_feats, mask = [], [], [], []
+    for v in views:
         _check_width(v.user_features, cfg.user_dim, "user_features")
         _check_width(v.context, cfg.context_dim, "context")
         n = len(v.item_ids)
@@ -74,16 +74,31 @@ def list_inputs(views: Sequence[ListView], cfg: RankerConfig, list_len: int | No
             raise FeatureError("items", f"has {n} items, more than the list length {length}")
         for j, feats in enumerate(v.item_features):
             _check_width(feats, cfg.item_dim, f"items[{j}].features")
-        user_feats[i] = torch.tensor(v.user_features, dtype=torch.float32)
-        context[i] = torch.tensor(v.context, dtype=torch.float32)
         recent = list(v.history)[-h:] if h else []
-        if recent:  # left-padded: most recent last, like the ranker's GRU expects
-            history[i, h - len(recent) :] = torch.tensor([hash_id(x, cfg.hash_buckets) for x in recent])
-        if n:
-            item_ids[i, :n] = torch.tensor([hash_id(x, cfg.hash_buckets) for x in v.item_ids])
-            item_feats[i, :n] = torch.tensor(list(v.item_features), dtype=torch.float32)
-            mask[i, :n] = True
-    return ListInputsBatch(user_feats, history, context, item_ids, item_feats, mask)
+        # history left-padded (most recent last, as the ranker's GRU expects); lists right-padded
+        history.append([PADDING_ID] * (h - len(recent)) + [_hash(x, buckets) for x in recent])
+        item_ids.append([_hash(x, buckets) for x in v.item_ids] + [PADDING_ID] * (length - n))
+        item_feats.append([*map(list, v.item_features), *([zero_item] * (length - n))])
+        mask.append([True] * n + [False] * (length - n))
+    b = len(views)
+    return ListInputsBatch(
+        user_feats=torch.tensor([list(v.user_features) for v in views], dtype=torch.float32).reshape(
+            b, cfg.user_dim
+        ),
+        history=torch.tensor(history, dtype=torch.int64).reshape(b, h),
+        context=torch.tensor([list(v.context) for v in views], dtype=torch.float32).reshape(
+            b, cfg.context_dim
+        ),
+        item_ids=torch.tensor(item_ids, dtype=torch.int64).reshape(b, length),
+        item_feats=torch.tensor(item_feats, dtype=torch.float32).reshape(b, length, cfg.item_dim),
+        mask=torch.tensor(mask, dtype=torch.bool).reshape(b, length),
+    )
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _hash(item_id: str, buckets: int) -> int:
+    # Item ids repeat across lists and users: cache the blake2b hash of the hot ones.
+    return hash_id(item_id, buckets)
 
 
 def transition_batch(transitions: Sequence[Transition], cfg: RankerConfig) -> ListBatch:
@@ -103,12 +118,15 @@ def transition_batch(transitions: Sequence[Transition], cfg: RankerConfig) -> Li
         [ListView.of(t.next_state) if t.next_state else empty for t in transitions], cfg, length
     )
     b = len(transitions)
-    clicks = torch.zeros(b, length)
-    dwell = torch.zeros(b, length)
-    for i, t in enumerate(transitions):
-        n = len(t.labels.clicks)
-        clicks[i, :n] = torch.tensor(t.labels.clicks, dtype=torch.float32)
-        dwell[i, :n] = torch.tensor(t.labels.dwell_ms, dtype=torch.float32) / 1000.0  # seconds
+
+    def padded(values: Sequence[int]) -> list[int]:
+        return [*values, *([0] * (length - len(values)))]
+
+    clicks = torch.tensor([padded(t.labels.clicks) for t in transitions], dtype=torch.float32).reshape(
+        b, length
+    )
+    dwell_ms = torch.tensor([padded(t.labels.dwell_ms) for t in transitions], dtype=torch.float32)
+    dwell = dwell_ms.reshape(b, length) / 1000.0  # seconds
     action = torch.tensor([list(t.action) for t in transitions], dtype=torch.float32).reshape(b, k)
     done = torch.tensor([float(t.done) for t in transitions])
     return ListBatch(
