@@ -54,8 +54,9 @@ class LearnerServiceConfig:
     """train on at most this many sampled transitions per ingested one (0 = train continuously)"""
     snapshot_every_steps: int = 500
     """publish an actor snapshot every this many training steps (0 = not by step count)"""
-    snapshot_every_s: float = 60.0
-    """also publish when this many seconds passed since the last one and it trained since (0 = off)"""
+    snapshot_every_s: float = 10.0
+    """also publish when this many seconds passed since the last one and it trained since (0 = off);
+    short by default: serving freshness (click -> served snapshot) is bounded by it"""
     checkpoint_every_s: float = 120.0
     """seconds between checkpoints (offsets are committed after each one)"""
     checkpoint_keep: int = 2
