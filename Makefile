@@ -11,7 +11,7 @@ test:
 	bash scripts/test.sh $(ARGS)
 
 demo: bootstrap
-	$(PAPEREC) demo
+	$(PAPEREC) demo $(ARGS)
 
 lint: bootstrap
 	.venv/bin/ruff check .

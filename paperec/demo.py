@@ -1,16 +1,232 @@
-"""``paperec demo``: the end-to-end demo (streams, learner, two serving nodes, simulated users)."""
+"""``paperec demo``: the whole loop on the real components, in one command.
+
+1. brings up the dev stack if needed (and takes it down again at the end if it started it),
+   creates this run's topics (a fresh ``paperec.demo-<time>.`` prefix, so runs never mix) and
+   the metric tables;
+2. starts the streams worker, the learner and two serving nodes as child processes;
+3. drives simulated users through ``POST /rank`` on both nodes; their clicks and dwell times go
+   back to Kafka (or, with ``--replay LOG``, publishes a recorded log instead);
+4. prints live progress and ends with a summary comparing the first and the last snapshot.
+
+Time is compressed: a simulated user answers a list at once, and the events carry wall-clock
+event times, so the join window, the session gap and the snapshot cadence are set short here
+(see DEMO_ENV). Ctrl-C stops everything; no process is left behind.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
-from paperec.settings import Settings
+from paperec.demo_driver import DemoDriver, LocalStats, replay_log
+from paperec.services import ServiceProcess, Supervisor
+from paperec.settings import TOPIC_TRANSITIONS, Settings
+
+log = logging.getLogger(__name__)
+
+# Short windows for compressed time (the simulated user answers within a few hundred ms).
+DEMO_ENV = {
+    "PAPEREC_JOIN_WINDOW_MS": "3000",
+    "PAPEREC_JOIN_LATENESS_MS": "1000",
+    "PAPEREC_SESSION_GAP_MS": "4000",
+    "PAPEREC_STREAMS_IDLE_MS": "1000",
+}
+
+# A small batch and frequent snapshots: the demo is short and should show several versions.
+DEMO_LEARNER_FLAGS = (
+    *("--batch-size", "128", "--min-buffer", "256", "--torch-threads", "1"),
+    *("--snapshot-every-steps", "40", "--snapshot-every-s", "10", "--checkpoint-every-s", "30"),
+)
+
+
+def _jsonable(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass
+class DemoOptions:
+    duration_s: float
+    users: int
+    parallel: int
+    seed: int
+    replay: str | None
+    speed: float | None
+    out: Path
+    keep_devstack: bool
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, default=180.0, help="seconds to run")
+    parser.add_argument(
+        "--duration", type=float, default=180.0, help="seconds to drive traffic (default 180)"
+    )
+    parser.add_argument("--users", type=int, default=300, help="simulated users (default 300)")
+    parser.add_argument("--parallel", type=int, default=8, help="concurrent simulated sessions (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
+    parser.add_argument("--replay", metavar="LOG", help="drive the loop from a recorded log instead")
+    parser.add_argument(
+        "--speed", type=float, default=None, help="replay at X times real time (default: fast)"
+    )
+    parser.add_argument("--out", default="out/demo", help="where the summary report goes (default out/demo)")
+    parser.add_argument(
+        "--keep-devstack", action="store_true", help="leave a dev stack this demo started running at the end"
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    print("paperec demo: not yet available (the end-to-end demo lands with the whole-loop issue).")
+    opts = DemoOptions(
+        duration_s=args.duration,
+        users=args.users,
+        parallel=args.parallel,
+        seed=args.seed,
+        replay=args.replay,
+        speed=args.speed,
+        out=Path(args.out),
+        keep_devstack=args.keep_devstack,
+    )
+    return run_demo(settings, opts)
+
+
+def run_demo(settings: Settings, opts: DemoOptions) -> int:
+    from paperec import devstack_control
+
+    started_stack = devstack_control.ensure_up(settings)
+    supervisor = Supervisor()
+    try:
+        settings = settings.replace(topic_prefix=f"paperec.demo-{time.strftime('%Y%m%d-%H%M%S')}.")
+        return _run(settings, opts, supervisor)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping every service")
+        return 130
+    finally:
+        supervisor.stop_all()
+        if started_stack and not opts.keep_devstack:
+            devstack_control.down(settings)
+
+
+def demo_services(
+    settings: Settings, opts: DemoOptions, log_dir: Path, demo_tuning: bool = True
+) -> tuple[list[ServiceProcess], list[str]]:
+    """The streams worker, the learner and two serving nodes for this run's topic prefix, with the
+    demo's short windows and snapshot cadence (``demo_tuning``) or the library defaults."""
+    from simulator import SimulatorConfig
+
+    ranker = SimulatorConfig(seed=opts.seed, n_users=opts.users).ranker_config()
+    env = {**(DEMO_ENV if demo_tuning else {}), "PAPEREC_TOPIC_PREFIX": settings.topic_prefix}
+    cold_start = json.dumps({"ranker": {k: _jsonable(v) for k, v in vars(ranker).items()}})
+    learner_flags = [
+        *(DEMO_LEARNER_FLAGS if demo_tuning else []),
+        *("--metrics-source", "demo-learner"),
+        # one checkpoint directory per run (prefix): a rerun with the same --out starts afresh
+        *("--learner-checkpoint-dir", str(log_dir.parent / "checkpoints" / settings.topic_prefix.strip("."))),
+        *config_flags(ranker, "ranker-"),
+    ]
+    ports = [settings.serve_port + 1, settings.serve_port + 2]
+    services = [
+        ServiceProcess("streams", ["streams"], env, log_dir / "streams.log"),
+        ServiceProcess("learner", ["learner", *learner_flags], env, log_dir / "learner.log"),
+        *(
+            ServiceProcess(
+                f"actor-{i + 1}",
+                [
+                    "serve",
+                    "--serve-port",
+                    str(port),
+                    "--serve-node-id",
+                    f"actor-{i + 1}",
+                    "--serve-cold-start-config",
+                    cold_start,
+                ],
+                env,
+                log_dir / f"actor-{i + 1}.log",
+            )
+            for i, port in enumerate(ports)
+        ),
+    ]
+    return services, [f"http://{settings.serve_host}:{p}" for p in ports]
+
+
+def config_flags(cfg: object, prefix: str) -> list[str]:
+    """The CLI flags that rebuild dataclass ``cfg`` (the inverse of learner.cli.add_config_flags)."""
+    flags: list[str] = []
+    for name, value in vars(cfg).items():
+        flag = f"{prefix}{name}".replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(f"--{flag}" if value else f"--no-{flag}")
+        elif isinstance(value, tuple):
+            flags += [f"--{flag}", *map(str, value)]
+        else:
+            flags += [f"--{flag}", str(value)]
+    return flags
+
+
+def _run(settings: Settings, opts: DemoOptions, supervisor: Supervisor) -> int:
+    from paperec.metrics_store import init_tables
+    from paperec.topics import create_topics
+
+    print(f"paperec demo: topic prefix {settings.topic_prefix}")
+    problems = create_topics(settings)
+    if problems:
+        print("\n".join(f"topic problem: {p}" for p in problems))
+        return 1
+    init_tables(settings)
+    log_dir = opts.out / "logs"
+    services, urls = demo_services(settings, opts, log_dir)
+    for service in services:
+        supervisor.start(service)
+    driver = DemoDriver(settings, urls, opts.users, opts.seed, opts.parallel)
+    try:
+        driver.wait_ready(timeout_s=120, supervisor=supervisor)
+        started = time.time()
+        if opts.replay:
+            stats = replay_log(settings, opts.replay, opts.speed, driver, supervisor)
+            driver.drain(settings, timeout_s=30)
+        else:
+            stats = driver.drive(opts.duration_s, supervisor)
+        # Freeze the model: stop the learner, then let both nodes load its last snapshot, so the
+        # summary compares a final state (the nodes hot-load within about a second).
+        learner = next(s for s in supervisor.services if s.name == "learner")
+        learner.stop()
+        driver.wait_nodes_agree(timeout_s=15)
+        summary = driver.summary(stats, started)
+    finally:
+        driver.close()
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    print(render_summary(summary, settings))
+    dead = [s.name for s in supervisor.dead()]
+    if dead:
+        print(f"services that exited early: {', '.join(dead)} (logs in {log_dir})")
+        return 1
     return 0
+
+
+def render_summary(summary: dict[str, object], settings: Settings) -> str:
+    lines = [
+        "",
+        "=== paperec demo summary ===",
+        f"lists served: {summary['lists']}, events sent: {summary['events']}, "
+        f"transitions: {summary['transitions']} (topic {settings.topic(TOPIC_TRANSITIONS)})",
+        f"snapshot versions served at the end: {summary['served_versions']}",
+        "",
+        "per snapshot (simulated outcome of the lists each snapshot ranked):",
+        "  version  lists   CTR      dwell s / impression",
+    ]
+    for row in summary["per_snapshot"]:  # type: ignore[attr-defined]
+        lines.append(f"  {row['version']:>7}  {row['lists']:>5}   {row['ctr']:.4f}   {row['dwell_s']:.2f}")
+    cmp = summary.get("first_vs_last")
+    if cmp:
+        lines.append(
+            f"first vs last snapshot: CTR {cmp['ctr'][0]:.4f} -> {cmp['ctr'][1]:.4f}, "  # type: ignore[index]
+            f"dwell/impression {cmp['dwell_s'][0]:.2f} -> {cmp['dwell_s'][1]:.2f} s"  # type: ignore[index]
+        )
+    ch = summary.get("clickhouse_per_snapshot")
+    if ch:
+        lines.append(f"ClickHouse list_outcomes rows per snapshot version: {ch}")
+    return "\n".join(lines)
+
+
+__all__ = ["DEMO_ENV", "DemoOptions", "LocalStats", "configure", "run", "run_demo"]

@@ -106,18 +106,21 @@ class Settings:
         120_000, "streams: how long a closed list is remembered, to tell late feedback from unknown (ms)"
     )
     session_gap_ms: int = _opt(30 * 60 * 1000, "streams: gap between two lists of a user that ends a session")
-    streams_idle_ms: int = _opt(5_000, "streams: a partition idle this long advances its watermark by wall time")
-    streams_max_future_ms: int = _opt(60_000, "streams: event times this far past wall time do not move watermarks")
+    streams_idle_ms: int = _opt(5_000, "streams: an input idle this long advances its watermark by wall time")
+    streams_max_future_ms: int = _opt(60_000, "streams: event times further ahead of wall time are clamped")
     streams_tick_ms: int = _opt(200, "streams: how often windows and sessions are checked for closing (ms)")
     streams_max_batch: int = _opt(5_000, "streams: most input records processed as one batch")
+    streams_max_input_skew_ms: int = _opt(
+        60_000, "streams: an input running this far ahead (event time) of the others is paused"
+    )
     streams_commit_interval_s: float = _opt(1.0, "streams: seconds between offset commits")
     streams_session_timeout_s: float = _opt(
         10.0, "streams: Kafka group session timeout: a dead worker's partitions move after this long"
     )
     streams_web_port: int = _opt(0, "streams: Faust web server port (0 = web server disabled)")
     streams_metrics_interval_s: float = _opt(10.0, "streams: seconds between stream health samples")
-    streams_metrics_clickhouse: bool = _opt(True, "streams: write list outcomes and stream health to ClickHouse")
-    streams_create_topics: bool = _opt(True, "streams: create missing topics (as `paperec topics create`) on start")
+    streams_metrics_clickhouse: bool = _opt(True, "streams: write outcomes and stream health to ClickHouse")
+    streams_create_topics: bool = _opt(True, "streams: create missing topics (as `topics create`) on start")
     # --- end Streams
 
     # --- Learner service (learner/, `paperec learner`)

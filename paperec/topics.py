@@ -15,13 +15,13 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from paperec.settings import (
     CO_PARTITIONED_TOPICS,
-    TOPIC_JOIN_CHANGELOG,
-    TOPIC_LINK_CHANGELOG,
-    TOPIC_LIST_OUTCOMES,
     TOPIC_CLICKS,
     TOPIC_DEAD_LETTER,
     TOPIC_DWELLS,
     TOPIC_IMPRESSIONS,
+    TOPIC_JOIN_CHANGELOG,
+    TOPIC_LINK_CHANGELOG,
+    TOPIC_LIST_OUTCOMES,
     TOPIC_SNAPSHOTS,
     TOPIC_TRANSITIONS,
     Settings,

@@ -273,7 +273,7 @@ def test_snapshot_size_policy_one_message_with_raised_limits(settings: Settings,
     model = ActorModel(RankerConfig(), ActorConfig(obs_dim=64, action_dim=2)).eval()
     assert latest_version(s.kafka_bootstrap, topic) == 0
 
-    results = []
+    results: list[Any] = []
     pub = SnapshotPublisher(s.kafka_bootstrap, topic, KEY.encode(), s.max_message_bytes, 1, results.append)
     try:
         assert pub.publish(lambda: model, training_step=7, watermark_ms=123) is not None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def metrics_settings(settings: Settings, unique_prefix: str) -> Settings:
+def metrics_settings(settings: Settings, unique_prefix: str) -> Iterator[Settings]:
     db = "test_" + unique_prefix.strip(".").replace(".", "_")
     s = settings.replace(clickhouse_database=db)
     init_tables(s)

@@ -98,7 +98,7 @@ def test_a_failing_chunk_is_rewound_and_read_again() -> None:
         real_ingest(records)
 
     ingestor.ingest = flaky  # type: ignore[method-assign]
-    ingestor._stop.wait = lambda _t=None: False  # type: ignore[method-assign]  # no backoff sleep
+    ingestor._stop.wait = lambda _t=None: False  # type: ignore[method-assign, assignment]  # no backoff sleep
     ingestor.start()
     deadline = time.monotonic() + 30
     while ingestor.stats.records < 40 and time.monotonic() < deadline:

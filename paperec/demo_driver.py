@@ -1,0 +1,275 @@
+"""The demo's traffic: simulated users ranked over HTTP by the serving nodes, feedback to Kafka.
+
+``HttpPolicy`` is a simulator policy whose rankings come from ``POST /rank`` (alternating
+between the nodes, ``top_k`` = the shown list, so the node logs exactly what the user saw). The
+simulated user's clicks and dwell times are produced to Kafka with wall-clock event times; the
+impression itself is logged by the serving node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from kafka import KafkaConsumer, TopicPartition
+
+from paperec.replay import KafkaSender, Pacer, replay
+from paperec.services import Supervisor
+from paperec.settings import TOPIC_TRANSITIONS, Settings
+from simulator import ListRequest, Ranking, Simulator, SimulatorConfig
+from simulator.logfile import LogLine, in_time_order, read_log
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 5.0
+
+
+class HttpPolicy:
+    def __init__(self, urls: Sequence[str], list_len: int, parallel: int) -> None:
+        self.urls = list(urls)
+        self.list_len = list_len
+        self.client = httpx.Client(timeout=10.0, limits=httpx.Limits(max_connections=2 * parallel))
+        self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="rank")
+        self._next = itertools.count()
+
+    def _rank_one(self, req: ListRequest) -> Ranking:
+        url = self.urls[next(self._next) % len(self.urls)]
+        body = {
+            "request_id": req.request_id,
+            "user_id": req.user_id,
+            "user_features": list(req.user_features),
+            "history": list(req.history),
+            "context": list(req.context),
+            "items": [{"item_id": c.item_id, "features": list(c.features)} for c in req.candidates],
+            "top_k": self.list_len,
+        }
+        resp = self.client.post(f"{url}/rank", json=body)
+        resp.raise_for_status()
+        out = resp.json()
+        index = {c.item_id: k for k, c in enumerate(req.candidates)}
+        return Ranking(
+            order=tuple(index[it["item_id"]] for it in out["items"]),
+            weights=tuple(out["weights"]),
+            noise=tuple(out["noise"]),
+            objectives=tuple(out["objectives"]),
+            snapshot_version=int(out["snapshot_version"]),
+        )
+
+    def rank(self, requests: Sequence[ListRequest]) -> list[Ranking]:
+        return list(self.pool.map(self._rank_one, requests))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.client.close()
+
+
+@dataclass
+class LocalStats:
+    """What the simulated users did, per snapshot version that ranked their list."""
+
+    lists: int = 0
+    events: int = 0
+    per_version: dict[int, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0.0]))
+
+    def add(self, version: int, shown: int, clicks: int, dwell_s: float) -> None:
+        row = self.per_version[version]  # lists, impressions, clicks, dwell seconds
+        row[0] += 1
+        row[1] += shown
+        row[2] += clicks
+        row[3] += dwell_s
+        self.lists += 1
+
+    def rows(self) -> list[dict[str, float]]:
+        return [
+            {"version": v, "lists": int(r[0]), "ctr": r[2] / max(r[1], 1), "dwell_s": r[3] / max(r[1], 1)}
+            for v, r in sorted(self.per_version.items())
+        ]
+
+    def totals(self) -> tuple[float, float]:
+        imps = sum(r[1] for r in self.per_version.values())
+        clicks = sum(r[2] for r in self.per_version.values())
+        dwell = sum(r[3] for r in self.per_version.values())
+        return clicks / max(imps, 1), dwell / max(imps, 1)
+
+
+class DemoDriver:
+    def __init__(self, settings: Settings, urls: Sequence[str], users: int, seed: int, parallel: int) -> None:
+        self.settings = settings
+        self.urls = list(urls)
+        self.sim_cfg = SimulatorConfig(seed=seed, n_users=users)
+        self.parallel = parallel
+        self.stats = LocalStats()
+        self.click_times_ms: list[int] = []  # event (= send) time of every click sent
+        self.sender = KafkaSender(settings)
+        self.http = httpx.Client(timeout=5.0)
+        self._offsets = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, client_id="paperec-demo")
+
+    # ---------------------------------------------------------------- observation
+    def served_versions(self) -> list[int | None]:
+        out: list[int | None] = []
+        for url in self.urls:
+            try:
+                out.append(self.http.get(f"{url}/readyz").json().get("snapshot_version"))
+            except (httpx.HTTPError, ValueError):
+                out.append(None)
+        return out
+
+    def _ready(self, url: str) -> bool:
+        try:
+            return self.http.get(f"{url}/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def transitions(self) -> int:
+        topic = self.settings.topic(TOPIC_TRANSITIONS)
+        parts = self._offsets.partitions_for_topic(topic) or set()
+        ends = self._offsets.end_offsets([TopicPartition(topic, p) for p in parts])
+        return int(sum(ends.values()))
+
+    def wait_ready(self, timeout_s: float, supervisor: Supervisor) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            dead = supervisor.dead()
+            if dead:
+                raise RuntimeError(f"{dead[0].name} exited during start-up:\n{dead[0].tail()}")
+            if all(self._ready(url) for url in self.urls):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"serving nodes not ready after {timeout_s:.0f} s")
+
+    def wait_nodes_agree(self, timeout_s: float, stable_s: float = 2.0) -> None:
+        """Wait until every node serves the same snapshot version for ``stable_s`` seconds."""
+        deadline = time.monotonic() + timeout_s
+        agreed_since, last = time.monotonic(), None
+        while time.monotonic() < deadline:
+            versions = self.served_versions()
+            if len(set(versions)) != 1 or versions != last:
+                agreed_since, last = time.monotonic(), versions
+            elif time.monotonic() - agreed_since >= stable_s:
+                return
+            time.sleep(0.25)
+        log.warning("serving nodes did not settle on one snapshot version: %s", last)
+
+    def progress(self, started: float) -> str:
+        ctr, dwell = self.stats.totals()
+        return (
+            f"[{time.time() - started:6.0f} s] lists {self.stats.lists:>6}  events {self.stats.events:>7}  "
+            f"transitions {self.transitions():>6}  snapshot {self.served_versions()}  "
+            f"CTR {ctr:.4f}  dwell/imp {dwell:.2f} s"
+        )
+
+    # ---------------------------------------------------------------- traffic
+    def drive(self, duration_s: float, supervisor: Supervisor) -> LocalStats:
+        sim = Simulator(self.sim_cfg, stream_id=int(time.time()) % 100_000)
+        policy = HttpPolicy(self.urls, self.sim_cfg.list_len, self.parallel)
+        started = last = time.time()
+        try:
+            for result in sim.run(policy, sim.endless_sessions(), parallel=self.parallel):
+                now_ms = int(time.time() * 1000)
+                # the node logged the impression; send the user's feedback at wall-clock time
+                for event in result.events()[1:]:
+                    self.sender(dataclasses.replace(event, ts_ms=now_ms))
+                    self.stats.events += 1
+                    if event.type == "click":
+                        self.click_times_ms.append(now_ms)
+                r = result.response
+                self.stats.add(
+                    result.impression.snapshot_version, len(result.shown), r.n_clicks, r.total_dwell_s
+                )
+                if time.time() - last >= PROGRESS_EVERY_S:
+                    last = time.time()
+                    print(self.progress(started), flush=True)
+                    if supervisor.dead():
+                        raise RuntimeError(
+                            f"{supervisor.dead()[0].name} exited:\n{supervisor.dead()[0].tail()}"
+                        )
+                if time.time() - started >= duration_s:
+                    break
+        finally:
+            policy.close()
+            self.sender.producer.flush()
+        return self.stats
+
+    def drain(self, settings: Settings, timeout_s: float) -> None:
+        """Wait until the join has emitted what the sent events allow (transitions stop growing)."""
+        deadline, last, stable_since = time.monotonic() + timeout_s, -1, time.monotonic()
+        while time.monotonic() < deadline:
+            n = self.transitions()
+            if n != last:
+                last, stable_since = n, time.monotonic()
+            elif time.monotonic() - stable_since > 8:
+                return
+            time.sleep(1)
+
+    def summary(self, stats: LocalStats, started: float) -> dict[str, Any]:
+        rows = stats.rows()
+        out: dict[str, Any] = {
+            "topic_prefix": self.settings.topic_prefix,
+            "lists": stats.lists,
+            "events": stats.events,
+            "transitions": self.transitions(),
+            "served_versions": self.served_versions(),
+            "per_snapshot": rows,
+            "duration_s": round(time.time() - started, 1),
+        }
+        measured = [r for r in rows if r["lists"] >= 20]
+        if len(measured) >= 2:
+            first, last = measured[0], measured[-1]
+            out["first_vs_last"] = {
+                "versions": [first["version"], last["version"]],
+                "ctr": [first["ctr"], last["ctr"]],
+                "dwell_s": [first["dwell_s"], last["dwell_s"]],
+            }
+        out["clickhouse_per_snapshot"] = clickhouse_per_snapshot(self.settings, started)
+        return out
+
+    def close(self) -> None:
+        self.sender.close()
+        self.http.close()
+        self._offsets.close()
+
+
+def clickhouse_per_snapshot(settings: Settings, since: float) -> dict[int, int]:
+    """Rows of list_outcomes per snapshot version written since ``since`` (the join's view)."""
+    from paperec.metrics_store import client
+
+    try:
+        ch = client(settings)
+        rows = ch.execute(
+            f"SELECT snapshot_version, count() FROM {settings.clickhouse_database}.list_outcomes "
+            "WHERE ts >= toDateTime(%(since)s) GROUP BY snapshot_version ORDER BY snapshot_version",
+            {"since": int(since) - 5},
+        )
+        ch.disconnect()
+        return {int(v): int(n) for v, n in rows}
+    except Exception as exc:  # the summary must not fail on a metrics problem
+        log.warning("ClickHouse summary query failed: %s", exc)
+        return {}
+
+
+def replay_log(
+    settings: Settings, path: str, speed: float | None, driver: DemoDriver, supervisor: Supervisor
+) -> LocalStats:
+    """Publish a recorded log with its timestamps shifted to now (the join runs on event time)."""
+    items = list(in_time_order(read_log(Path(path))))
+    first = next((it.event.ts_ms for it in items if isinstance(it, LogLine)), 0)
+    shift = int(time.time() * 1000) - first
+
+    def shifted(it: Any) -> Any:
+        if isinstance(it, LogLine):
+            return dataclasses.replace(it, event=dataclasses.replace(it.event, ts_ms=it.event.ts_ms + shift))
+        return it
+
+    stats = replay((shifted(it) for it in items), driver.sender, Pacer(speed))
+    driver.sender.producer.flush()
+    driver.stats.events = stats.total
+    print(f"replayed {path}: {stats.summary()}")
+    return driver.stats

@@ -1,0 +1,112 @@
+"""The policies the evaluation compares, each a learner Trainer plus the serving model it feeds.
+
+| name            | learner strategy | serving weights                                  |
+|-----------------|------------------|--------------------------------------------------|
+| ctr_only        | single (click)   | (1, 0)                                           |
+| dwell_only      | single (dwell)   | (0, 1)                                           |
+| fixed_<w>       | fixed (w, 1 - w) | (w, 1 - w)                                       |
+| peltr           | peltr            | running mean of PE-LTR's per-step min-norm weights |
+| paperec         | paperec          | the weight generator's w(s), per user and state  |
+
+Serving shares the trainer's modules (no copy): the policy always ranks with the latest model,
+as a serving node that hot-loads every snapshot would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from learner.paperec import PAPERecConfig, PAPERecStrategy, Trainer
+from learner.policy import ActorConfig
+from learner.scoring import ActorModel
+from simulator.model_policy import ModelPolicy, set_constant_weights
+
+PELTR_WEIGHT_MOMENTUM = 0.95
+"""serving weights of PE-LTR: exponential moving average of its per-step weights"""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    name: str
+    strategy: str  # learner.paperec strategy
+    weights: tuple[float, ...] | None = None  # constant serving weights (single, fixed)
+    single_objective: str = "click"
+
+    @property
+    def is_fixed_weight(self) -> bool:
+        """A member of the global fixed-weight family (single objectives included)."""
+        return self.strategy in ("single", "fixed")
+
+
+def default_specs(grid: Sequence[float]) -> list[PolicySpec]:
+    """CTR-only, the fixed click weights in ``grid`` (dwell weight 1 - w), dwell-only, PE-LTR, PAPERec."""
+    specs = [PolicySpec("ctr_only", "single", (1.0, 0.0), "click")]
+    specs += [PolicySpec(f"fixed_{w:.2f}", "fixed", (w, 1.0 - w)) for w in grid]
+    specs += [
+        PolicySpec("dwell_only", "single", (0.0, 1.0), "dwell"),
+        PolicySpec("peltr", "peltr"),
+        PolicySpec("paperec", "paperec"),
+    ]
+    return specs
+
+
+class Contender:
+    """One policy under evaluation: its trainer and its serving model."""
+
+    def __init__(self, spec: PolicySpec, learner: PAPERecConfig) -> None:
+        k = len(learner.ranker.objectives)
+        cfg = dataclasses.replace(learner, strategy=spec.strategy, single_objective=spec.single_objective)
+        if spec.strategy == "fixed":
+            assert spec.weights is not None
+            cfg = dataclasses.replace(cfg, fixed_weights=spec.weights)
+        self.spec = spec
+        self.trainer = Trainer(cfg)
+        strategy = self.trainer.strategy
+        if isinstance(strategy, PAPERecStrategy):
+            actor_cfg = strategy.ddpg.actor.cfg
+        else:
+            actor_cfg = ActorConfig(obs_dim=cfg.ranker.d_model, action_dim=k, hidden=8, head="simplex")
+        with torch.random.fork_rng():  # building the shell must not move the global RNG
+            self.model = ActorModel(cfg.ranker, actor_cfg)
+        self.model.ranker = self.trainer.ranker  # share, don't copy
+        if isinstance(strategy, PAPERecStrategy):
+            self.model.actor = strategy.ddpg.actor
+        self.serving_weights: tuple[float, ...] | None = spec.weights or tuple([1.0 / k] * k)
+        if not isinstance(strategy, PAPERecStrategy):
+            set_constant_weights(self.model.actor, self.serving_weights)
+        else:
+            self.serving_weights = None  # per state
+        self.model.eval()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def step(self, batch: object) -> dict[str, float]:
+        metrics = self.trainer.step(batch)  # type: ignore[arg-type]
+        if self.spec.strategy == "peltr":
+            objectives = self.trainer.cfg.ranker.objectives
+            new = [metrics[f"weight/{o}"] for o in objectives]
+            old = self.serving_weights or new
+            m = PELTR_WEIGHT_MOMENTUM if self.trainer.num_steps > 1 else 0.0
+            w = [m * a + (1.0 - m) * b for a, b in zip(old, new, strict=True)]
+            self.serving_weights = tuple(x / sum(w) for x in w)
+            set_constant_weights(self.model.actor, self.serving_weights)
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"trainer": self.trainer.state_dict(), "serving_weights": self.serving_weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainer.load_state_dict(state["trainer"])
+        self.serving_weights = state["serving_weights"]
+        if self.serving_weights is not None:
+            set_constant_weights(self.model.actor, self.serving_weights)
+
+    def policy(self, noise_std: float, generator: torch.Generator | None) -> ModelPolicy:
+        return ModelPolicy(self.model, noise_std, generator)

@@ -1,0 +1,133 @@
+"""One evaluation run: every contender trained and evaluated on the same simulator with the
+same budget and seeds, then the report. Contenders are independent (each a pure function of
+the run's settings), so they can run in worker processes; results do not depend on the count.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import logging
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from learner.config import config_to_dict
+from learner.paperec import PAPERecConfig
+from simulator.config import SimulatorConfig
+from simulator.evaluation.contenders import Contender, PolicySpec, default_specs
+from simulator.evaluation.online import Budget, EvalData, run_contender
+from simulator.evaluation.report import build_report, markdown, plot
+from simulator.world import World
+
+log = logging.getLogger(__name__)
+
+QUICK_BUDGET = Budget(
+    train_steps=150, lists_per_step=16, warmup_lists=256, eval_sessions=600, eval_parallel=128
+)
+FULL_BUDGET = Budget()
+QUICK_GRID = (0.75, 0.5, 0.25)
+FULL_GRID = (0.9, 0.7, 0.5, 0.3, 0.1)
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    seed: int = 0
+    control: bool = False
+    quick: bool = False
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    budget: Budget | None = None  # default: QUICK_BUDGET or FULL_BUDGET
+    grid: tuple[float, ...] | None = None  # click weights of the fixed-weight policies
+    learner_overrides: dict[str, Any] = field(default_factory=dict)
+    policies: tuple[str, ...] | None = None  # run only these (by name); None = all
+    workers: int = 1
+    threads: int = 1  # torch threads per process (tiny models: 1 is fastest)
+    progress: bool = True
+
+    def simulator_config(self) -> SimulatorConfig:
+        cfg = self.simulator.replace(seed=self.seed)
+        return cfg.control() if self.control else cfg
+
+    def the_budget(self) -> Budget:
+        return self.budget or (QUICK_BUDGET if self.quick else FULL_BUDGET)
+
+    def learner_config(self) -> PAPERecConfig:
+        ranker = self.simulator_config().ranker_config()
+        return PAPERecConfig(ranker=ranker, seed=self.seed, device="cpu", **self.learner_overrides)
+
+    def specs(self) -> list[PolicySpec]:
+        grid = self.grid if self.grid is not None else (QUICK_GRID if self.quick else FULL_GRID)
+        specs = default_specs(grid)
+        if self.policies is not None:
+            unknown = set(self.policies) - {s.name for s in specs}
+            if unknown:
+                raise ValueError(f"unknown policies {sorted(unknown)}; known: {[s.name for s in specs]}")
+            specs = [s for s in specs if s.name in self.policies]
+        return specs
+
+
+def _run_one(
+    spec: EvaluationSpec, policy: PolicySpec, progress: bool, log_level: int | None = None
+) -> EvalData:
+    if log_level is not None and not logging.getLogger().handlers:  # a spawned worker: log like the parent
+        logging.basicConfig(
+            level=log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+        )
+    torch.set_num_threads(spec.threads)
+    world = World.build(spec.simulator_config())
+    contender = Contender(policy, spec.learner_config())
+    return run_contender(contender, world, spec.the_budget(), spec.seed, progress)
+
+
+def run_evaluation(spec: EvaluationSpec, out_dir: Path | None = None) -> dict[str, Any]:
+    """Train and evaluate every contender; write report.json, report.md, pareto.png to out_dir."""
+    t0 = time.perf_counter()
+    sim_cfg = spec.simulator_config()
+    specs = spec.specs()
+    log.info(
+        "evaluation: seed %d, %s simulator, %d policies, %d workers",
+        spec.seed,
+        "control" if spec.control else "default",
+        len(specs),
+        spec.workers,
+    )
+    results: dict[str, EvalData] = {}
+    if spec.workers <= 1:
+        for p in tqdm(specs, desc="policies", disable=not spec.progress):
+            results[p.name] = _run_one(spec, p, spec.progress)
+    else:
+        ctx = mp.get_context("spawn")  # no fork after torch has started its threads
+        with cf.ProcessPoolExecutor(max_workers=spec.workers, mp_context=ctx) as pool:
+            level = logging.getLogger().getEffectiveLevel()
+            futures = {pool.submit(_run_one, spec, p, False, level): p.name for p in specs}
+            bar = tqdm(
+                cf.as_completed(futures), total=len(futures), desc="policies", disable=not spec.progress
+            )
+            for fut in bar:
+                results[futures[fut]] = fut.result()
+                bar.set_postfix_str(futures[fut])
+    world = World.build(sim_cfg)
+    objectives = tuple(spec.learner_config().ranker.objectives)
+    report = build_report(specs, results, world.users.alpha, objectives, spec.seed)
+    report.update(
+        setting="control" if spec.control else "default",
+        quick=spec.quick,
+        simulator=sim_cfg.to_dict(),
+        budget=dataclasses.asdict(spec.the_budget()),
+        learner=config_to_dict(spec.learner_config()),
+        workers=spec.workers,
+        runtime_seconds=round(time.perf_counter() - t0, 1),
+    )
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out_dir / "report.md").write_text(markdown(report))
+        plot(report, out_dir / "pareto.png")
+        log.info("wrote %s/report.json, report.md, pareto.png", out_dir)
+    return report

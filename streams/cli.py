@@ -1,0 +1,40 @@
+"""``paperec streams``: run one streams worker (the Faust app of streams.worker).
+
+Every setting comes from flags or PAPEREC_* variables (``paperec streams --help``); the join
+window, lateness, session gap and the rest are in the "Streams" group of paperec.settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from paperec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no Faust startup banner")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from faust.worker import Worker
+
+    from streams.worker import create_app
+
+    worker = create_app(settings)
+    ours = ("join_", "session_", "link_", "streams_")
+    config = {k: v for k, v in settings.public_dict().items() if k.startswith(ours)}
+    log.info("streams worker %s on %s: %s", settings.streams_app_id, settings.kafka_bootstrap, config)
+    faust_worker = Worker(
+        worker.app, loglevel=settings.log_level.lower(), quiet=args.quiet, redirect_stdouts=False
+    )
+    try:
+        faust_worker.execute_from_commandline()
+    except SystemExit as exc:
+        crashed = worker.app._crash_reason is not None
+        return 1 if crashed else int(exc.code or 0)
+    finally:
+        worker.metrics.close()
+    return 0

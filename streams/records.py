@@ -1,0 +1,179 @@
+"""Encoding what the stream join emits (list outcomes, transitions, dead letters) and reading
+list outcomes back in stage 2.
+
+Outputs are built as plain JSON-shaped dicts from records that were already validated on input
+and serialized with orjson in one step; the impression is embedded as the bytes that were
+received and validated. Going through the validating schema constructors again would double the
+CPU cost of the hot path; tests/unit/test_streams_records.py decodes every output shape with
+``schemas.decode`` instead.
+
+Stage 2 reads the internal list-outcomes topic, which only stage 1 writes, from validated
+records: ``read_outcome`` checks the fields linking and the transition rely on, not every
+feature value again (a full ``schemas.decode`` of each outcome was a third of the worker's CPU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from schemas import (
+    MAX_ID_LEN,
+    SCHEMA_VERSION,
+    SUPPORTED_SCHEMA_VERSIONS,
+    SchemaError,
+    encode,
+    make_dead_letter,
+    transition_id,
+)
+from streams.join import ClosedList
+from streams.types import Rejected
+
+STATE_FIELDS = ("request_id", "ts_ms", "user_features", "history", "context", "items")
+"""The fields of an impression that make a transition's list state."""
+
+# Objective name -> list-level feedback from the per-position labels (clicks 0/1, dwell ms). This
+# is the transition's ``reward`` vector (one entry per objective, in the impression's order); the
+# PAPEREc reward itself is computed by the learner. Unknown objectives get 0.0 (and are counted).
+ListFeedback = Callable[[Sequence[int], Sequence[int]], float]
+LIST_FEEDBACK: dict[str, ListFeedback] = {
+    "click": lambda clicks, dwell: float(sum(clicks)),
+    "dwell": lambda clicks, dwell: sum(dwell) / 1000.0,  # seconds
+}
+
+
+def list_feedback(
+    objectives: Sequence[str], clicks: Sequence[int], dwell: Sequence[int]
+) -> tuple[list[float], int]:
+    """(reward vector, number of objectives without a known feedback function)."""
+    out, unknown = [], 0
+    for name in objectives:
+        fn = LIST_FEEDBACK.get(name)
+        if fn is None:
+            unknown += 1
+            out.append(0.0)
+        else:
+            out.append(fn(clicks, dwell))
+    return out, unknown
+
+
+def encode_list_outcome(c: ClosedList) -> bytes:
+    imp = c.impression
+    return orjson.dumps(
+        {
+            "type": "list_outcome",
+            "schema_version": SCHEMA_VERSION,
+            "request_id": imp.request_id,
+            "user_id": imp.user_id,
+            "ts_ms": imp.ts_ms,
+            "closed_at_ms": c.closed_at_ms,
+            "impression": orjson.Fragment(c.impression_raw),
+            "clicks": c.clicks,
+            "dwell_ms": c.dwell_ms,
+            "complete": c.complete,
+        }
+    )
+
+
+class Outcome:
+    """A list outcome as stage 2 holds it: the parsed record and the bytes it came in."""
+
+    __slots__ = ("_state", "data", "raw", "request_id", "ts_ms", "user_id")
+
+    def __init__(self, user_id: str, request_id: str, ts_ms: int, data: dict[str, Any], raw: bytes) -> None:
+        self.user_id = user_id
+        self.request_id = request_id
+        self.ts_ms = ts_ms
+        self.data = data
+        self.raw = raw
+        self._state: orjson.Fragment | None = None
+
+    def state(self) -> orjson.Fragment:
+        """The list state of this outcome's impression, serialized once: each list is the
+        ``state`` of one transition and the ``next_state`` of another."""
+        if self._state is None:
+            imp = self.data["impression"]
+            self._state = orjson.Fragment(orjson.dumps({f: imp[f] for f in STATE_FIELDS}))
+        return self._state
+
+
+_IMPRESSION_KEYS = frozenset((*STATE_FIELDS, "objectives", "weights", "snapshot_version"))
+
+
+def read_outcome(raw: bytes) -> Outcome:
+    """Parse a list outcome written by stage 1, checking what stage 2 uses; SchemaError if not."""
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SchemaError("$", f"invalid JSON: {exc}") from None
+    if type(d) is not dict:
+        raise SchemaError("$", "expected an object")
+    get = d.get
+    if get("type") != "list_outcome" or get("schema_version") not in SUPPORTED_SCHEMA_VERSIONS:
+        raise SchemaError("type", f"not a list_outcome record of a supported version: {get('type')!r}")
+    rid, uid, ts = get("request_id"), get("user_id"), get("ts_ms")
+    if type(rid) is not str or not 0 < len(rid) <= MAX_ID_LEN:
+        raise SchemaError("request_id", "expected a non-empty string id")
+    if type(uid) is not str or not 0 < len(uid) <= MAX_ID_LEN:
+        raise SchemaError("user_id", "expected a non-empty string id")
+    if type(ts) is not int:
+        raise SchemaError("ts_ms", "expected an integer")
+    imp = get("impression")
+    if type(imp) is not dict or not imp.keys() >= _IMPRESSION_KEYS:
+        raise SchemaError("impression", "expected an impression object")
+    objectives, weights, items = imp["objectives"], imp["weights"], imp["items"]
+    if type(objectives) is not list or type(weights) is not list or len(objectives) != len(weights):
+        raise SchemaError("impression.weights", "expected one weight per objective")
+    n = len(items) if type(items) is list else -1
+    clicks, dwell = get("clicks"), get("dwell_ms")
+    if type(clicks) is not list or len(clicks) != n:
+        raise SchemaError("clicks", "expected one entry per item")
+    if type(dwell) is not list or len(dwell) != n:
+        raise SchemaError("dwell_ms", "expected one entry per item")
+    return Outcome(uid, rid, ts, d, raw)
+
+
+def encode_transition(prev: Outcome, nxt: Outcome | None) -> tuple[str, bytes, int]:
+    """The transition from list ``prev`` to the user's next list ``nxt`` (None: done).
+    Returns (transition_id, encoded record, number of unknown objectives)."""
+    d = prev.data
+    imp = d["impression"]
+    tid = transition_id(prev.user_id, prev.request_id, None if nxt is None else nxt.request_id)
+    reward, unknown = list_feedback(imp["objectives"], d["clicks"], d["dwell_ms"])
+    raw = orjson.dumps(
+        {
+            "type": "transition",
+            "schema_version": SCHEMA_VERSION,
+            "transition_id": tid,
+            "user_id": prev.user_id,
+            "ts_ms": prev.ts_ms,
+            "snapshot_version": imp["snapshot_version"],
+            "state": prev.state(),
+            "action": imp["weights"],
+            "objectives": imp["objectives"],
+            "labels": {"clicks": d["clicks"], "dwell_ms": d["dwell_ms"]},
+            "reward": reward,
+            "next_state": None if nxt is None else nxt.state(),
+            "done": nxt is None,
+        }
+    )
+    return tid, raw, unknown
+
+
+def encode_dead_letter(r: Rejected, now_ms: int) -> bytes:
+    # A SchemaError carries the offending field into the dead letter's error_field.
+    error = None if r.error_field is None else SchemaError(r.error_field, r.reason)
+    dl = make_dead_letter(
+        r.raw,
+        source_topic=r.source.topic,
+        source_partition=r.source.partition,
+        source_offset=r.source.offset,
+        key=r.source.key,
+        stage=r.stage,
+        error=error,
+        reason=r.reason,
+        rejected_at_ms=now_ms,
+    )
+    return encode(dl)

@@ -1,0 +1,476 @@
+"""The two stages as Faust agent bodies: batches in, pure state step, durable outputs, acks.
+
+One step of a stage, always in this order (the at-least-once argument in docs/streams.md rests
+on it):
+
+1. decode the batch: valid records go to the pure state, the others become dead letters;
+2. close what the watermarks allow (windows, sessions);
+3. publish outputs and dead letters, then (in the stage's committer task, in step order) wait for
+   the broker's acknowledgement;
+4. only then write the changed state entries to the changelog and wait for the acknowledgement;
+5. ack the input records, so Faust may commit their offsets.
+
+A crash anywhere before 5 leaves the input uncommitted: it is replayed on restart against the
+state of the last completed step 4 (or a newer one), which repeats outputs (same ids, so
+downstream deduplicates) but never loses one. Step 3 before 4 matters: a closed list is
+recorded as closed only after its outcome is durable.
+
+Steps 3-5 of a step overlap with the processing of the next steps (at most ``PIPELINE`` steps
+ahead): the in-memory state runs ahead, durability and acks follow in step order. Changelog
+records of step n are handed to the producer before those of step n+1 and aiokafka keeps one
+batch in flight per partition, so the changelog keeps the order of the steps.
+
+Each stage runs in a single task, so its pure state has one writer; a lock keeps rebalances
+from dropping state under a running step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from faust.types import Message
+
+from schemas import Click, Dwell, Impression, SchemaError, decode
+from streams.batching import BatchingApp, BatchSink
+from streams.join import RequestJoin
+from streams.link import UserLinker
+from streams.metrics import StreamMetrics
+from streams.publisher import BatchPublisher, partition_for
+from streams.records import encode_dead_letter, encode_list_outcome, encode_transition, read_outcome
+from streams.types import (
+    STAGE_BAD_KEY,
+    STAGE_DECODE,
+    STAGE_LINK_DECODE,
+    STAGE_TOO_LARGE,
+    Rejected,
+    Source,
+)
+
+PROGRESS_HEADER = "paperec-streams-progress"
+"""Header of stage 1's progress announcements on the list-outcomes topic (see watermark.py)."""
+PROGRESS_REFRESH_MS = 1_000
+"""Announcements are repeated this often even when unchanged (stage 2 may have restarted)."""
+YIELD_EVERY = 500
+"""Records decoded and joined between two returns to the event loop within a step."""
+PIPELINE = 4
+"""Steps processed ahead of the one whose outputs and state are being made durable."""
+
+
+@dataclass
+class _Durable:
+    """What remains to do for one step once its outputs are sent: wait for them, write the
+    state changes, wait for those, ack the inputs."""
+
+    outputs: list[asyncio.Future[Any]]
+    changes: list[tuple[bytes, int, bytes | None]]
+    messages: list[Message]
+    now_ms: int
+
+
+log = logging.getLogger(__name__)
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _is_progress(headers: Any) -> bool:
+    keys = headers.keys() if isinstance(headers, dict) else (h[0] for h in headers)
+    return any(k == PROGRESS_HEADER for k in keys)
+
+
+def source_of(m: Message) -> Source:
+    return Source(m.topic, m.partition, m.offset, m.key)
+
+
+class Stage(ABC):
+    """Shared loop of the join and the link stage."""
+
+    name: str
+    input_topics: list[str]
+
+    def __init__(
+        self,
+        app: BatchingApp,
+        table: Any,
+        publisher: Callable[[], BatchPublisher],
+        metrics: StreamMetrics,
+        dead_letter_topic: str,
+        tick_s: float,
+        max_batch: int,
+        max_message_bytes: int,
+        clock: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.app = app
+        self.table = table
+        self.publisher = publisher()  # outputs and dead letters
+        self._changelog = publisher()  # state changes, sent by the committer task
+        self.metrics = metrics
+        self.dead_letter_topic = dead_letter_topic
+        self.tick_s = tick_s
+        self.max_batch = max_batch
+        self.max_message_bytes = max_message_bytes
+        self.clock = clock
+        self.sink = BatchSink(max_queued=2 * max_batch)
+        self.lock = asyncio.Lock()
+        self.ready = False  # state loaded from the table (after recovery)
+        self.steps = 0
+        self._processed: dict[Any, int] = {}  # input partition -> offset after the last acked record
+        self._durable: asyncio.Queue[_Durable] = asyncio.Queue(PIPELINE)
+        self._committer: asyncio.Task[None] | None = None
+
+    @property
+    @abstractmethod
+    def state(self) -> RequestJoin | UserLinker: ...
+
+    def prepare(self, now_ms: int) -> None:  # noqa: B027 - an optional hook
+        """Hook run at the start of every step, with or without input."""
+
+    @abstractmethod
+    def consume(self, messages: list[Message], now_ms: int) -> list[Rejected]:
+        """Feed valid records to the pure state; return the rejected ones."""
+
+    @abstractmethod
+    async def emit(self, now_ms: int) -> list[Rejected]:
+        """Close what is due and add the outputs to the publisher; return new rejects."""
+
+    # ------------------------------------------------------------------------- the loop
+    async def run(self) -> None:
+        self._committer = asyncio.ensure_future(self._commit_loop())
+        try:
+            while True:
+                batch = await self.sink.get(self.tick_s, self.max_batch)
+                if self._committer.done():
+                    self._committer.result()  # a delivery failed: raise it, the worker stops
+                if not self.ready:
+                    continue  # before recovery finished: Faust refetches from the committed offset
+                async with self.lock:
+                    await self.step(batch)
+        finally:
+            self._committer.cancel()
+
+    async def step(self, messages: list[Message]) -> None:
+        now = self.clock()
+        current = [m for m in messages if self.app.is_current(m)]
+        self.prepare(now)
+        rejects: list[Rejected] = []
+        for i in range(0, len(current), YIELD_EVERY):
+            rejects += self.consume(current[i : i + YIELD_EVERY], now)
+            await asyncio.sleep(0)  # let heartbeats, commits and the fetcher run
+        rejects += await self.emit(now)
+        for r in rejects:
+            self.metrics.count("dead_letters", r.stage)
+            self.publisher.add(self.dead_letter_topic, 0, r.source.key, encode_dead_letter(r, now), now)
+        outputs = await self.publisher.send()
+        changes = self.state.take_changes()
+        for key, _, value in changes:  # the table mirrors the state (Faust recovers into it)
+            if value is None:
+                self.table.data.pop(key, None)
+            else:
+                self.table.data[key] = value
+        await self._durable.put(_Durable(outputs, changes, current, now))  # back-pressure
+        self.steps += 1
+        self.metrics.count_all(self.state.counts)
+
+    async def _commit_loop(self) -> None:
+        changelog = self.table.changelog_topic.get_topic_name()
+        while True:
+            d = await self._durable.get()
+            try:
+                await asyncio.gather(*d.outputs)  # outputs durable before the state says they happened
+                for key, partition, value in d.changes:
+                    self._changelog.add(changelog, partition, key, value, d.now_ms)
+                await self._changelog.flush()  # state durable before its inputs may be committed
+            except Exception as exc:
+                # Delivery failed after aiokafka's retries. The in-memory state is now ahead of
+                # what is durable: stop the worker; a restart rebuilds it from the changelog and
+                # replays the unacked input.
+                log.exception("%s: could not make a step durable; stopping the worker", self.name)
+                self._durable.task_done()
+                await self.app.crash(exc)
+                raise
+            self.app.ack([m for m in d.messages if self.app.is_current(m)])
+            processed = self._processed
+            for m in d.messages:
+                if m.offset >= processed.get(m.tp, 0):
+                    processed[m.tp] = m.offset + 1
+            self._durable.task_done()
+
+    async def drain(self) -> None:
+        """Wait until every processed step is durable and acked."""
+        if self._committer is not None and not self._committer.done():
+            await self._durable.join()
+
+    def add_output(self, topic: str, partition: int, key: bytes, value: bytes, now: int, src: Source) -> bool:
+        """Queue one output record; an over-size one becomes a dead letter instead (False)."""
+        if len(value) > self.max_message_bytes:
+            r = Rejected(
+                src, value, STAGE_TOO_LARGE, f"{len(value)} bytes > {self.max_message_bytes} for {topic}"
+            )
+            self.metrics.count("dead_letters", r.stage)
+            self.publisher.add(self.dead_letter_topic, 0, key, encode_dead_letter(r, now), now)
+            return False
+        self.publisher.add(topic, partition, key, value, now)
+        return True
+
+    # ------------------------------------------------------------------------- rebalancing
+    def assigned_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.input_topics}
+
+    async def on_recover(self) -> None:
+        """After Faust restored the table from its changelog: rebuild the pure state from it."""
+        async with self.lock:
+            mine = self.assigned_partitions()
+            entries = dict(self.table.data.items())
+            self.state.load_state_dict(entries, self.clock(), mine)
+            self.sink.clear()
+            self.on_assigned()
+            self.ready = True
+            log.info("%s: state restored for partitions %s: %s", self.name, sorted(mine), self.state.sizes())
+
+    def on_assigned(self) -> None:  # noqa: B027 - an optional hook
+        """Hook: new assignment (Faust resumed every input partition)."""
+
+    async def on_revoked(self, partitions: set[int]) -> None:
+        async with self.lock:
+            # Steps of revoked partitions reach the changelog before their next owner reads it.
+            await self.drain()
+            self.ready = False
+            self._processed.clear()
+            self.sink.clear()
+            self.state.forget_partitions(partitions)
+
+    def backlogged(self) -> list[Any]:
+        """Assigned input partitions with records not processed yet (on the broker or fetched
+        and queued here), or whose end is not known yet."""
+        consumer = self.app.consumer
+        committed = consumer._committed_offset  # type: ignore[attr-defined]
+        out = []
+        for tp in consumer.assignment():
+            if tp.topic not in self.input_topics:
+                continue
+            high = consumer.highwater(tp)
+            position = max(self._processed.get(tp, 0), committed[tp] or 0)
+            if high is None or high > position:
+                out.append(tp)
+        return out
+
+    def sample(self) -> str:
+        """Set the stage's gauges (lag per input partition, state sizes); a summary for logs."""
+        consumer = self.app.consumer
+        committed = consumer._committed_offset  # type: ignore[attr-defined]
+        lag_total = 0
+        for tp in consumer.assignment():
+            if tp.topic not in self.input_topics:
+                continue
+            high = consumer.highwater(tp)
+            if high is not None:
+                lag = max(0, high - max(self._processed.get(tp, 0), committed[tp] or 0))
+                lag_total += lag
+                self.metrics.gauge("lag", f"{tp.topic}:{tp.partition}", lag)
+        sizes = self.state.sizes()
+        for name, size in sizes.items():
+            self.metrics.gauge(f"{self.name}_state", name, size)
+        return f"{self.name}: lag {lag_total}, state {sizes}"
+
+
+class JoinStage(Stage):
+    """Stage 1: impressions, clicks, dwells keyed by request_id -> list outcomes keyed by user_id."""
+
+    name = "join"
+
+    def __init__(
+        self,
+        join: RequestJoin,
+        impressions: str,
+        clicks: str,
+        dwells: str,
+        outcomes: str,
+        max_input_skew_ms: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.join = join
+        self.max_input_skew_ms = max_input_skew_ms
+        self.outcomes_topic = outcomes
+        self.input_topics = [impressions, clicks, dwells]
+        self._expect: dict[str, type[Impression] | type[Click] | type[Dwell]] = {
+            impressions: Impression,
+            clicks: Click,
+            dwells: Dwell,
+        }
+        self._backlog: set[tuple[int, str]] = set()
+        self._announced: dict[int, tuple[int | None, int]] = {}
+        self._paused: set[Any] = set()  # input partitions we paused (running ahead)
+
+    @property
+    def state(self) -> RequestJoin:
+        return self.join
+
+    def on_assigned(self) -> None:
+        self._paused.clear()
+        self._announced.clear()
+
+    def prepare(self, now_ms: int) -> None:
+        # Inputs with records still to process are not idle (and hold the watermark until read);
+        # an input with nothing to read and nothing ever read does not hold it.
+        self._backlog = {(tp.partition, tp.topic) for tp in self.backlogged()}
+        wms = self.join.watermarks
+        for tp in self.app.consumer.assignment():
+            if tp.topic in self.input_topics:
+                if (tp.partition, tp.topic) in self._backlog:
+                    wms.backlog(tp.partition, tp.topic, now_ms)
+                else:
+                    wms.caught_up(tp.partition, tp.topic)
+        self.balance_inputs()
+
+    def consume(self, messages: list[Message], now_ms: int) -> list[Rejected]:
+        rejects: list[Rejected] = []
+        join, expect = self.join, self._expect
+        for topic, n in Counter(m.topic for m in messages).items():
+            self.metrics.count("events_in", topic, n)
+        for m in messages:
+            src = source_of(m)
+            raw = m.value or b""
+            try:
+                rec = decode(raw, expect[m.topic])
+            except SchemaError as exc:
+                rejects.append(Rejected(src, raw, STAGE_DECODE, exc.reason, exc.field))
+                continue
+            if m.key != rec.request_id.encode():
+                rejects.append(
+                    Rejected(
+                        src,
+                        raw,
+                        STAGE_BAD_KEY,
+                        f"Kafka key {m.key!r} is not the request_id: records must be keyed by request_id",
+                        "request_id",
+                    )
+                )
+                continue
+            if type(rec) is Impression:
+                rejects += join.add_impression(rec, raw, src, now_ms)
+            else:
+                r = join.add_feedback(rec, raw, src, now_ms)  # type: ignore[arg-type]
+                if r is not None:
+                    rejects.append(r)
+        return rejects
+
+    def balance_inputs(self) -> None:
+        """Pause fetching an input partition that runs more than ``max_input_skew_ms`` ahead
+        (in event time) of its partition's watermark; resume it once the others caught up
+        halfway. Kafka fetches by bytes: catching up on a long backlog, the small click records
+        would otherwise run far ahead of the impressions and all be held in memory."""
+        ahead_ms = self.max_input_skew_ms
+        wms = self.join.watermarks
+        pause, resume = [], []
+        for tp in self.app.consumer.assignment():
+            if tp.topic not in self.input_topics:
+                continue
+            clock, wm = wms.input_clock(tp.partition, tp.topic), wms.last(tp.partition)
+            if clock is None or wm is None:
+                continue
+            if tp not in self._paused and clock - wm > ahead_ms:
+                pause.append(tp)
+            elif tp in self._paused and clock - wm <= ahead_ms // 2:
+                resume.append(tp)
+        if pause:
+            self.app.consumer.pause_partitions(pause)
+            self._paused.update(pause)
+        if resume:
+            self.app.consumer.resume_partitions(resume)
+            self._paused.difference_update(resume)
+            self.metrics.count("input_resumed", "", len(resume))
+
+    async def emit(self, now_ms: int) -> list[Rejected]:
+        closed, rejects = self.join.close_due(now_ms)
+        n = await self.publisher.partitions(self.outcomes_topic)
+        for c in closed:
+            user = c.impression.user_id.encode()
+            src = Source(self.input_topics[0], c.partition, -1, c.impression.request_id.encode())
+            if self.add_output(
+                self.outcomes_topic, partition_for(user, n), user, encode_list_outcome(c), now_ms, src
+            ):
+                self.metrics.count("list_outcomes", "complete" if c.complete else "incomplete")
+                self.metrics.list_outcome(c)
+        self.announce_progress(n, now_ms)
+        return rejects
+
+    def announce_progress(self, outcome_partitions: int, now_ms: int) -> None:
+        """Tell every list-outcomes partition how far each of our partitions has closed; queued
+        after this step's outcomes, so an announcement never overtakes an outcome it covers."""
+        for p in self.assigned_partitions():
+            through = self.join.closed_through(p, now_ms)
+            if through is None and any(bp == p for bp, _ in self._backlog):
+                continue  # records waiting: not idle, just not read yet
+            last = self._announced.get(p)
+            if last is not None:
+                # at most once a tick when it moves, and once a refresh period when it does not
+                wait = self.tick_s * 1000 if last[0] != through else PROGRESS_REFRESH_MS
+                if now_ms - last[1] < wait:
+                    continue
+            self._announced[p] = (through, now_ms)
+            value = orjson.dumps({"partition": p, "closed_through_ms": through})
+            for q in range(outcome_partitions):
+                self.publisher.add(self.outcomes_topic, q, None, value, now_ms, [(PROGRESS_HEADER, b"1")])
+
+
+class LinkStage(Stage):
+    """Stage 2: list outcomes keyed by user_id -> transitions keyed by user_id."""
+
+    name = "link"
+
+    def __init__(self, linker: UserLinker, outcomes: str, transitions: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.linker = linker
+        self.transitions_topic = transitions
+        self.input_topics = [outcomes]
+
+    @property
+    def state(self) -> UserLinker:
+        return self.linker
+
+    def consume(self, messages: list[Message], now_ms: int) -> list[Rejected]:
+        rejects: list[Rejected] = []
+        for m in messages:
+            src = source_of(m)
+            raw = m.value or b""
+            if m.headers and _is_progress(m.headers):
+                try:
+                    d = orjson.loads(raw)
+                    self.linker.announce(m.partition, int(d["partition"]), d["closed_through_ms"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    rejects.append(Rejected(src, raw, STAGE_LINK_DECODE, f"bad progress record: {exc!r}"))
+                continue
+            try:
+                o = read_outcome(raw)
+            except SchemaError as exc:
+                rejects.append(Rejected(src, raw, STAGE_LINK_DECODE, exc.reason, exc.field))
+                continue
+            r = self.linker.add_outcome(o, src)
+            if r is not None:
+                rejects.append(r)
+        return rejects
+
+    async def emit(self, now_ms: int) -> list[Rejected]:
+        links = self.linker.link_due()
+        if not links:
+            return []
+        n = await self.publisher.partitions(self.transitions_topic)
+        for link in links:
+            _, raw, unknown = encode_transition(link.prev, link.next)
+            user = link.prev.user_id.encode()
+            src = Source(self.input_topics[0], link.partition, -1, user)
+            if self.add_output(self.transitions_topic, partition_for(user, n), user, raw, now_ms, src):
+                self.metrics.count("transitions", "done" if link.next is None else "next")
+            if unknown:
+                self.metrics.count("unknown_objectives", "", unknown)
+        return []

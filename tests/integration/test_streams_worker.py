@@ -1,0 +1,420 @@
+"""The streams worker on the real broker, run as a subprocess (``python -m streams``) as in
+production: a scripted event sequence gives exactly the expected transitions and dead letters;
+a worker killed with SIGKILL mid-stream and restarted loses no transition; a ClickHouse outage
+does not stop the join.
+
+Windows, lateness and session gap are shortened (about a second) to keep the tests fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient
+
+from paperec.settings import (
+    TOPIC_CLICKS,
+    TOPIC_DEAD_LETTER,
+    TOPIC_DWELLS,
+    TOPIC_IMPRESSIONS,
+    TOPIC_LIST_OUTCOMES,
+    TOPIC_TRANSITIONS,
+    Settings,
+)
+from paperec.topics import create_topics
+from schemas import DeadLetter, Transition, decode, transition_id
+from streams import fixtures as fx
+from streams.dedup import dedup_transitions
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+W, L, GAP = 1_000, 300, 2_000
+
+
+class Worker:
+    """One ``python -m streams`` process with the given settings (as PAPEREC_* variables)."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")  # keep the log of a killed worker
+        for f in dataclasses.fields(Settings):
+            env["PAPEREC_" + f.name.upper()] = str(getattr(self.settings, f.name))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams", "--quiet"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        """Until Faust logs that the worker finished recovery and consumes."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.alive(), f"worker died:\n{self.tail()}"
+            if "Worker ready" in self.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"worker not ready after {timeout_s} s:\n{self.tail()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, n: int = 60) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+
+
+def streams_settings(settings: Settings, prefix: str, tmp_path: Path, **overrides: Any) -> Settings:
+    short = {
+        "join_window_ms": W,
+        "join_lateness_ms": L,
+        "session_gap_ms": GAP,
+        "streams_idle_ms": 300,
+        "streams_tick_ms": 100,
+        "streams_commit_interval_s": 0.5,
+        "streams_metrics_interval_s": 1.0,
+        "streams_session_timeout_s": 6.0,
+        "log_level": "INFO",
+    }
+    s = settings.replace(topic_prefix=prefix, state_dir=str(tmp_path / "state"), **{**short, **overrides})
+    assert create_topics(s) == []
+    return s
+
+
+@pytest.fixture
+def run_worker(tmp_path: Path) -> Iterator[Callable[[Settings], Worker]]:
+    workers: list[Worker] = []
+
+    def start(s: Settings) -> Worker:
+        w = Worker(s, tmp_path / "worker.log").start()
+        workers.append(w)
+        return w
+
+    yield start
+    for w in workers:
+        w.stop()
+
+
+class Reader:
+    """Reads a topic from the beginning, keeping everything read so far."""
+
+    def __init__(self, settings: Settings, suffix: str) -> None:
+        self.consumer = KafkaConsumer(
+            settings.topic(suffix),
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        self.records: list[Any] = []
+
+    def poll(self) -> list[Any]:
+        for batch in self.consumer.poll(timeout_ms=200).values():
+            self.records.extend(batch)
+        return self.records
+
+    def until(self, done: Callable[[list[Any]], bool], timeout_s: float, worker: Worker) -> list[Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if done(self.poll()):
+                return self.records
+            assert worker.alive(), f"worker died:\n{worker.tail()}"
+        return self.records
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def producer(settings: Settings) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+
+
+def send(p: KafkaProducer, settings: Settings, suffix: str, key: str, value: dict | bytes) -> None:
+    raw = value if isinstance(value, bytes) else fx.dumps(value)
+    p.send(settings.topic(suffix), raw, key=key.encode())
+
+
+def committed(s: Settings) -> dict[str, int]:
+    """Offsets the worker's consumer group committed, summed per input topic."""
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    try:
+        offsets = admin.list_group_offsets({s.streams_app_id: None}).get(s.streams_app_id, {})
+    finally:
+        admin.close()
+    out: dict[str, int] = {}
+    for tp, meta in offsets.items():
+        if "changelog" not in tp.topic:
+            out[tp.topic] = out.get(tp.topic, 0) + max(0, meta.offset)
+    return out
+
+
+def transitions_of(records: list[Any]) -> list[Transition]:
+    return [decode(r.value, Transition) for r in records]
+
+
+def test_scripted_sequence_gives_exactly_the_expected_transitions_and_rejects(
+    settings: Settings,
+    unique_prefix: str,
+    tmp_path: Path,
+    run_worker: Callable[[Settings], Worker],
+    clickhouse_client: Any,
+) -> None:
+    s = streams_settings(settings, unique_prefix, tmp_path)
+    worker = run_worker(s)
+    tag = uuid.uuid4().hex[:8]
+    r1, r2, r3, r4, ghost = (f"{tag}-{n}" for n in ("r1", "r2", "r3", "r4", "ghost"))
+    u1, u2 = f"{tag}-u1", f"{tag}-u2"
+    t = int(time.time() * 1000)
+    p = producer(s)
+    # u1: three lists; r1's feedback partly before its impression (out of order), with repeats
+    send(p, s, TOPIC_CLICKS, r1, fx.click(r1, u1, 1, t + 100))
+    send(p, s, TOPIC_IMPRESSIONS, r1, fx.impression(r1, u1, t))
+    send(p, s, TOPIC_IMPRESSIONS, r1, fx.impression(r1, u1, t))  # repeated impression
+    send(p, s, TOPIC_CLICKS, r1, fx.click(r1, u1, 1, t + 100))  # repeated click
+    send(p, s, TOPIC_DWELLS, r1, fx.dwell(r1, u1, 1, t + 150, 2_000))
+    send(p, s, TOPIC_IMPRESSIONS, r2, fx.impression(r2, u1, t + 200))
+    send(p, s, TOPIC_CLICKS, r2, fx.click(r2, u1, 0, t + 250))
+    send(p, s, TOPIC_DWELLS, r2, fx.dwell(r2, u1, 0, t + 300, 1_500))
+    send(p, s, TOPIC_DWELLS, r2, fx.dwell(r2, u1, 0, t + 300, 1_500))  # repeated dwell
+    send(p, s, TOPIC_IMPRESSIONS, r3, fx.impression(r3, u1, t + 400))  # no feedback: zeros
+    send(p, s, TOPIC_CLICKS, r3, fx.click(r3, u1, 2, t + 400 + W + 50))  # after r3's window end
+    # u2: a single list, clicked and read
+    send(p, s, TOPIC_IMPRESSIONS, r4, fx.impression(r4, u2, t + 100))
+    send(p, s, TOPIC_CLICKS, r4, fx.click(r4, u2, 2, t + 150))
+    send(p, s, TOPIC_DWELLS, r4, fx.dwell(r4, u2, 2, t + 160, 700))
+    # rejects
+    send(p, s, TOPIC_CLICKS, ghost, fx.click(ghost, u1, 0, t + 100))  # no such impression
+    send(p, s, TOPIC_CLICKS, r2, b'{"type": "click", "schema_version": 1, "request_id": ')  # malformed JSON
+    send(p, s, TOPIC_CLICKS, r2, {**fx.click(r2, u1, 0, t + 260), "position": True})  # wrong type
+    send(p, s, TOPIC_DWELLS, r2, {**fx.dwell(r2, u1, 0, t + 260, 1), "dwell_ms": "long"})  # wrong type
+    send(p, s, TOPIC_IMPRESSIONS, "x", {**fx.impression("x", u2, t), "weights": [0.9, 0.9]})  # not a simplex
+    send(p, s, TOPIC_CLICKS, "wrong-key", fx.click(r2, u1, 1, t + 270))  # not keyed by request_id
+    p.flush()
+
+    outcomes = Reader(s, TOPIC_LIST_OUTCOMES)
+    try:
+        outcomes.until(
+            lambda rs: any(r.key == u1.encode() and b'"' + r1.encode() + b'"' in r.value for r in rs),
+            30,
+            worker,
+        )
+    finally:
+        outcomes.close()
+    send(p, s, TOPIC_CLICKS, r1, fx.click(r1, u1, 0, t + 120))  # r1 already closed: late
+    p.flush()
+    p.close()
+
+    expected_ids = {
+        transition_id(u1, r1, r2),
+        transition_id(u1, r2, r3),
+        transition_id(u1, r3, None),
+        transition_id(u2, r4, None),
+    }
+    expected_rejects = Counter(
+        [
+            ("streams.decode", "$", s.topic(TOPIC_CLICKS)),
+            ("streams.decode", "position", s.topic(TOPIC_CLICKS)),
+            ("streams.decode", "dwell_ms", s.topic(TOPIC_DWELLS)),
+            ("streams.decode", "weights", s.topic(TOPIC_IMPRESSIONS)),
+            ("streams.join.bad_key", "request_id", s.topic(TOPIC_CLICKS)),
+            ("streams.join.unknown_request", None, s.topic(TOPIC_CLICKS)),
+            ("streams.join.outside_window", "ts_ms", s.topic(TOPIC_CLICKS)),
+            ("streams.join.late", None, s.topic(TOPIC_CLICKS)),
+        ]
+    )
+    transitions, dead = Reader(s, TOPIC_TRANSITIONS), Reader(s, TOPIC_DEAD_LETTER)
+    try:
+        got = transitions.until(lambda rs: len(rs) >= len(expected_ids), 40, worker)
+        rejects = dead.until(lambda rs: len(rs) >= sum(expected_rejects.values()), 20, worker)
+        time.sleep(1.5)  # anything unexpected after that?
+        got, rejects = transitions.poll(), dead.poll()
+    finally:
+        transitions.close()
+        dead.close()
+
+    ts = {x.transition_id: x for x in transitions_of(got)}
+    assert len(got) == len(expected_ids) and set(ts) == expected_ids, worker.tail()
+    t12 = ts[transition_id(u1, r1, r2)]
+    assert (
+        t12.labels.clicks == (0, 1, 0) and t12.labels.dwell_ms == (0, 2_000, 0) and t12.reward == (1.0, 2.0)
+    )
+    assert not t12.done and t12.next_state is not None and t12.next_state.request_id == r2
+    t23 = ts[transition_id(u1, r2, r3)]
+    assert t23.labels.clicks == (1, 0, 0) and t23.labels.dwell_ms == (1_500, 0, 0)  # repeat ignored
+    t3 = ts[transition_id(u1, r3, None)]
+    assert t3.done and t3.next_state is None and t3.labels.clicks == (0, 0, 0) and t3.reward == (0.0, 0.0)
+    t4 = ts[transition_id(u2, r4, None)]
+    assert t4.labels.clicks == (0, 0, 1) and t4.labels.dwell_ms == (0, 0, 700)
+
+    letters = [decode(r.value, DeadLetter) for r in rejects]
+    assert Counter((d.stage, d.error_field, d.source_topic) for d in letters) == expected_rejects
+    late = next(d for d in letters if d.stage == "streams.join.late")
+    assert late.key == r1 and late.source_offset >= 0 and orjson.loads(late.raw)["position"] == 0
+    malformed = next(d for d in letters if d.error_field == "$")
+    assert malformed.raw.startswith('{"type": "click"') and malformed.source_partition >= 0
+
+    # Metrics: one list_outcomes row per closed list, stream health in stream_metrics.
+    db = s.clickhouse_database
+    rows: list[Any] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(rows) < 4:
+        rows = clickhouse_client.execute(
+            f"SELECT request_id, clicks, dwell_ms, complete FROM {db}.list_outcomes "
+            "WHERE request_id LIKE %(tag)s",
+            {"tag": f"{tag}-%"},
+        )
+        time.sleep(0.5)
+    assert sorted(rows) == sorted([(r1, 1, 2_000, 1), (r2, 1, 1_500, 1), (r3, 0, 0, 1), (r4, 1, 700, 1)])
+    source = f"streams:{s.streams_app_id}"
+    counted: dict[str, float] = {}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and counted.get("streams.join.late", 0) < 1:
+        counted = dict(
+            clickhouse_client.execute(
+                f"SELECT label, sum(value) FROM {db}.stream_metrics "
+                "WHERE source = %(src)s AND name = 'dead_letters' GROUP BY label",
+                {"src": source},
+            )
+        )
+        time.sleep(0.5)
+    assert counted == {
+        stage: float(n) for stage, n in Counter(k[0] for k in expected_rejects.elements()).items()
+    }
+    names = {
+        n
+        for (n,) in clickhouse_client.execute(
+            f"SELECT DISTINCT name FROM {db}.stream_metrics WHERE source = %(src)s", {"src": source}
+        )
+    }
+    assert {"events_in", "dead_letters", "lag", "list_outcomes", "transitions"} <= names
+
+
+def test_sigkill_mid_stream_then_restart_loses_no_transition(
+    settings: Settings, unique_prefix: str, tmp_path: Path, run_worker: Callable[[Settings], Worker]
+) -> None:
+    gap = 1_500
+    s = streams_settings(
+        settings, unique_prefix, tmp_path, session_gap_ms=gap, join_window_ms=600, join_lateness_ms=200
+    )
+    worker = run_worker(s)
+    worker.wait_ready()
+    n_users, per_user, step_ms = 40, 24, 300
+    start = int(time.time() * 1000) + 200
+    lists = sorted(
+        (start + u * 25 + k * step_ms, f"u{u}", f"{unique_prefix}u{u}-r{k}")
+        for u in range(n_users)
+        for k in range(per_user)
+    )
+    expected = set()
+    for u in range(n_users):
+        rids = [f"{unique_prefix}u{u}-r{k}" for k in range(per_user)]
+        expected |= {transition_id(f"u{u}", a, b) for a, b in itertools.pairwise(rids)}
+        expected.add(transition_id(f"u{u}", rids[-1], None))
+
+    def produce() -> None:  # events in real time, as serving nodes and clients would send them
+        p = producer(s)
+        for ts, user, rid in lists:
+            delay = ts / 1000 - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            pos = hash(rid) % 3
+            send(p, s, TOPIC_IMPRESSIONS, rid, fx.impression(rid, user, ts))
+            send(p, s, TOPIC_CLICKS, rid, fx.click(rid, user, pos, ts + 50))
+            send(p, s, TOPIC_DWELLS, rid, fx.dwell(rid, user, pos, ts + 100, 1_000 + pos))
+        p.flush()
+        p.close()
+
+    producing = threading.Thread(target=produce, daemon=True)
+    producing.start()
+    reader = Reader(s, TOPIC_TRANSITIONS)
+    try:
+        # Mid-stream: the worker has emitted transitions and committed offsets of both stages
+        # (so the restart resumes from commits, with state changelogs ahead of them), and
+        # events keep coming.
+        reader.until(lambda rs: len(rs) >= 200, 40, worker)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and min(committed(s).values(), default=0) == 0:
+            time.sleep(0.1)
+        assert min(committed(s).values(), default=0) > 0, "no offsets committed before the kill"
+        assert producing.is_alive(), "the producer finished before the kill: not mid-stream"
+        before = len(reader.records)
+        committed_at_kill = committed(s)
+        worker.kill9()
+        restarted = run_worker(s)
+        producing.join(60)
+        got = reader.until(
+            lambda rs: expected <= {decode(r.value, Transition).transition_id for r in rs}, 90, restarted
+        )
+        time.sleep(2)
+        got = reader.poll()
+    finally:
+        reader.close()
+    ids = [decode(r.value, Transition).transition_id for r in got]
+    unique = list(dedup_transitions(ids))
+    assert set(unique) == expected, (
+        f"missing {len(expected - set(unique))}, unexpected {len(set(unique) - expected)}\n{restarted.tail()}"
+    )
+    assert len(unique) == len(set(ids))
+    print(
+        f"{len(ids)} transitions on the topic, {len(ids) - len(unique)} repeats after the restart "
+        f"({before} before the kill, offsets committed then: {committed_at_kill})"
+    )
+
+
+def test_clickhouse_outage_does_not_stop_the_join(
+    settings: Settings, unique_prefix: str, tmp_path: Path, run_worker: Callable[[Settings], Worker]
+) -> None:
+    s = streams_settings(settings, unique_prefix, tmp_path, clickhouse_port=1)  # nothing listens there
+    worker = run_worker(s)
+    t = int(time.time() * 1000)
+    p = producer(s)
+    for k in range(2):
+        rid = f"{unique_prefix}r{k}"
+        send(p, s, TOPIC_IMPRESSIONS, rid, fx.impression(rid, "u", t + k * 100))
+    p.flush()
+    p.close()
+    reader = Reader(s, TOPIC_TRANSITIONS)
+    try:
+        got = reader.until(lambda rs: len(rs) >= 2, 40, worker)
+    finally:
+        reader.close()
+    assert {decode(r.value, Transition).done for r in got} == {False, True}
+    assert worker.alive()
+    assert "metrics insert failed" in worker.log_path.read_text()

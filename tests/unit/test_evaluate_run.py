@@ -1,0 +1,145 @@
+"""The evaluation harness with tiny budgets: serving models, replay buffer, one whole run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from learner.featurize import ListView, list_inputs, transition_batch
+from learner.policy import Actor, ActorConfig
+from simulator import Simulator, SimulatorConfig, TransitionLinker
+from simulator.evaluation.buffer import TensorReplay
+from simulator.evaluation.contenders import Contender, default_specs
+from simulator.evaluation.online import Budget
+from simulator.evaluation.runner import EvaluationSpec, run_evaluation
+from simulator.model_policy import set_constant_weights
+
+SIM = SimulatorConfig(n_users=40, n_items=200, seed=2)
+TINY_BUDGET = Budget(
+    train_steps=3, lists_per_step=8, warmup_lists=32, batch_size=16, buffer_size=256, parallel=8,
+    eval_sessions=12, eval_parallel=12,
+)  # fmt: skip
+
+
+def test_constant_weight_actor() -> None:
+    actor = Actor(ActorConfig(obs_dim=4, action_dim=3, hidden=8))
+    set_constant_weights(actor, (0.2, 0.3, 0.5))
+    out = actor(torch.randn(5, 4))
+    assert torch.allclose(out, torch.tensor([0.2, 0.3, 0.5]).expand(5, 3), atol=1e-6)
+    set_constant_weights(actor, (1.0, 0.0, 0.0))
+    assert actor(torch.randn(1, 4))[0, 0].item() == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        set_constant_weights(actor, (1.0, 0.0))
+
+
+def test_ranker_config_fits_the_simulator_and_policies_rank() -> None:
+    rcfg = SIM.ranker_config()
+    from learner.paperec import PAPERecConfig
+
+    learner = PAPERecConfig(ranker=rcfg, device="cpu")
+    for spec in default_specs((0.5,))[::2]:  # ctr_only, dwell_only, paperec
+        contender = Contender(spec, learner)
+        sim = Simulator(SIM)
+        results = list(
+            sim.run(contender.policy(0.1, torch.Generator().manual_seed(0)), sim.random_sessions(2))
+        )
+        for r in results:
+            w = r.impression.weights
+            assert abs(sum(w) - 1) < 1e-9
+            if spec.weights is not None:
+                assert w == pytest.approx(spec.weights, abs=0.15)  # noise in logit space
+
+
+def test_model_policy_ranks_by_the_serving_score() -> None:
+    from learner.paperec import PAPERecConfig
+    from learner.scoring import score
+
+    contender = Contender(default_specs(())[-1], PAPERecConfig(ranker=SIM.ranker_config(), device="cpu"))
+    sim = Simulator(SIM)
+    req = sim.request(sim.start(sim.random_session(0)))
+    ranking = contender.policy(0.0, None).rank([req])[0]
+    view = ListView(req.user_features, req.history, req.context, [c.item_id for c in req.candidates],
+                    [c.features for c in req.candidates])  # fmt: skip
+    scores = score(contender.model, list_inputs([view], contender.model.ranker.cfg)).scores[0]
+    assert list(ranking.order) == torch.argsort(scores, descending=True, stable=True).tolist()
+
+
+def test_tensor_replay_matches_transition_batch() -> None:
+    sim = Simulator(SIM)
+    linker, transitions = TransitionLinker(), []
+    from simulator import RandomPolicy
+
+    for r in sim.run(RandomPolicy(), sim.random_sessions(10)):
+        transitions.extend(linker.add(r))
+    rcfg = SIM.ranker_config()
+    buf = TensorReplay(capacity=len(transitions), cfg=rcfg, list_len=SIM.list_len)
+    buf.add(transitions[:5])
+    buf.add(transitions[5:])
+    assert len(buf) == len(transitions)
+    ref = transition_batch(transitions, rcfg)
+    stored = buf.rows(torch.arange(len(transitions)))
+    for name in ref.__dataclass_fields__:
+        assert torch.equal(getattr(stored, name), getattr(ref, name)), name
+    assert buf.sample(8, np.random.default_rng(0)).batch_size == 8
+    # transitions: consecutive lists of a session, done exactly at its end
+    assert sum(t.done for t in transitions) == 10 and len(linker) == 0
+
+
+def test_tiny_evaluation_writes_a_complete_report(tmp_path: Path) -> None:
+    spec = EvaluationSpec(
+        seed=1, simulator=SIM, budget=TINY_BUDGET, grid=(0.5,), workers=1, progress=False,
+        policies=("ctr_only", "fixed_0.50", "dwell_only", "peltr", "paperec"),
+    )  # fmt: skip
+    report = run_evaluation(spec, tmp_path)
+    for name in ("report.json", "report.md", "pareto.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert set(saved["policies"]) == {"ctr_only", "fixed_0.50", "dwell_only", "peltr", "paperec"}
+    for p in saved["policies"].values():
+        for key in ("ctr", "dwell_per_impression_s", "session_length", "hypervolume"):
+            lo, hi = p[key]["ci95"]
+            assert lo <= p[key]["value"] <= hi or np.isclose(lo, hi)
+        assert p["sessions"] == TINY_BUDGET.eval_sessions
+    assert saved["policies"]["ctr_only"]["weight_preference_correlation"] is None  # global weights
+    assert "paperec_vs_peltr" in saved["summary"] and "largest_hypervolume" in saved["summary"]
+    assert saved["fixed_weight_front"]["members"]
+    assert report["setting"] == "default" and saved["budget"]["train_steps"] == 3
+    assert "| paperec |" in (tmp_path / "report.md").read_text()
+
+
+def test_control_run_has_no_preference_correlation(tmp_path: Path) -> None:
+    spec = EvaluationSpec(seed=1, control=True, simulator=SIM, budget=TINY_BUDGET, progress=False,
+                          policies=("paperec",))  # fmt: skip
+    report = run_evaluation(spec, None)
+    assert report["setting"] == "control"
+    assert report["policies"]["paperec"]["weight_preference_correlation"] is None
+
+
+def test_contender_state_dict_round_trip() -> None:
+    from learner.batch import ListBatch
+    from learner.paperec import PAPERecConfig
+
+    learner = PAPERecConfig(ranker=SIM.ranker_config(), device="cpu")
+    peltr = next(s for s in default_specs(()) if s.name == "peltr")
+    a, b = Contender(peltr, learner), Contender(peltr, learner)
+    a.step(ListBatch.synthetic(learner.ranker, 8, torch.Generator().manual_seed(0)))
+    b.load_state_dict(a.state_dict())
+    assert b.serving_weights == a.serving_weights != (0.5, 0.5)
+    x = torch.randn(1, learner.ranker.d_model)
+    assert torch.allclose(b.model.actor(x), a.model.actor(x))
+    for pa, pb in zip(a.trainer.ranker.parameters(), b.trainer.ranker.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_summary_of_reports(tmp_path: Path) -> None:
+    from simulator.evaluation.summary import summarize
+
+    spec = EvaluationSpec(
+        seed=1, simulator=SIM, budget=TINY_BUDGET, progress=False, policies=("ctr_only", "paperec")
+    )
+    table = summarize([run_evaluation(spec, None)])
+    assert "| default | 1 | paperec |" in table

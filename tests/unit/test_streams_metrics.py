@@ -1,0 +1,51 @@
+"""Stream metrics rows: one list_outcomes row per closed list, counters as per-interval deltas."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from paperec.metrics_store import LIST_OUTCOMES_COLUMNS
+from schemas import Impression, decode
+from streams import fixtures as fx
+from streams.join import ClosedList
+from streams.metrics import OUTCOME_COLUMNS, SAMPLE_COLUMNS, StreamMetrics
+
+
+class Rows:
+    def __init__(self) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+
+    def add(self, row: tuple[Any, ...]) -> None:
+        self.rows.append(row)
+
+
+def test_outcome_rows_match_the_table_and_counters_are_deltas() -> None:
+    columns = [line.split()[0] for line in LIST_OUTCOMES_COLUMNS.strip().splitlines()]
+    assert list(OUTCOME_COLUMNS) == columns
+    samples, outcomes = Rows(), Rows()
+    m = StreamMetrics("streams:test", samples, outcomes, clock=lambda: 1_700_000_000.0)
+    raw = fx.dumps(fx.impression("r1", "u1", 1_700_000_000_123, n_items=3))
+    m.list_outcome(ClosedList(0, decode(raw, Impression), raw, (1, 0, 1), (500, 0, 0), False, 1))
+    (row,) = outcomes.rows
+    assert len(row) == len(OUTCOME_COLUMNS)
+    assert row[0] == datetime.fromtimestamp(1_700_000_000) and row[1:3] == ("r1", "u1")
+    assert row[-4:] == (3, 2, 500, 0)
+
+    m.count("events_in", "t.clicks", 3)
+    m.count_all(Counter({("duplicates", "click"): 2}))
+    m.gauge("lag", "t.clicks:0", 7)
+    m.flush()
+    m.count("events_in", "t.clicks")
+    m.flush()
+    got = [(name, label, value) for _, _, name, label, value in samples.rows]
+    assert got == [
+        ("events_in", "t.clicks", 3.0),
+        ("duplicates", "click", 2.0),
+        ("lag", "t.clicks:0", 7.0),
+        ("events_in", "t.clicks", 1.0),
+        ("lag", "t.clicks:0", 7.0),
+    ]
+    assert all(len(r) == len(SAMPLE_COLUMNS) and r[1] == "streams:test" for r in samples.rows)
+    assert m.totals["events_in", "t.clicks"] == 4

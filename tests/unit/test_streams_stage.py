@@ -1,0 +1,327 @@
+"""The stage loop (streams.stage) with in-memory stand-ins for Faust and the producer: the
+order of effects that the at-least-once argument rests on (outputs acknowledged, then the
+changelog, then the input acks), pausing an input that runs ahead, and stage-1 progress
+announcements reaching stage 2."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from streams import fixtures as fx
+from streams.join import JoinConfig, RequestJoin
+from streams.link import LinkConfig, UserLinker
+from streams.metrics import StreamMetrics
+from streams.publisher import BatchPublisher
+from streams.stage import PROGRESS_HEADER, JoinStage, LinkStage
+
+IMP, CLK, DWL, OUT, TRN, DLQ, CHG = (
+    "p.impressions",
+    "p.clicks",
+    "p.dwells",
+    "p.outcomes",
+    "p.t",
+    "p.dl",
+    "p.chg",
+)
+T0 = 1_700_000_000_000
+
+
+@dataclass(frozen=True)
+class TP:
+    topic: str
+    partition: int
+
+
+@dataclass
+class Msg:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    generation_id: int = 1
+
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
+
+class Log:
+    """Everything produced, in the order the broker acknowledged it, and the input acks."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+
+class FakeBatch:
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+
+    def append(
+        self, *, timestamp: int | None, key: bytes | None, value: bytes | None, headers: Any
+    ) -> object:
+        self.records.append((key, value, list(headers)))
+        return object()
+
+    def size(self) -> int:
+        return sum(len(v or b"") for _, v, _ in self.records)
+
+
+class FakeProducer:
+    def __init__(self, log: Log, hold: asyncio.Event) -> None:
+        self.log, self.hold = log, hold
+        self.deliveries: list[asyncio.Future[None]] = []
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1}
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def deliver() -> None:
+            await self.hold.wait()  # the broker acknowledges when the test lets it
+            for key, value, headers in batch.records:
+                self.log.events.append(("produced", (topic, partition, key, value, headers)))
+            if not fut.done():  # (cancelled when a test ends early)
+                fut.set_result(None)
+
+        self.deliveries.append(asyncio.ensure_future(deliver()))
+        return fut
+
+
+class FakeConsumer:
+    def __init__(self, log: Log, assignment: set[TP]) -> None:
+        self.log = log
+        self._assignment = assignment
+        self.highwaters: dict[TP, int] = {}
+        self._committed_offset: dict[TP, int | None] = dict.fromkeys(assignment)
+        self.paused: set[TP] = set()
+
+    def assignment(self) -> set[TP]:
+        return self._assignment
+
+    def highwater(self, tp: TP) -> int | None:
+        return self.highwaters.get(tp, 0)
+
+    def ack(self, m: Msg) -> None:
+        self.log.events.append(("ack", (m.topic, m.partition, m.offset)))
+
+    def pause_partitions(self, tps: list[TP]) -> None:
+        self.paused.update(tps)
+
+    def resume_partitions(self, tps: list[TP]) -> None:
+        self.paused.difference_update(tps)
+
+
+class FakeApp:
+    consumer_generation_id = 1
+
+    def __init__(self, consumer: FakeConsumer) -> None:
+        self.consumer = consumer
+
+    def is_current(self, m: Msg) -> bool:
+        return m.generation_id == self.consumer_generation_id
+
+    def ack(self, messages: list[Msg]) -> None:
+        for m in messages:
+            self.consumer.ack(m)
+
+
+class FakeTable:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.changelog_topic = self
+
+    def get_topic_name(self) -> str:
+        return CHG
+
+
+@pytest.fixture
+def env() -> Iterator[tuple[Log, asyncio.Event]]:
+    yield Log(), asyncio.Event()
+
+
+def make_join(log: Log, hold: asyncio.Event, now: list[int], skew_ms: int = 60_000) -> JoinStage:
+    cfg = JoinConfig(
+        window_ms=1_000, lateness_ms=200, closed_retention_ms=10_000, idle_ms=300, max_future_ms=60_000
+    )
+    tps = {TP(t, p) for t in (IMP, CLK, DWL) for p in (0, 1)}
+    app = FakeApp(FakeConsumer(log, tps))
+    producer = FakeProducer(log, hold)
+    stage = JoinStage(
+        RequestJoin(cfg),
+        impressions=IMP,
+        clicks=CLK,
+        dwells=DWL,
+        outcomes=OUT,
+        max_input_skew_ms=skew_ms,
+        app=app,
+        table=FakeTable(),
+        publisher=lambda: BatchPublisher(lambda: producer),
+        metrics=StreamMetrics("test"),
+        dead_letter_topic=DLQ,
+        tick_s=0.01,
+        max_batch=100,
+        max_message_bytes=1 << 20,
+        clock=lambda: now[0],
+    )
+    stage.ready = True
+    return stage
+
+
+def msg_of(*args: Any) -> Any:  # stands in for a faust Message
+    return Msg(*args)
+
+
+def msg(topic: str, offset: int, key: str, event: dict, partition: int = 0) -> Any:
+    return Msg(topic, partition, offset, key.encode(), fx.dumps(event))
+
+
+def test_outputs_are_acknowledged_before_the_changelog_and_inputs_are_acked_last(
+    env: tuple[Log, asyncio.Event],
+) -> None:
+    log, hold = env
+
+    async def scenario() -> None:
+        now = [T0]
+        stage = make_join(log, hold, now)
+        committer = stage._committer = asyncio.ensure_future(stage._commit_loop())
+        await stage.step(
+            [
+                msg(IMP, 0, "r1", fx.impression("r1", "u1", T0)),
+                msg(CLK, 0, "r1", fx.click("r1", "u1", 1, T0 + 5)),
+            ]
+        )
+        now[0] = T0 + 5_000  # the partition idles: its watermark passes the window
+        await stage.step([])
+        await asyncio.sleep(0.01)
+        assert log.events == []  # nothing acknowledged yet: no acks either
+        hold.set()
+        await asyncio.wait_for(stage.drain(), 1)
+        committer.cancel()
+        kinds = [(kind, what[0] if kind == "produced" else "ack") for kind, what in log.events]
+        first_changelog = kinds.index(("produced", CHG))
+        first_ack = kinds.index(("ack", "ack"))
+        assert kinds.index(("produced", OUT)) < first_changelog < first_ack
+        closed = [
+            what for kind, what in log.events if kind == "produced" and what[0] == CHG and what[2] == b"e:r1"
+        ]
+        assert b'"closed"' in (closed[-1][3] or b"")  # the closed marker comes after the outcome
+        assert [what for kind, what in log.events if kind == "ack"] == [(IMP, 0, 0), (CLK, 0, 0)]
+        assert stage.table.data[b"e:r1"] == closed[-1][3]  # the table mirrors the changelog
+
+    asyncio.run(scenario())
+
+
+def test_stale_generation_records_are_neither_processed_nor_acked(env: tuple[Log, asyncio.Event]) -> None:
+    log, hold = env
+    hold.set()
+
+    async def scenario() -> None:
+        stage = make_join(log, hold, [T0])
+        committer = stage._committer = asyncio.ensure_future(stage._commit_loop())
+        stale = msg(IMP, 0, "r1", fx.impression("r1", "u1", T0))
+        stale.generation_id = 0
+        await stage.step([stale])
+        await asyncio.wait_for(stage.drain(), 1)
+        committer.cancel()
+        assert len(stage.join) == 0 and not [e for e in log.events if e[0] == "ack"]
+
+    asyncio.run(scenario())
+
+
+def test_an_input_running_ahead_is_paused_then_resumed(env: tuple[Log, asyncio.Event]) -> None:
+    log, hold = env
+    hold.set()
+
+    async def scenario() -> None:
+        now = [T0]
+        stage = make_join(log, hold, now, skew_ms=2_000)
+        consumer: Any = stage.app.consumer
+        committer = stage._committer = asyncio.ensure_future(stage._commit_loop())
+        for tp in consumer.assignment():
+            consumer.highwaters[tp] = 100  # a backlog everywhere
+        await stage.step(
+            [msg(IMP, 0, "r1", fx.impression("r1", "u1", T0))]
+            + [
+                msg(t, 0, f"x{t}", fx.click(f"x{t}", "u", 0, T0 + 10_000))
+                if t == CLK
+                else msg(t, 0, f"x{t}", fx.dwell(f"x{t}", "u", 0, T0 + 10_000, 1))
+                for t in (CLK, DWL)
+            ]
+        )
+        await stage.step([])  # the watermark of partition 0 is T0 (impressions); clicks are 10 s ahead
+        assert consumer.paused == {TP(CLK, 0), TP(DWL, 0)}
+        await stage.step([msg(IMP, 1, "r2", fx.impression("r2", "u1", T0 + 8_000))])
+        await stage.step([])
+        assert consumer.paused == {TP(CLK, 0), TP(DWL, 0)}  # still 2 s ahead: over half the limit
+        await stage.step([msg(IMP, 2, "r3", fx.impression("r3", "u1", T0 + 9_500))])
+        await stage.step([])
+        assert consumer.paused == set()  # caught up
+        await asyncio.wait_for(stage.drain(), 1)
+        committer.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_progress_announcements_let_stage_2_link(env: tuple[Log, asyncio.Event]) -> None:
+    log, hold = env
+    hold.set()
+
+    async def scenario() -> None:
+        now = [T0]
+        join = make_join(log, hold, now)
+        committer = join._committer = asyncio.ensure_future(join._commit_loop())
+        await join.step(
+            [
+                msg(IMP, 0, "a", fx.impression("a", "u1", T0)),
+                msg(IMP, 0, "b", fx.impression("b", "u1", T0 + 100), partition=1),
+            ]
+        )
+        now[0] = T0 + 10_000
+        await join.step([])
+        await asyncio.wait_for(join.drain(), 1)
+        committer.cancel()
+        outputs = [w for k, w in log.events if k == "produced" and w[0] == OUT]
+        assert sum(1 for w in outputs if not w[4]) == 2  # two list outcomes ...
+        assert any(w[4] == [(PROGRESS_HEADER, b"1")] for w in outputs)  # ... and announcements
+
+        consumer = FakeConsumer(log, {TP(OUT, 0), TP(OUT, 1)})
+        producer = FakeProducer(log, hold)
+        link = LinkStage(
+            UserLinker(LinkConfig(session_gap_ms=60_000, retention_ms=60_000, upstream_partitions=2)),
+            outcomes=OUT,
+            transitions=TRN,
+            app=FakeApp(consumer),
+            table=FakeTable(),
+            publisher=lambda: BatchPublisher(lambda: producer),
+            metrics=StreamMetrics("test"),
+            dead_letter_topic=DLQ,
+            tick_s=0.01,
+            max_batch=100,
+            max_message_bytes=1 << 20,
+            clock=lambda: now[0],
+        )
+        link.ready = True
+        committer = link._committer = asyncio.ensure_future(link._commit_loop())
+        await link.step(
+            [
+                msg_of(OUT, partition, offset, key, value or b"", headers)
+                for offset, (_, partition, key, value, headers) in enumerate(outputs)
+            ]
+        )
+        await asyncio.wait_for(link.drain(), 1)
+        committer.cancel()
+        transitions = [w for k, w in log.events if k == "produced" and w[0] == TRN]
+        assert len(transitions) == 1 and b'"next_state":{"request_id":"b"' in (transitions[0][3] or b"")
+
+    asyncio.run(scenario())
