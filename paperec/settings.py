@@ -100,8 +100,10 @@ class Settings:
     # --- end Serving
 
     # --- Streams (streams/, `paperec streams`)
-    join_window_ms: int = _opt(30_000, "streams: feedback window after an impression (event time, ms)")
-    join_lateness_ms: int = _opt(5_000, "streams: allowed lateness: the window is emitted this much later")
+    # 10 s + 2 s: clicks come within seconds of an impression, and the window bounds freshness
+    # (click -> served snapshot, benchmarks/freshness.py); raise it for long-form content.
+    join_window_ms: int = _opt(10_000, "streams: feedback window after an impression (event time, ms)")
+    join_lateness_ms: int = _opt(2_000, "streams: allowed lateness: the window is emitted this much later")
     join_closed_retention_ms: int = _opt(
         120_000, "streams: how long a closed list is remembered, to tell late feedback from unknown (ms)"
     )
