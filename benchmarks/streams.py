@@ -238,6 +238,7 @@ def run_join(
         t_first = _crossing(samples, 1)
         marks = {q: _crossing(samples, q * workload.n_events) - t_first for q in (0.1, 0.5, 0.9, 1.0)}
         rate = 0.8 * workload.n_events / (marks[0.9] - marks[0.1])
+        cpu_s = _cpu_seconds(proc.pid)
         drained = count_transitions(settings, workload.expected_ids, deadline)
         print(
             "committed 10% / 50% / 90% / 100% of the backlog "
@@ -249,6 +250,7 @@ def run_join(
             "join_events_per_s_whole_backlog": workload.n_events / marks[1.0],
             "transitions_ok": float(drained),
             "all_committed_after_s": marks[1.0],
+            "worker_cpu_us_per_event": cpu_s / workload.n_events * 1e6,
         }
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -257,6 +259,15 @@ def run_join(
         except subprocess.TimeoutExpired:
             proc.kill()
         admin.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process used so far, from /proc (0 where unavailable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _crossing(samples: list[tuple[float, int]], level: float) -> float:
@@ -338,22 +349,29 @@ def main() -> int:
     try:
         produce_s = asyncio.run(produce(settings, workload))
         print(f"produced in {produce_s:.1f} s")
-        bare = asyncio.run(bare_consumer(settings, workload.n_events))
-        print(f"bare aiokafka consumer + decode: {bare:,.0f} events/s")
+        bare_before = asyncio.run(bare_consumer(settings, workload.n_events))
+        print(f"bare aiokafka consumer + decode: {bare_before:,.0f} events/s")
         log_path = Path(tempfile.mkdtemp(prefix="paperec-bench-log-")) / "worker.log"
         join = run_join(settings, args, workload, log_path)
+        # Measured again after the join: on a shared machine the load changes between phases;
+        # the ratio is taken against the mean of the two.
+        bare_after = asyncio.run(bare_consumer(settings, workload.n_events))
+        bare = (bare_before + bare_after) / 2
+        print(f"bare aiokafka consumer + decode: {bare_after:,.0f} events/s (again, after the join)")
         ratio = join["join_events_per_s"] / bare
         print(
             f"stream join (1 worker):          {join['join_events_per_s']:,.0f} events/s steady state "
-            f"({ratio:.2f}x the bare consumer); {join['join_events_per_s_whole_backlog']:,.0f} events/s "
-            "over the whole backlog"
+            f"({ratio:.2f}x the bare consumer's mean); "
+            f"{join['join_events_per_s_whole_backlog']:,.0f} events/s over the whole backlog"
         )
+        print(f"worker CPU: {join['worker_cpu_us_per_event']:.0f} us per event (start-up included)")
         print(
             f"transitions out: {'all expected ids, no others' if join['transitions_ok'] else 'MISMATCH'} "
             f"(worker log: {log_path})"
         )
         results = {
             "bare_events_per_s": bare,
+            "bare_events_per_s_before_after": [bare_before, bare_after],
             **join,
             "ratio": ratio,
             "events": workload.n_events,

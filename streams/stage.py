@@ -60,7 +60,7 @@ PROGRESS_REFRESH_MS = 1_000
 """Announcements are repeated this often even when unchanged (stage 2 may have restarted)."""
 YIELD_EVERY = 500
 """Records decoded and joined between two returns to the event loop within a step."""
-PIPELINE = 4
+PIPELINE = 16
 """Steps processed ahead of the one whose outputs and state are being made durable."""
 
 

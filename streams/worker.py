@@ -88,7 +88,11 @@ def create_app(settings: Settings) -> StreamsWorker:
         broker_session_timeout=s.streams_session_timeout_s,
         broker_heartbeat_interval=min(3.0, s.streams_session_timeout_s / 4),
         consumer_auto_offset_reset="earliest",
-        consumer_max_fetch_size=4 * 1024 * 1024,  # per partition and fetch
+        # Per partition and fetch. A fetch response holds at most 50 MB (aiokafka's
+        # fetch_max_bytes), filled partition by partition in a fixed order: with larger values the
+        # click and dwell partitions fill it and the impressions starve. (A record larger than
+        # this is still fetched, alone.)
+        consumer_max_fetch_size=1024 * 1024,
         producer_max_batch_size=BATCH_BYTES,
         producer_max_request_size=MAX_REQUEST_BYTES,
         producer_acks=-1,
