@@ -16,8 +16,10 @@ import inspect
 import itertools
 import logging
 import signal
+import sys
 import textwrap
 import typing
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any, Literal
 
@@ -139,22 +141,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m learner.cli``: ``paperec learner`` without importing the other subcommands."""
-    parser = argparse.ArgumentParser(prog="paperec learner")
-    Settings.add_arguments(parser)
-    configure(parser)
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("kafka", "aiokafka"):  # as paperec.cli: connection chatter at INFO
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    return run(args, settings)
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m learner.cli``: ``paperec learner``."""
+    from paperec.cli import main as paperec_main
+
+    return paperec_main(["learner", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

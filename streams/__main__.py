@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
-from paperec.settings import Settings
-from streams import cli
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streams", description=cli.__doc__)
-    Settings.add_arguments(parser)
-    cli.configure(parser)
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=settings.log_level.upper(), format=log_format)
-    return cli.run(args, settings)
+    """``paperec streams`` (the CLI imports only the chosen command's module)."""
+    from paperec.cli import main as paperec_main
+
+    return paperec_main(["streams", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

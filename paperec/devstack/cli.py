@@ -33,7 +33,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["up", "down", "status"], help="what to do")
     parser.add_argument("--only", choices=list(SERVICES), help="act on one service (default: all)")
     parser.add_argument(
-        "--wipe", action="store_true",
+        "--wipe",
+        action="store_true",
         help="with down: also delete data, logs and configs (keeps Kafka's jar cache)",
     )
 
@@ -141,16 +142,7 @@ def _state_lock(state_path: Path) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m paperec.devstack``: the same command without importing the other subcommands."""
-    parser = argparse.ArgumentParser(prog="python -m paperec.devstack", description=__doc__)
-    Settings.add_arguments(parser)
-    configure(parser)
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return run(args, settings)
+    """``python -m paperec.devstack``: ``paperec devstack``."""
+    from paperec.cli import main as paperec_main
+
+    return paperec_main(["devstack", *(sys.argv[1:] if argv is None else argv)])
