@@ -154,7 +154,14 @@ def _weight_correlation(d: EvalData, alpha: np.ndarray, objectives: tuple[str, .
     est: Estimate | None = pearson(mean_w, alpha[users])
     if est is None:  # constant weights (global policies) or constant preferences (control)
         return None
-    return {"pearson": est.to_dict(), "spearman": spearman(mean_w, alpha[users]), "users": len(users)}
+    return {
+        "pearson": est.to_dict(),
+        "spearman": spearman(mean_w, alpha[users]),
+        "users": len(users),
+        # how much the weights vary at all: a collapsed generator gives a tiny spread
+        "dwell_weight_mean": float(mean_w.mean()),
+        "dwell_weight_sd_across_users": float(mean_w.std()),
+    }
 
 
 # ---------------------------------------------------------------------------------- rendering
@@ -201,7 +208,9 @@ def markdown(report: Mapping[str, Any]) -> str:
     if corr is not None:
         lines.append(
             f"Correlation of PAPERec's per-user dwell weight with the hidden preference: Pearson "
-            f"{_fmt(corr['pearson'], 3)}, Spearman {corr['spearman']:.3f} over {corr['users']} users."
+            f"{_fmt(corr['pearson'], 3)}, Spearman {corr['spearman']:.3f} over {corr['users']} users "
+            f"(per-user mean dwell weight {corr['dwell_weight_mean']:.4f}, "
+            f"sd across users {corr['dwell_weight_sd_across_users']:.2g})."
         )
     elif "paperec" in report["policies"]:
         lines.append("Weight-preference correlation: undefined (constant weights or constant preferences).")
