@@ -39,6 +39,7 @@ from learner.replay_buffer import ReplayBuffer  # noqa: E402
 from learner.runtime import default_device  # noqa: E402
 from learner.snapshot import encode_snapshot  # noqa: E402
 from paperec.settings import TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings  # noqa: E402
+from paperec.topics import delete_prefixed_topics  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -204,7 +205,7 @@ def main() -> None:
             pub.wait_idle(60)
         pub.close()
         send_s = [r.send_s for r in results if r.ok]
-        _delete_topics(settings)
+        delete_prefixed_topics(settings)
 
     med_bare, med_busy = statistics.median(bare), statistics.median(busy)
     rate = ingested / ingest_time
@@ -225,18 +226,6 @@ def main() -> None:
         f"snapshot: {size / 1e6:.2f} MB, encode median {1e3 * statistics.median(encode_s):.0f} ms"
         + (f", send+ack median {1e3 * statistics.median(send_s):.0f} ms" if send_s else "")
     )
-
-
-def _delete_topics(settings: Settings) -> None:
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix)]
-        if doomed:
-            admin.delete_topics(doomed)
-    finally:
-        admin.close()
 
 
 if __name__ == "__main__":

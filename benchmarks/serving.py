@@ -55,7 +55,7 @@ from learner.featurize import ListView, list_inputs
 from learner.scoring import ActorModel, score
 from learner.snapshot import decode_snapshot, header_of
 from paperec.settings import Settings
-from paperec.topics import create_topics
+from paperec.topics import create_topics, delete_prefixed_topics
 
 
 def pct(values: list[float], q: float) -> float:
@@ -314,22 +314,10 @@ def main() -> None:
             for node in nodes:
                 node.stop()
             publisher.close()
-            _delete_topics(settings)
+            delete_prefixed_topics(settings)
     print("\nsummary")
     for line in summary:
         print("  " + line)
-
-
-def _delete_topics(settings: Settings) -> None:
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix)]
-        if doomed:
-            admin.delete_topics(doomed)
-    finally:
-        admin.close()
 
 
 if __name__ == "__main__":

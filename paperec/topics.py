@@ -210,6 +210,18 @@ def verify_topics(admin: KafkaAdminClient, settings: Settings) -> list[str]:
     return problems
 
 
+def delete_prefixed_topics(settings: Settings) -> list[str]:
+    """Delete every topic behind ``settings.topic_prefix`` (benchmark and test clean-up)."""
+    admin = _admin(settings)
+    try:
+        doomed = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix)]
+        if doomed:
+            admin.delete_topics(doomed)
+        return doomed
+    finally:
+        admin.close()
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["create", "check", "plan"], help="create: provision and verify")
 

@@ -9,7 +9,14 @@ import pytest
 from kafka.admin import KafkaAdminClient
 
 from paperec.settings import Settings
-from paperec.topics import create_topics, partition_counts, topic_configs, topic_plan, verify_topics
+from paperec.topics import (
+    create_topics,
+    delete_prefixed_topics,
+    partition_counts,
+    topic_configs,
+    topic_plan,
+    verify_topics,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +37,7 @@ def test_create_provisions_every_topic_as_planned(settings: Settings, unique_pre
         assert int(snap["max.message.bytes"]) == s.max_message_bytes
     finally:
         admin.close()
+    assert sorted(delete_prefixed_topics(s)) == sorted(p.name for p in plan)
 
 
 def test_verify_detects_broken_copartitioning(settings: Settings, unique_prefix: str) -> None:
