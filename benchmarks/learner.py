@@ -27,16 +27,20 @@ import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from functools import partial  # noqa: E402
 
 import torch  # noqa: E402
 
 from learner.devtools import ListDeadLetters, MemorySource, encoded, produce, synthetic_transitions  # noqa: E402
-from learner.ingest import Ingestor, KafkaSource, RecordSource  # noqa: E402
+from learner.ingest import Ingestor, RecordSource  # noqa: E402
+from learner.ingest_process import ProcessSource  # noqa: E402
+from learner.kafka_io import KafkaSource  # noqa: E402
 from learner.paperec import PAPERecConfig, Trainer  # noqa: E402
 from learner.publisher import PublishResult, SnapshotPublisher  # noqa: E402
 from learner.ranker import RankerConfig  # noqa: E402
 from learner.replay_buffer import ReplayBuffer  # noqa: E402
-from learner.runtime import default_device  # noqa: E402
+from learner.runtime import default_device, training_threads  # noqa: E402
 from learner.snapshot import encode_snapshot  # noqa: E402
 from paperec.settings import TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings  # noqa: E402
 from paperec.topics import delete_prefixed_topics  # noqa: E402
@@ -72,16 +76,23 @@ def main() -> None:
     p.add_argument(
         "--ingest-nice", type=int, default=10, help="niceness of the ingestion thread (service default)"
     )
-    p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0 = default)")
+    p.add_argument(
+        "--ingest-process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decode + featurize in a worker process, as the service does by default",
+    )
+    p.add_argument(
+        "--torch-threads", type=int, default=0, help="torch intra-op threads (0 = the service's auto choice)"
+    )
     p.add_argument(
         "--kafka", action="store_true", help="ingest from, and publish snapshots to, the dev broker"
     )
     p.add_argument("--kafka-copies", type=int, default=10, help="--kafka: copies of --records produced")
     p.add_argument("--snapshots", type=int, default=5, help="snapshots timed")
     args = p.parse_args()
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
     device = default_device(args.device)
+    torch.set_num_threads(training_threads(args.torch_threads, device, args.ingest_process))
     ranker = RankerConfig() if args.model == "default" else RankerConfig.tiny()
     trainer = Trainer(PAPERecConfig(ranker=ranker, device=str(device)))
     buffer = ReplayBuffer(ranker, 20_000, device=device)
@@ -109,17 +120,15 @@ def main() -> None:
         produce(settings.kafka_bootstrap, settings.topic(TOPIC_TRANSITIONS), copies)
         print(f"kafka: {len(copies)} records on {settings.topic(TOPIC_TRANSITIONS)}")
 
-    def source(start: dict[int, int] | None = None) -> RecordSource:
+    def factory() -> Callable[[dict[int, int] | None], RecordSource]:
+        """Picklable source factories (a ProcessSource builds its source in the worker)."""
         if args.kafka:
-            return KafkaSource(
-                settings.kafka_bootstrap,
-                settings.topic(TOPIC_TRANSITIONS),
-                f"{settings.topic_prefix}bench-{uuid.uuid4().hex[:6]}",
-                start,
-            )
-        mem = MemorySource(values, ids, repeat=True)
-        mem.seek(start or {})
-        return mem
+            group = f"{settings.topic_prefix}bench-{uuid.uuid4().hex[:6]}"
+            return partial(KafkaSource, settings.kafka_bootstrap, settings.topic(TOPIC_TRANSITIONS), group)
+        return partial(MemorySource, values, ids, True, "mem")
+
+    def source(start: dict[int, int] | None = None) -> RecordSource:
+        return factory()(start)
 
     # prefill (and the ingestion rate alone)
     ingestor = Ingestor(source(), buffer, ranker, ListDeadLetters(), chunk_size=args.ingest_chunk)
@@ -131,8 +140,19 @@ def main() -> None:
     train_for(trainer, buffer, args.batch_size, 2.0)  # warm up
 
     prefilled, positions = ingestor.stats.records, dict(ingestor.positions)
+    busy_source = (  # on from where the prefill stopped
+        ProcessSource(factory(), ranker, positions, chunk_size=args.ingest_chunk, nice=args.ingest_nice)
+        if args.ingest_process
+        else source(positions)
+    )
+
+    def pause() -> None:
+        ingestor.pause()
+        if isinstance(busy_source, ProcessSource):  # the worker stops once its prefetch queue is full
+            busy_source.wait_full()
+
     ingestor = Ingestor(
-        source(positions),  # on from where the prefill stopped
+        busy_source,
         buffer,
         ranker,
         ListDeadLetters(),
@@ -140,8 +160,8 @@ def main() -> None:
         max_rate=args.ingest_max_rate,
         nice=args.ingest_nice,
     )
-    ingestor.pause()
     ingestor.start()
+    pause()
     bare: list[float] = []
     busy: list[float] = []
     ingested, ingest_time = 0, 0.0
@@ -151,7 +171,7 @@ def main() -> None:
         records, t0 = ingestor.stats.records, time.perf_counter()
         ingestor.resume()
         i = train_for(trainer, buffer, args.batch_size, args.block_s)
-        ingestor.pause()
+        pause()
         n, dt = ingestor.stats.records - records, time.perf_counter() - t0
         if available is not None and ingested + n >= available:  # the topic ran dry during the block
             print("kafka source drained: this pair is dropped; raise --kafka-copies for more pairs")
@@ -215,7 +235,8 @@ def main() -> None:
         f"device={device} threads={torch.get_num_threads()} model={args.model} "
         f"(d_model={ranker.d_model}, list_len={ranker.max_list_len}) batch={args.batch_size} "
         f"source={'kafka' if args.kafka else 'memory'} pairs={args.pairs}x2x{args.block_s:.0f}s "
-        f"ingest_max_rate={args.ingest_max_rate or 'none'} ingest_nice={args.ingest_nice}"
+        f"ingest_max_rate={args.ingest_max_rate or 'none'} ingest_nice={args.ingest_nice} "
+        f"ingest_process={args.ingest_process}"
     )
     print(f"training steps/s, bare:            {med_bare:.3f} ({med_bare * args.batch_size:.0f} lists/s)")
     print(f"training steps/s, while ingesting: {med_busy:.3f}")

@@ -10,6 +10,8 @@ import random
 import threading
 from collections.abc import Sequence
 
+import orjson
+
 from learner.ingest import RawRecord
 from learner.ranker import RankerConfig
 from schemas import Item, Labels, ListState, Transition, encode
@@ -89,7 +91,8 @@ class MemorySource:
     """A RecordSource over encoded records in memory (one partition).
 
     ``repeat``: cycle forever, giving each pass's transitions fresh ids (``<id>~<pass>``) so the
-    buffer's dedup does not skip them: an endless stream for benchmarks.
+    buffer's dedup does not skip them: an endless stream for benchmarks. Picklable, so
+    ``partial(MemorySource, values, ids, repeat, topic)`` is a ProcessSource factory.
     """
 
     def __init__(
@@ -98,11 +101,14 @@ class MemorySource:
         ids: Sequence[str] | None = None,
         repeat: bool = False,
         topic: str = "mem",
+        start: dict[int, int] | None = None,
+        commit_log: str | None = None,
     ) -> None:
         if repeat and ids is None:
             raise ValueError("repeat needs the transition ids")
         self.values, self.ids, self.repeat, self.topic = list(values), ids, repeat, topic
-        self.offset = 0
+        self.offset = (start or {}).get(0, 0)
+        self.commit_log = commit_log  # a file each commit and the close are appended to (JSON lines)
         self.committed: dict[int, int] = {}
         self.closed = False
 
@@ -132,9 +138,17 @@ class MemorySource:
 
     def commit(self, offsets: dict[int, int]) -> None:
         self.committed = dict(offsets)
+        self._log({"commit": offsets})
 
     def close(self) -> None:
         self.closed = True
+        self._log({"closed": True})
+
+    def _log(self, entry: dict[str, object]) -> None:
+        """What a test in another process (the ingest worker's parent) can observe."""
+        if self.commit_log is not None:
+            with open(self.commit_log, "ab") as f:
+                f.write(orjson.dumps(entry, option=orjson.OPT_NON_STR_KEYS) + b"\n")
 
 
 class ListDeadLetters:

@@ -1,10 +1,16 @@
 """Ingestion: transitions topic -> decode -> featurize -> replay buffer, on a background thread.
 
 The thread polls a chunk of records, decodes them (``schemas.decode_transition``), drops ids the
-buffer has seen, featurizes the rest with **one** ``transition_batch`` call and writes them into
-the ring in one slice assignment under the buffer's short lock. The training thread only ever
-waits for that lock, never for Kafka, decoding or featurizing; and ingestion never waits for
-training (the ring overwrites its oldest rows).
+buffer has seen, featurizes the rest with **one** ``transition_batch`` call (:func:`prepare`) and
+writes them into the ring in one slice assignment under the buffer's short lock
+(:meth:`Ingestor.store`). The training thread only ever waits for that lock, never for Kafka,
+decoding or featurizing; and ingestion never waits for training (the ring overwrites its oldest
+rows).
+
+Decoding and featurizing are CPU-bound Python: in the training process they hold the GIL the
+training loop needs between torch ops. The service therefore polls and prepares in a worker
+process (:class:`learner.ingest_process.ProcessSource`, whose ``poll`` returns a
+:class:`PreparedChunk`), and this thread only stores chunks.
 
 Bad records never stop the thread: a SchemaError (undecodable) or FeatureError (widths or
 objectives the model does not have) sends the raw record with its reason to the dead-letter
@@ -14,7 +20,7 @@ Offsets: ``positions`` (the next offset per partition) move only after a chunk's
 the buffer (or dead-lettered, or dropped as duplicates), under ``lock`` together with the buffer
 write, so a checkpoint that takes ``lock`` sees buffer contents and offsets that match exactly.
 Offsets are committed to Kafka only on request, with the offsets of a written checkpoint
-(KafkaConsumer is not thread-safe: the commit runs on this thread).
+(KafkaConsumer is not thread-safe: the commit runs on this thread, or in the worker process).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,7 +61,10 @@ class RecordSource(Protocol):
         """Next offset per partition this source reads from (after any seek)."""
         ...
 
-    def poll(self, timeout_s: float, max_records: int) -> list[RawRecord]: ...
+    def poll(self, timeout_s: float, max_records: int) -> Sequence[RawRecord] | PreparedChunk:
+        """Up to ``max_records`` records; a source backed by a worker process returns them
+        already decoded and featurized (see learner/ingest_process.py)."""
+        ...
 
     def lag(self) -> int | None:
         """Records behind the end of the input (None when unknown)."""
@@ -119,7 +128,6 @@ class Ingestor:
         self._commit_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="learner-ingest", daemon=True)
         self._bucket, self._bucket_t = 0.0, time.monotonic()  # rate limiter (see _throttle)
-        self._chunk_dead_letters = 0
 
     # ------------------------------------------------------------------ control (any thread)
     def start(self) -> None:
@@ -229,79 +237,134 @@ class Ingestor:
                 log.warning("offset commit failed (checkpoint still has them): %s", exc)
 
     # ------------------------------------------------------------------ one chunk
-    def ingest(self, records: Sequence[RawRecord]) -> None:
-        """Decode, dedup, featurize and store ``records``, then move the positions past them.
+    def ingest(self, records: Sequence[RawRecord] | PreparedChunk) -> None:
+        """Store ``records`` (decoded and featurized here unless a worker process did it)."""
+        if isinstance(records, PreparedChunk):
+            self.store(records)
+        else:
+            self.store(prepare(records, self.ranker_cfg, self.buffer.unseen))
+
+    def store(self, chunk: PreparedChunk) -> None:
+        """Write a prepared chunk into the buffer and move the positions past its records.
 
         Counters move with the positions (under ``lock``): a checkpoint never counts a record
         its offsets do not cover, so a restart does not count it twice.
         """
-        self._chunk_dead_letters = 0
-        good: list[tuple[RawRecord, Transition]] = []
-        for r in records:
+        for value, key in chunk.dead_letters:
             try:
-                good.append((r, decode_transition(r.value)))
-            except SchemaError as exc:
-                self._dead_letter(r, exc)
-        fresh = self.buffer.unseen(t.transition_id for _, t in good)
-        duplicates = len(good) - sum(fresh)
-        good = [g for g, new in zip(good, fresh, strict=True) if new]
-        batch, good = self._featurize(good)
+                self.dead_letters.send(value, key)
+            except Exception as exc:  # counted; losing a dead letter must not stop ingestion
+                log.error("dead-letter send failed: %s", exc)
+        duplicates = chunk.duplicates
         with self.lock:
-            if batch is not None:
-                result = self.buffer.add(
-                    batch, [t.transition_id for _, t in good], [t.ts_ms for _, t in good]
-                )
+            if chunk.batch is not None:
+                result = self.buffer.add(chunk.batch, chunk.ids, chunk.ts_ms)
                 self.stats.transitions += result.added
                 self.stats.truncated += result.truncated
                 duplicates += result.duplicates
-                self.stats.max_ts_ms = max(self.stats.max_ts_ms, *(t.ts_ms for _, t in good))
+                self.stats.max_ts_ms = max(self.stats.max_ts_ms, *chunk.ts_ms)
             self.stats.duplicates += duplicates
-            self.stats.dead_letters += self._chunk_dead_letters
-            self.stats.records += len(records)
-            for r in records:
-                self.positions[r.partition] = max(self.positions.get(r.partition, 0), r.offset + 1)
+            self.stats.dead_letters += len(chunk.dead_letters)
+            self.stats.records += chunk.records
+            for partition, end in chunk.positions.items():
+                self.positions[partition] = max(self.positions.get(partition, 0), end)
 
-    def _featurize(
-        self, good: list[tuple[RawRecord, Transition]]
-    ) -> tuple[ListBatch | None, list[tuple[RawRecord, Transition]]]:
-        if not good:
-            return None, good
-        try:
-            return transition_batch([t for _, t in good], self.ranker_cfg), good
-        except FeatureError:
-            pass
-        # rare path: find the offending transitions one by one, keep the rest
-        kept = []
-        for r, t in good:
-            try:
-                transition_batch([t], self.ranker_cfg)
-                kept.append((r, t))
-            except (FeatureError, ValueError) as exc:
-                self._dead_letter(r, exc)
-        if not kept:
-            return None, kept
-        return transition_batch([t for _, t in kept], self.ranker_cfg), kept
 
-    def _dead_letter(self, r: RawRecord, exc: Exception) -> None:
-        error_field = exc.field if isinstance(exc, SchemaError | FeatureError) else None
-        reason = exc.reason if isinstance(exc, SchemaError | FeatureError) else f"{type(exc).__name__}: {exc}"
-        letter = make_dead_letter(
-            r.value,
-            source_topic=r.topic,
-            source_partition=r.partition,
-            source_offset=r.offset,
-            key=r.key,
-            stage=STAGE,
-            reason=reason,
-        )
-        if error_field is not None:
-            letter = dataclasses.replace(letter, error_field=error_field)
-        self._chunk_dead_letters += 1
-        log.warning("dead letter %s[%d]@%d: %s", r.topic, r.partition, r.offset, str(exc)[:200])
+# ---------------------------------------------------------------------- preparing a chunk
+@dataclass
+class PreparedChunk:
+    """A chunk of records decoded and featurized, ready for one ring write (picklable: a worker
+    process sends it to the training process)."""
+
+    records: int  # records consumed (good, bad and duplicate)
+    positions: dict[int, int]  # per partition: the offset after the chunk's last record
+    batch: ListBatch | None  # the new transitions' rows (None: nothing to store)
+    ids: list[str]
+    ts_ms: list[int]
+    duplicates: int  # dropped before featurizing (ids already seen)
+    dead_letters: list[tuple[bytes, bytes | None]]  # encoded dead letters and their keys
+
+    def __len__(self) -> int:
+        return self.records
+
+
+def prepare(
+    records: Sequence[RawRecord],
+    ranker_cfg: RankerConfig,
+    unseen: Callable[[Iterable[str]], list[bool]] | None = None,
+) -> PreparedChunk:
+    """Decode, drop seen ids (when ``unseen`` is given), featurize: pure apart from logging.
+
+    A SchemaError (undecodable) or FeatureError (widths or objectives the model does not have)
+    turns a record into a dead letter with its reason; the other records are kept.
+    """
+    letters: list[tuple[bytes, bytes | None]] = []
+    good: list[tuple[RawRecord, Transition]] = []
+    for r in records:
         try:
-            self.dead_letters.send(encode(letter), r.key)
-        except Exception as exc2:  # counted; losing a dead letter must not stop ingestion
-            log.error("dead-letter send failed: %s", exc2)
+            good.append((r, decode_transition(r.value)))
+        except SchemaError as exc:
+            letters.append(_dead_letter(r, exc))
+    duplicates = 0
+    if unseen is not None:
+        fresh = unseen(t.transition_id for _, t in good)
+        duplicates = len(good) - sum(fresh)
+        good = [g for g, new in zip(good, fresh, strict=True) if new]
+    batch, good = _featurize(good, ranker_cfg, letters)
+    positions: dict[int, int] = {}
+    for r in records:
+        positions[r.partition] = max(positions.get(r.partition, 0), r.offset + 1)
+    return PreparedChunk(
+        records=len(records),
+        positions=positions,
+        batch=batch,
+        ids=[t.transition_id for _, t in good],
+        ts_ms=[t.ts_ms for _, t in good],
+        duplicates=duplicates,
+        dead_letters=letters,
+    )
+
+
+def _featurize(
+    good: list[tuple[RawRecord, Transition]],
+    ranker_cfg: RankerConfig,
+    letters: list[tuple[bytes, bytes | None]],
+) -> tuple[ListBatch | None, list[tuple[RawRecord, Transition]]]:
+    if not good:
+        return None, good
+    try:
+        return transition_batch([t for _, t in good], ranker_cfg), good
+    except FeatureError:
+        pass
+    # rare path: find the offending transitions one by one, keep the rest
+    kept = []
+    for r, t in good:
+        try:
+            transition_batch([t], ranker_cfg)
+            kept.append((r, t))
+        except (FeatureError, ValueError) as exc:
+            letters.append(_dead_letter(r, exc))
+    if not kept:
+        return None, kept
+    return transition_batch([t for _, t in kept], ranker_cfg), kept
+
+
+def _dead_letter(r: RawRecord, exc: Exception) -> tuple[bytes, bytes | None]:
+    error_field = exc.field if isinstance(exc, SchemaError | FeatureError) else None
+    reason = exc.reason if isinstance(exc, SchemaError | FeatureError) else f"{type(exc).__name__}: {exc}"
+    letter = make_dead_letter(
+        r.value,
+        source_topic=r.topic,
+        source_partition=r.partition,
+        source_offset=r.offset,
+        key=r.key,
+        stage=STAGE,
+        reason=reason,
+    )
+    if error_field is not None:
+        letter = dataclasses.replace(letter, error_field=error_field)
+    log.warning("dead letter %s[%d]@%d: %s", r.topic, r.partition, r.offset, str(exc)[:200])
+    return encode(letter), r.key
 
 
 def _lower_priority(nice: int) -> None:
@@ -317,121 +380,3 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError) as exc:  # not Linux, or not permitted: equal priority
         log.warning("could not lower the ingestion thread's priority: %s", exc)
-
-
-# ---------------------------------------------------------------------- Kafka implementations
-class KafkaSource:
-    """kafka-python consumer assigned to every partition of one topic (one learner per group).
-
-    Start position per partition: the checkpoint's offset when given, else the group's committed
-    offset, else the beginning of the topic.
-    """
-
-    def __init__(
-        self,
-        bootstrap: str,
-        topic: str,
-        group_id: str,
-        start_offsets: dict[int, int] | None = None,
-        wait_s: float = 30.0,
-    ) -> None:
-        from kafka import KafkaConsumer, TopicPartition
-
-        self.topic = topic
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=group_id,
-            client_id=f"paperec-learner-{group_id}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-            fetch_max_bytes=64 * 1024 * 1024,
-        )
-        deadline = time.monotonic() + wait_s
-        partitions = self.consumer.partitions_for_topic(topic)
-        while not partitions and time.monotonic() < deadline:
-            time.sleep(0.5)
-            partitions = self.consumer.partitions_for_topic(topic)
-        if not partitions:
-            self.consumer.close()
-            raise RuntimeError(f"topic {topic} not found on {bootstrap} (run `paperec topics create`)")
-        self.tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        self.consumer.assign(self.tps)
-        start_offsets = start_offsets or {}
-        for tp in self.tps:
-            if tp.partition in start_offsets:
-                self.consumer.seek(tp, start_offsets[tp.partition])
-            else:
-                committed = self.consumer.committed(tp)
-                if committed is not None:
-                    self.consumer.seek(tp, committed)
-                else:
-                    self.consumer.seek_to_beginning(tp)
-        # position() resolves seeks (and resets an offset that retention deleted to the earliest)
-        self._start = {tp.partition: int(self.consumer.position(tp)) for tp in self.tps}
-        self._last_lag_check = 0.0
-        self._lag: int | None = None
-
-    def start_positions(self) -> dict[int, int]:
-        return dict(self._start)
-
-    def poll(self, timeout_s: float, max_records: int) -> list[RawRecord]:
-        polled = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        out = [
-            RawRecord(m.topic, m.partition, m.offset, m.key, m.value)
-            for msgs in polled.values()
-            for m in msgs
-        ]
-        return out
-
-    def lag(self) -> int | None:
-        # end offsets are a broker round trip: refresh every few seconds, not every poll
-        now = time.monotonic()
-        if now - self._last_lag_check >= 2.0:
-            self._last_lag_check = now
-            try:
-                ends = self.consumer.end_offsets(self.tps)
-                self._lag = sum(max(0, ends[tp] - self.consumer.position(tp)) for tp in self.tps)
-            except Exception as exc:
-                log.debug("lag unavailable: %s", exc)
-        return self._lag
-
-    def seek(self, offsets: dict[int, int]) -> None:
-        for tp in self.tps:
-            if tp.partition in offsets:
-                self.consumer.seek(tp, offsets[tp.partition])
-
-    def commit(self, offsets: dict[int, int]) -> None:
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
-
-        self.consumer.commit(
-            {TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
-        )
-
-    def close(self) -> None:
-        self.consumer.close(autocommit=False)
-
-
-class KafkaDeadLetters:
-    """Dead letters to the dead-letter topic (acks=all; ``flush`` before offsets are checkpointed)."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        from kafka import KafkaProducer
-
-        self.topic = topic
-        self.failed = 0
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=50)
-
-    def send(self, value: bytes, key: bytes | None) -> None:
-        self.producer.send(self.topic, key=key, value=value).add_errback(self._failed)
-
-    def _failed(self, exc: BaseException) -> None:
-        self.failed += 1
-        log.error("dead letter not delivered to %s: %s", self.topic, exc)
-
-    def flush(self) -> None:
-        self.producer.flush(timeout=10)
-
-    def close(self) -> None:
-        self.producer.close(timeout=10)

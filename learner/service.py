@@ -3,7 +3,9 @@
 Threads:
 - main (this loop): samples a batch from the replay buffer, runs ``Trainer.step``, and between
   steps encodes snapshots, writes checkpoints and aggregates metrics;
-- ``learner-ingest``: Kafka consumer -> decode -> featurize -> buffer (:mod:`learner.ingest`);
+- ``learner-ingest``: prepared chunks -> buffer (:mod:`learner.ingest`); the Kafka consumer,
+  decoding and featurizing run in the ``paperec-learner-ingest`` worker process
+  (:mod:`learner.ingest_process`; ``--no-ingest-process`` keeps them on this thread);
 - ``learner-publish``: sends encoded snapshots and waits for the broker's ack
   (:mod:`learner.publisher`);
 - ``metrics-writer``: batched ClickHouse inserts (:mod:`learner.learner_metrics`).
@@ -24,17 +26,21 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
 from learner.checkpoint import CheckpointStore
 from learner.config import config_to_dict
-from learner.ingest import Ingestor, IngestStats, KafkaDeadLetters, KafkaSource
+from learner.ingest import Ingestor, IngestStats, RecordSource
+from learner.ingest_process import ProcessSource
+from learner.kafka_io import KafkaDeadLetters, KafkaSource
 from learner.learner_metrics import LearnerMetrics, clickhouse_writer, weight_stats
 from learner.paperec import PAPERecConfig, PAPERecStrategy, Trainer
 from learner.publisher import PublishResult, SnapshotPublisher, latest_version
 from learner.replay_buffer import ReplayBuffer
+from learner.runtime import default_device, training_threads
 from paperec.settings import TOPIC_DEAD_LETTER, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
 
 log = logging.getLogger(__name__)
@@ -67,10 +73,13 @@ class LearnerServiceConfig:
     """records decoded and featurized as one chunk (one transition_batch call, one ring write)"""
     ingest_max_rate: float = 0.0
     """cap on records ingested per second (0 = as fast as they come)"""
+    ingest_process: bool = True
+    """decode and featurize in a worker process (keeps the GIL free for training); off: on a thread"""
     ingest_nice: int = 10
-    """niceness of the ingestion thread (Linux): under CPU contention training gets priority (0 = equal)"""
+    """niceness of the ingestion worker (Linux): under CPU contention training gets priority (0 = equal)"""
     torch_threads: int = 0
-    """torch intra-op CPU threads of the training loop (0 = torch's default)"""
+    """torch intra-op CPU threads of the training loop (0 = auto: CPU cores, less one for the
+    ingest process when it trains on CPU)"""
     metrics_interval_s: float = 5.0
     """seconds between metric rows (means over the interval)"""
     metrics_clickhouse: bool = True
@@ -99,8 +108,8 @@ class LearnerService:
 
     def run(self) -> int:
         s, cfg, tcfg = self.settings, self.cfg, self.train_cfg
-        if cfg.torch_threads > 0:
-            torch.set_num_threads(cfg.torch_threads)
+        threads = training_threads(cfg.torch_threads, default_device(tcfg.device), cfg.ingest_process)
+        torch.set_num_threads(threads)
 
         # 1. models and buffer, then the newest checkpoint if any
         trainer = Trainer(tcfg)
@@ -145,7 +154,17 @@ class LearnerService:
             )
 
         # 2. Kafka: consumer at the checkpoint's (else the committed) offsets, dead letters, snapshots
-        source = KafkaSource(s.kafka_bootstrap, self.topic, s.learner_group_id, start_offsets)
+        source: RecordSource
+        if cfg.ingest_process:
+            source = ProcessSource(
+                partial(KafkaSource, s.kafka_bootstrap, self.topic, s.learner_group_id),
+                tcfg.ranker,
+                start_offsets,
+                chunk_size=cfg.ingest_chunk,
+                nice=cfg.ingest_nice,
+            )
+        else:
+            source = KafkaSource(s.kafka_bootstrap, self.topic, s.learner_group_id, start_offsets)
         log.info("consuming %s from positions %s", self.topic, source.start_positions())
         metrics = LearnerMetrics(
             cfg.metrics_source or f"learner:{socket.gethostname()}",
