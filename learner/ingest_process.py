@@ -55,6 +55,9 @@ def _worker(
     import torch
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[ingest]: %(message)s")
+    # kafka-python warns when its poll task runs long, which a niced worker on a busy machine
+    # does by design (it gets the CPU training leaves over)
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     chunks.cancel_join_thread()  # exiting with unread chunks must not hang (they were not stored)
     torch.set_num_threads(1)  # featurizing is small tensor work; leave the cores to training
     if nice > 0:
