@@ -31,7 +31,7 @@ import torch
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
-Normalize = Literal["none", "l2", "loss", "loss+"]
+Normalize = Literal["none", "l2", "loss", "loss+", "running"]
 Method = Literal["auto", "closed_form", "exact", "frank_wolfe"]
 
 EXACT_MAX_K = 8  # 2^K - 1 faces: 255 small solves per problem at K = 8
@@ -41,9 +41,10 @@ _EPS = 1e-12
 def normalize_grads(grads: Tensor, normalize: Normalize = "none", losses: Tensor | None = None) -> Tensor:
     """Scale each g_k (``grads`` (..., K, D)): "l2" by 1/||g_k||, "loss" by 1/L_k, "loss+" by both.
 
-    Zero gradients stay zero. ``losses`` (..., K) is needed for "loss" and "loss+".
+    Zero gradients stay zero. ``losses`` (..., K) is needed for "loss" and "loss+". "running"
+    needs state across steps: see :class:`RunningGradScale` (here it changes nothing).
     """
-    if normalize == "none":
+    if normalize in ("none", "running"):
         return grads
     scale = torch.ones(grads.shape[:-1], dtype=grads.dtype, device=grads.device)  # (..., K)
     if normalize in ("l2", "loss+"):
@@ -55,6 +56,38 @@ def normalize_grads(grads: Tensor, normalize: Normalize = "none", losses: Tensor
     elif normalize != "l2":
         raise ValueError(f"unknown normalize {normalize!r}")
     return grads * scale.unsqueeze(-1)
+
+
+class RunningGradScale:
+    """Divides g_k by a running mean (EMA over steps) of ||g_k||, one scale per objective.
+
+    Why: min-norm weights favour the objective with the smaller gradients. When one loss has
+    gradients orders of magnitude larger than another (a Tweedie dwell loss vs a BCE click
+    loss) every list's optimum is the small objective's corner and a weight generator rewarded
+    by -||sum_k w_k g_k|| collapses there. A per-step "l2" normalization removes the magnitudes
+    altogether (with K = 2 the min-norm weights are then always (1/2, 1/2)); a *running* scale
+    removes only the global imbalance and keeps the differences between lists and users.
+    """
+
+    def __init__(self, momentum: float = 0.99) -> None:
+        self.momentum = momentum
+        self.mean_norm: Tensor | None = None  # (K,)
+
+    def __call__(self, grads: Tensor) -> Tensor:
+        """``grads`` (..., K, D) scaled; updates the running norms from this step's mean norms."""
+        norms = grads.detach().norm(dim=-1).reshape(-1, grads.shape[-2]).mean(0)  # (K,)
+        if self.mean_norm is None:
+            self.mean_norm = norms
+        else:
+            self.mean_norm = self.momentum * self.mean_norm + (1.0 - self.momentum) * norms
+        return grads / self.mean_norm.clamp_min(_EPS).unsqueeze(-1)
+
+    def state_dict(self) -> dict[str, Tensor | None]:
+        return {"mean_norm": None if self.mean_norm is None else self.mean_norm.cpu()}
+
+    def load_state_dict(self, state: dict[str, Tensor | None], device: torch.device | str = "cpu") -> None:
+        mean_norm = state["mean_norm"]
+        self.mean_norm = None if mean_norm is None else mean_norm.to(device)
 
 
 def min_norm(

@@ -31,7 +31,7 @@ from learner.batch import ListBatch
 from learner.config import config_to_dict, sub_config
 from learner.ddpg import DDPG, DDPGConfig
 from learner.grads import batch_grads, per_list_param_grads, per_list_repr_grads, shared_parameters
-from learner.mgda import Normalize, min_norm, normalize_grads, weighted_norm
+from learner.mgda import Normalize, RunningGradScale, min_norm, normalize_grads, weighted_norm
 from learner.ranker import Ranker, RankerConfig
 from learner.runtime import default_device, seeded
 from learner.scoring import ActorModel
@@ -54,9 +54,11 @@ class PAPERecConfig:
     """clip the ranker's gradient norm to this (0 = no clipping)"""
     grad_mode: str = "shared_repr"
     """gradients for MGDA: "shared_repr" (w.r.t. h, MGDA-UB) or "full_params" (small models)"""
-    grad_normalize: Normalize = "none"
-    """per-objective gradient normalization before reward / min-norm: none, l2, loss, loss+
-    (with K = 2, "l2" makes the min-norm weights always (1/2, 1/2): only magnitudes differ)"""
+    grad_normalize: Normalize = "running"
+    """per-objective gradient normalization before reward / min-norm: none, l2, loss, loss+,
+    running (by a running mean of ||g_k||; with K = 2, "l2" makes min-norm weights always 1/2)"""
+    grad_scale_momentum: float = 0.99
+    """grad_normalize=running: EMA momentum of the per-objective gradient norms"""
     single_loss_weight: float = 1.0
     """paperec: weight of the unweighted sum_k L_k added to the personalized sum_k w_k(s) L_k"""
     actor_hidden: int = 64
@@ -116,16 +118,24 @@ class Strategy:
 
     def __init__(self, cfg: PAPERecConfig, ranker: Ranker, device: torch.device) -> None:
         self.cfg, self.ranker, self.device = cfg, ranker, device
+        self.grad_scale = RunningGradScale(cfg.grad_scale_momentum)
+
+    def _normalize(self, grads: Tensor, losses: Tensor) -> Tensor:
+        """``cfg.grad_normalize`` applied to ``grads`` (..., K, D) of ``losses`` (..., K)."""
+        if self.cfg.grad_normalize == "running":
+            return self.grad_scale(grads)
+        return normalize_grads(grads, self.cfg.grad_normalize, losses)
 
     def weights(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         """Loss weights (B, K) or (K,), and metrics."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"grad_scale": self.grad_scale.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        if "grad_scale" in state:  # absent in checkpoints written before it existed
+            self.grad_scale.load_state_dict(state["grad_scale"], self.device)
 
     def _global(self, values: tuple[float, ...], what: str) -> Tensor:
         if len(values) != self.ranker.num_objectives:
@@ -161,7 +171,7 @@ class PELTRStrategy(Strategy):
         inputs = [ctx.h] if self.cfg.grad_mode == "shared_repr" else shared_parameters(self.ranker)
         grads = batch_grads(ctx.losses, inputs)  # (K, D)
         bounds = self._global(self.cfg.peltr_lower_bounds, "peltr_lower_bounds")
-        w = min_norm(grads, bounds, self.cfg.grad_normalize, ctx.losses.detach().mean(0))
+        w = min_norm(self._normalize(grads, ctx.losses.detach().mean(0)), bounds)
         return w, self._named("weight", w)
 
 
@@ -178,7 +188,7 @@ class PAPERecStrategy(Strategy):
             grads = per_list_repr_grads(ctx.losses, ctx.h)  # (B, K, L*D)
         else:
             grads = per_list_param_grads(self.ranker, batch)  # (B, K, P)
-        grads = normalize_grads(grads, self.cfg.grad_normalize, ctx.losses)
+        grads = self._normalize(grads, ctx.losses)
         reward = -weighted_norm(grads, batch.action)  # (B,) for the logged weights
         best = -weighted_norm(grads, min_norm(grads))  # (B,) the best any weights could do
 
@@ -193,9 +203,10 @@ class PAPERecStrategy(Strategy):
         return w + self.cfg.single_loss_weight, metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ddpg": self.ddpg.state_dict()}
+        return {**super().state_dict(), "ddpg": self.ddpg.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self.ddpg.load_state_dict(state["ddpg"])
 
 

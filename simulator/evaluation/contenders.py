@@ -1,12 +1,13 @@
 """The policies the evaluation compares, each a learner Trainer plus the serving model it feeds.
 
-| name            | learner strategy | serving weights                                  |
-|-----------------|------------------|--------------------------------------------------|
-| ctr_only        | single (click)   | (1, 0)                                           |
-| dwell_only      | single (dwell)   | (0, 1)                                           |
-| fixed_<w>       | fixed (w, 1 - w) | (w, 1 - w)                                       |
-| peltr           | peltr            | running mean of PE-LTR's per-step min-norm weights |
-| paperec         | paperec          | the weight generator's w(s), per user and state  |
+| name          | learner strategy                          | serving weights                             |
+|---------------|-------------------------------------------|---------------------------------------------|
+| ctr_only      | single (click)                            | (1, 0)                                      |
+| dwell_only    | single (dwell)                            | (0, 1)                                      |
+| fixed_<w>     | fixed (w, 1 - w)                          | (w, 1 - w)                                  |
+| peltr         | peltr as published (raw gradients)        | running mean of its per-step min-norm weights |
+| peltr_running | peltr, gradients scaled like paperec's    | the same                                    |
+| paperec       | paperec                                   | the weight generator's w(s), per user, state |
 
 Serving shares the trainer's modules (no copy): the policy always ranks with the latest model,
 as a serving node that hot-loads every snapshot would.
@@ -36,6 +37,7 @@ class PolicySpec:
     strategy: str  # learner.paperec strategy
     weights: tuple[float, ...] | None = None  # constant serving weights (single, fixed)
     single_objective: str = "click"
+    learner: tuple[tuple[str, Any], ...] = ()  # PAPERecConfig fields this policy always uses
 
     @property
     def is_fixed_weight(self) -> bool:
@@ -49,7 +51,11 @@ def default_specs(grid: Sequence[float]) -> list[PolicySpec]:
     specs += [PolicySpec(f"fixed_{w:.2f}", "fixed", (w, 1.0 - w)) for w in grid]
     specs += [
         PolicySpec("dwell_only", "single", (0.0, 1.0), "dwell"),
-        PolicySpec("peltr", "peltr"),
+        # PE-LTR twice: as published (min-norm of the raw gradients), and with the same running
+        # per-objective gradient scale as PAPERec's default, so that neither the baseline nor
+        # the normalization alone can explain a difference
+        PolicySpec("peltr", "peltr", learner=(("grad_normalize", "none"),)),
+        PolicySpec("peltr_running", "peltr", learner=(("grad_normalize", "running"),)),
         PolicySpec("paperec", "paperec"),
     ]
     return specs
@@ -60,7 +66,9 @@ class Contender:
 
     def __init__(self, spec: PolicySpec, learner: PAPERecConfig) -> None:
         k = len(learner.ranker.objectives)
-        cfg = dataclasses.replace(learner, strategy=spec.strategy, single_objective=spec.single_objective)
+        cfg = dataclasses.replace(
+            learner, strategy=spec.strategy, single_objective=spec.single_objective, **dict(spec.learner)
+        )
         if spec.strategy == "fixed":
             assert spec.weights is not None
             cfg = dataclasses.replace(cfg, fixed_weights=spec.weights)

@@ -32,6 +32,8 @@ from simulator.evaluation.stats import (
 log = logging.getLogger(__name__)
 
 SIGNIFICANT = 0.95  # bootstrap probability at which a dominance counts as beyond noise
+LEARNED = ("paperec", "peltr", "peltr_running")
+"""Policies that learn their weights; PAPERec is compared with each of the others."""
 
 
 def _point(d: EvalData) -> tuple[float, float]:
@@ -105,7 +107,7 @@ def build_report(
     hv = {n: policies[n]["hypervolume"]["value"] for n in names}
     best = max(names, key=lambda n: hv[n])
     summary: dict[str, Any] = {"largest_hypervolume": best}
-    for learned in ("paperec", "peltr"):
+    for learned in LEARNED:
         if learned in points:
             with_it = hypervolume([points[n] for n in front] + [points[learned]], ref)
             report["fixed_weight_front"][f"hypervolume_with_{learned}"] = with_it
@@ -115,8 +117,9 @@ def build_report(
         summary["paperec_largest_hypervolume"] = best == "paperec"
         corr = policies["paperec"]["weight_preference_correlation"]
         summary["paperec_weight_preference_pearson"] = None if corr is None else corr["pearson"]
-    if "paperec" in points and "peltr" in points:
-        summary["paperec_vs_peltr"] = _compare(points, reps, "paperec", "peltr", ref)
+    for baseline in LEARNED[1:]:
+        if "paperec" in points and baseline in points:
+            summary[f"paperec_vs_{baseline}"] = _compare(points, reps, "paperec", baseline, ref)
     report["summary"] = summary
     return report
 
@@ -214,10 +217,12 @@ def markdown(report: Mapping[str, Any]) -> str:
         )
     elif "paperec" in report["policies"]:
         lines.append("Weight-preference correlation: undefined (constant weights or constant preferences).")
-    if "paperec_vs_peltr" in s:
-        c = s["paperec_vs_peltr"]
+    for baseline in LEARNED[1:]:
+        if f"paperec_vs_{baseline}" not in s:
+            continue
+        c = s[f"paperec_vs_{baseline}"]
         lines.append(
-            f"PAPERec minus PE-LTR: CTR {_fmt(c['ctr_diff'], 4)}, dwell {_fmt(c['dwell_diff'], 3)}, "
+            f"PAPERec minus {baseline}: CTR {_fmt(c['ctr_diff'], 4)}, dwell {_fmt(c['dwell_diff'], 3)}, "
             f"hypervolume {_fmt(c['hypervolume_diff'], 5)}; P(PAPERec dominates) = {c['p_dominates']:.2f}; "
             f"better beyond noise: {'yes' if c['better_beyond_noise'] else 'no'}."
         )
@@ -247,7 +252,11 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
         label="fixed-weight front",
         zorder=1,
     )
-    styles = {"paperec": ("*", "tab:red", 14), "peltr": ("D", "tab:blue", 8)}
+    styles = {
+        "paperec": ("*", "tab:red", 14),
+        "peltr": ("D", "tab:blue", 8),
+        "peltr_running": ("d", "tab:purple", 8),
+    }
     for name, p in pol.items():
         marker, color, size = styles.get(name, ("o", "0.3" if name in fixed else "tab:green", 6))
         x, y = p["ctr"]["value"], p["dwell_per_impression_s"]["value"]

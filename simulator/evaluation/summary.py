@@ -23,7 +23,7 @@ def summarize(reports: Sequence[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
-        for name in ("peltr", "paperec"):
+        for name in ("peltr", "peltr_running", "paperec"):
             p = r["policies"].get(name)
             if p is None:
                 continue

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from learner.mgda import min_norm, normalize_grads, weighted_norm
+from learner.mgda import RunningGradScale, min_norm, normalize_grads, weighted_norm
 
 
 def slsqp_min_norm(grads: np.ndarray, lower: np.ndarray | None = None) -> float:
@@ -125,6 +125,33 @@ def test_normalization() -> None:
     # with l2 normalization two gradients always weigh 1/2 each: only directions are left
     g = torch.randn(4, 2, 6, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(min_norm(g, normalize="l2"), torch.full((4, 2), 0.5), atol=1e-6)
+
+
+def test_running_scale_removes_the_global_imbalance_and_keeps_the_differences() -> None:
+    gen = torch.Generator().manual_seed(1)
+    # objective 1's gradients are ~100x objective 0's: every list's min-norm corner is objective 0
+    g = torch.randn(64, 2, 8, generator=gen) * torch.tensor([1.0, 100.0]).view(1, 2, 1)
+    assert (min_norm(g)[:, 0] > 0.95).all()
+    scale = RunningGradScale(momentum=0.0)  # momentum 0: this step's mean norms
+    scaled = scale(g)
+    assert torch.allclose(scaled.norm(dim=-1).mean(0), torch.ones(2), atol=1e-5)
+    w = min_norm(scaled)[:, 0]
+    assert 0.3 < float(w.mean()) < 0.7 and float(w.std()) > 0.05  # interior, and varies per list
+    assert torch.equal(
+        g,
+        torch.randn(64, 2, 8, generator=torch.Generator().manual_seed(1))
+        * torch.tensor([1.0, 100.0]).view(1, 2, 1),
+    )  # input untouched
+    # the EMA: after a second step with norms doubled, the mean norm moved by (1 - momentum)
+    ema = RunningGradScale(momentum=0.9)
+    ema(g)
+    first = ema.mean_norm.clone()  # type: ignore[union-attr]
+    ema(2 * g)
+    assert torch.allclose(ema.mean_norm, first * 1.1)  # type: ignore[arg-type]
+    # state round trip
+    other = RunningGradScale(momentum=0.9)
+    other.load_state_dict(ema.state_dict())
+    assert torch.equal(other(g), ema(g))
 
 
 def test_invalid_inputs() -> None:
