@@ -32,7 +32,8 @@ from typing import Any
 
 import orjson
 
-from schemas import MAX_DWELL_MS, Click, Dwell, Impression, SchemaError, decode
+from schemas import MAX_DWELL_MS, Click, Dwell, SchemaError, decode
+from streams.decoding import ImpressionView, decode_impression
 from streams.types import (
     STAGE_BAD_POSITION,
     STAGE_LATE,
@@ -76,7 +77,7 @@ class ClosedList:
     """A closed window: what stage 1 emits as a schemas ListOutcome."""
 
     partition: int
-    impression: Impression
+    impression: ImpressionView
     impression_raw: bytes  # as received (validated): embedded as is in the list outcome
     clicks: tuple[int, ...]
     dwell_ms: tuple[int, ...]
@@ -87,7 +88,7 @@ class ClosedList:
 @dataclass(slots=True)
 class _Open:
     partition: int
-    impression: Impression
+    impression: ImpressionView
     raw: bytes
     clicks: dict[int, int] = field(default_factory=dict)  # position -> click time
     dwell: dict[int, int] = field(default_factory=dict)  # position -> summed dwell ms
@@ -137,7 +138,7 @@ class RequestJoin:
         self.counts: Counter[tuple[str, str]] = Counter()
 
     # ------------------------------------------------------------------------------- input
-    def add_impression(self, imp: Impression, raw: bytes, src: Source, now_ms: int) -> list[Rejected]:
+    def add_impression(self, imp: ImpressionView, raw: bytes, src: Source, now_ms: int) -> list[Rejected]:
         cfg = self.config
         p = src.partition
         self.watermarks.observe(p, src.topic, imp.ts_ms, now_ms)
@@ -207,24 +208,25 @@ class RequestJoin:
                 src, raw, STAGE_OUTSIDE_WINDOW, f"event time {fb.ts_ms} >= window end {end}", "ts_ms"
             )
         pos = fb.position
-        if pos >= len(imp.items):
+        item_ids = imp.item_ids
+        if pos >= len(item_ids):
             return Rejected(
                 src,
                 raw,
                 STAGE_BAD_POSITION,
-                f"position {pos} but the list has {len(imp.items)} items",
+                f"position {pos} but the list has {len(item_ids)} items",
                 "position",
             )
         if fb.user_id != imp.user_id:
             return Rejected(
                 src, raw, STAGE_MISMATCH, f"user_id {fb.user_id!r} != impression's {imp.user_id!r}", "user_id"
             )
-        if fb.item_id != imp.items[pos].item_id:
+        if fb.item_id != item_ids[pos]:
             return Rejected(
                 src,
                 raw,
                 STAGE_MISMATCH,
-                f"item_id {fb.item_id!r} != {imp.items[pos].item_id!r} at position {pos}",
+                f"item_id {fb.item_id!r} != {item_ids[pos]!r} at position {pos}",
                 "item_id",
             )
         if type(fb) is Dwell:
@@ -301,7 +303,7 @@ class RequestJoin:
         return rejects
 
     def _result(self, entry: _Open, now_ms: int) -> ClosedList:
-        n = len(entry.impression.items)
+        n = entry.impression.n_items
         clicks = [0] * n
         for pos in entry.clicks:
             clicks[pos] = 1
@@ -419,7 +421,7 @@ class RequestJoin:
         if d["s"] == "open":
             if imp_raw is None:
                 raise KeyError("its impression is missing")
-            imp = decode(imp_raw, Impression)
+            imp = decode_impression(imp_raw)
             entry = _Open(p, imp, imp_raw, dict(d["c"]), dict(d["d"]), {tuple(x) for x in d["ds"]})
             self._open[rid] = entry
             self._push(p, self._deadline(entry), rid)

@@ -106,9 +106,9 @@ class StreamMetrics:
                 imp.user_id,
                 imp.snapshot_version,
                 list(imp.objectives),
-                list(imp.weights),
-                list(imp.noise),
-                len(imp.items),
+                [float(w) for w in imp.weights],  # as received: an integer weight is valid
+                [float(x) for x in imp.noise],
+                imp.n_items,
                 sum(c.clicks),
                 sum(c.dwell_ms),
                 int(c.complete),

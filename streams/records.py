@@ -15,7 +15,6 @@ feature value again (a full ``schemas.decode`` of each outcome was a third of th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import orjson
 
@@ -28,11 +27,9 @@ from schemas import (
     make_dead_letter,
     transition_id,
 )
+from streams.decoding import STATE_FIELDS
 from streams.join import ClosedList
 from streams.types import Rejected
-
-STATE_FIELDS = ("request_id", "ts_ms", "user_features", "history", "context", "items")
-"""The fields of an impression that make a transition's list state."""
 
 # Objective name -> list-level feedback from the per-position labels (clicks 0/1, dwell ms). This
 # is the transition's ``reward`` vector (one entry per objective, in the impression's order); the
@@ -78,25 +75,63 @@ def encode_list_outcome(c: ClosedList) -> bytes:
 
 
 class Outcome:
-    """A list outcome as stage 2 holds it: the parsed record and the bytes it came in."""
+    """A list outcome as stage 2 holds it: the fields linking and the transition use, and the
+    bytes it came in (written to the link changelog while the chain still needs it)."""
 
-    __slots__ = ("_state", "data", "raw", "request_id", "ts_ms", "user_id")
+    __slots__ = (
+        "clicks",
+        "dwell_ms",
+        "objectives",
+        "raw",
+        "request_id",
+        "snapshot_version",
+        "state",
+        "ts_ms",
+        "user_id",
+        "weights",
+    )
 
-    def __init__(self, user_id: str, request_id: str, ts_ms: int, data: dict[str, Any], raw: bytes) -> None:
+    def __init__(
+        self,
+        user_id: str,
+        request_id: str,
+        ts_ms: int,
+        snapshot_version: int,
+        objectives: Sequence[str],
+        weights: Sequence[float],
+        clicks: Sequence[int],
+        dwell_ms: Sequence[int],
+        state: bytes,
+        raw: bytes,
+    ) -> None:
         self.user_id = user_id
         self.request_id = request_id
         self.ts_ms = ts_ms
-        self.data = data
+        self.snapshot_version = snapshot_version
+        self.objectives = objectives
+        self.weights = weights  # as in the impression (the transition's action)
+        self.clicks = clicks
+        self.dwell_ms = dwell_ms
+        self.state = state  # the JSON of the impression's list state (ImpressionView.state)
         self.raw = raw
-        self._state: orjson.Fragment | None = None
 
-    def state(self) -> orjson.Fragment:
-        """The list state of this outcome's impression, serialized once: each list is the
-        ``state`` of one transition and the ``next_state`` of another."""
-        if self._state is None:
-            imp = self.data["impression"]
-            self._state = orjson.Fragment(orjson.dumps({f: imp[f] for f in STATE_FIELDS}))
-        return self._state
+
+def outcome_of(c: ClosedList, raw: bytes) -> Outcome:
+    """The outcome stage 1 encoded as ``raw`` (``encode_list_outcome(c)``), as ``read_outcome``
+    would read it back, built without parsing it again."""
+    imp = c.impression
+    return Outcome(
+        imp.user_id,
+        imp.request_id,
+        imp.ts_ms,
+        imp.snapshot_version,
+        imp.objectives,
+        imp.weights,
+        c.clicks,
+        c.dwell_ms,
+        imp.state,
+        raw,
+    )
 
 
 _IMPRESSION_KEYS = frozenset((*STATE_FIELDS, "objectives", "weights", "snapshot_version"))
@@ -132,16 +167,27 @@ def read_outcome(raw: bytes) -> Outcome:
         raise SchemaError("clicks", "expected one entry per item")
     if type(dwell) is not list or len(dwell) != n:
         raise SchemaError("dwell_ms", "expected one entry per item")
-    return Outcome(uid, rid, ts, d, raw)
+    # Serialized once, here: the parsed record is not kept (fewer long-lived objects).
+    state = orjson.dumps({f: imp[f] for f in STATE_FIELDS})
+    return Outcome(
+        uid,
+        rid,
+        ts,
+        imp["snapshot_version"],
+        tuple(objectives),
+        tuple(weights),
+        tuple(clicks),
+        tuple(dwell),
+        state,
+        raw,
+    )
 
 
 def encode_transition(prev: Outcome, nxt: Outcome | None) -> tuple[str, bytes, int]:
     """The transition from list ``prev`` to the user's next list ``nxt`` (None: done).
     Returns (transition_id, encoded record, number of unknown objectives)."""
-    d = prev.data
-    imp = d["impression"]
     tid = transition_id(prev.user_id, prev.request_id, None if nxt is None else nxt.request_id)
-    reward, unknown = list_feedback(imp["objectives"], d["clicks"], d["dwell_ms"])
+    reward, unknown = list_feedback(prev.objectives, prev.clicks, prev.dwell_ms)
     raw = orjson.dumps(
         {
             "type": "transition",
@@ -149,13 +195,13 @@ def encode_transition(prev: Outcome, nxt: Outcome | None) -> tuple[str, bytes, i
             "transition_id": tid,
             "user_id": prev.user_id,
             "ts_ms": prev.ts_ms,
-            "snapshot_version": imp["snapshot_version"],
-            "state": prev.state(),
-            "action": imp["weights"],
-            "objectives": imp["objectives"],
-            "labels": {"clicks": d["clicks"], "dwell_ms": d["dwell_ms"]},
+            "snapshot_version": prev.snapshot_version,
+            "state": orjson.Fragment(prev.state),
+            "action": prev.weights,
+            "objectives": prev.objectives,
+            "labels": {"clicks": prev.clicks, "dwell_ms": prev.dwell_ms},
             "reward": reward,
-            "next_state": None if nxt is None else nxt.state(),
+            "next_state": None if nxt is None else orjson.Fragment(nxt.state),
             "done": nxt is None,
         }
     )

@@ -38,13 +38,21 @@ from typing import Any
 import orjson
 from faust.types import Message
 
-from schemas import Click, Dwell, Impression, SchemaError, decode
+from schemas import Click, Dwell, SchemaError
 from streams.batching import BatchingApp, BatchSink
+from streams.decoding import ImpressionView, decode_feedback, decode_impression
 from streams.join import RequestJoin
 from streams.link import UserLinker
 from streams.metrics import StreamMetrics
 from streams.publisher import BatchPublisher, partition_for
-from streams.records import encode_dead_letter, encode_list_outcome, encode_transition, read_outcome
+from streams.records import (
+    Outcome,
+    encode_dead_letter,
+    encode_list_outcome,
+    encode_transition,
+    outcome_of,
+    read_outcome,
+)
 from streams.types import (
     STAGE_BAD_KEY,
     STAGE_DECODE,
@@ -56,6 +64,9 @@ from streams.types import (
 
 PROGRESS_HEADER = "paperec-streams-progress"
 """Header of stage 1's progress announcements on the list-outcomes topic (see watermark.py)."""
+HANDED_OVER_HEADER = "paperec-streams-handed-over"
+"""Header of a list outcome that stage 1 also handed to this worker's stage 2 in-process (value:
+its request_id); see ``LinkStage``."""
 PROGRESS_REFRESH_MS = 1_000
 """Announcements are repeated this often even when unchanged (stage 2 may have restarted)."""
 YIELD_EVERY = 500
@@ -82,9 +93,10 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _is_progress(headers: Any) -> bool:
-    keys = headers.keys() if isinstance(headers, dict) else (h[0] for h in headers)
-    return any(k == PROGRESS_HEADER for k in keys)
+def _header(headers: Any, name: str) -> bytes | None:
+    if isinstance(headers, dict):
+        return headers.get(name)
+    return next((v for k, v in headers if k == name), None)
 
 
 def source_of(m: Message) -> Source:
@@ -209,7 +221,16 @@ class Stage(ABC):
         if self._committer is not None and not self._committer.done():
             await self._durable.join()
 
-    def add_output(self, topic: str, partition: int, key: bytes, value: bytes, now: int, src: Source) -> bool:
+    def add_output(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes,
+        value: bytes,
+        now: int,
+        src: Source,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> bool:
         """Queue one output record; an over-size one becomes a dead letter instead (False)."""
         if len(value) > self.max_message_bytes:
             r = Rejected(
@@ -218,7 +239,7 @@ class Stage(ABC):
             self.metrics.count("dead_letters", r.stage)
             self.publisher.add(self.dead_letter_topic, 0, key, encode_dead_letter(r, now), now)
             return False
-        self.publisher.add(topic, partition, key, value, now)
+        self.publisher.add(topic, partition, key, value, now, headers)
         return True
 
     # ------------------------------------------------------------------------- rebalancing
@@ -302,11 +323,8 @@ class JoinStage(Stage):
         self.max_input_skew_ms = max_input_skew_ms
         self.outcomes_topic = outcomes
         self.input_topics = [impressions, clicks, dwells]
-        self._expect: dict[str, type[Impression] | type[Click] | type[Dwell]] = {
-            impressions: Impression,
-            clicks: Click,
-            dwells: Dwell,
-        }
+        self._feedback: dict[str, type[Click] | type[Dwell]] = {clicks: Click, dwells: Dwell}
+        self.link: LinkStage | None = None  # this worker's stage 2, for the in-process hand-over
         self._backlog: set[tuple[int, str]] = set()
         self._announced: dict[int, tuple[int | None, int]] = {}
         self._paused: set[Any] = set()  # input partitions we paused (running ahead)
@@ -334,14 +352,18 @@ class JoinStage(Stage):
 
     def consume(self, messages: list[Message], now_ms: int) -> list[Rejected]:
         rejects: list[Rejected] = []
-        join, expect = self.join, self._expect
+        join, feedback, impressions = self.join, self._feedback, self.input_topics[0]
         for topic, n in Counter(m.topic for m in messages).items():
             self.metrics.count("events_in", topic, n)
         for m in messages:
-            src = source_of(m)
+            topic = m.topic
+            src = Source(topic, m.partition, m.offset, m.key)
             raw = m.value or b""
             try:
-                rec = decode(raw, expect[m.topic])
+                if topic == impressions:
+                    rec: ImpressionView | Click | Dwell = decode_impression(raw)
+                else:
+                    rec = decode_feedback(raw, feedback[topic])
             except SchemaError as exc:
                 rejects.append(Rejected(src, raw, STAGE_DECODE, exc.reason, exc.field))
                 continue
@@ -356,7 +378,7 @@ class JoinStage(Stage):
                     )
                 )
                 continue
-            if type(rec) is Impression:
+            if type(rec) is ImpressionView:
                 rejects += join.add_impression(rec, raw, src, now_ms)
             else:
                 r = join.add_feedback(rec, raw, src, now_ms)  # type: ignore[arg-type]
@@ -393,12 +415,19 @@ class JoinStage(Stage):
     async def emit(self, now_ms: int) -> list[Rejected]:
         closed, rejects = self.join.close_due(now_ms)
         n = await self.publisher.partitions(self.outcomes_topic)
+        local = self.link.local_partitions() if self.link is not None else set()
         for c in closed:
             user = c.impression.user_id.encode()
-            src = Source(self.input_topics[0], c.partition, -1, c.impression.request_id.encode())
-            if self.add_output(
-                self.outcomes_topic, partition_for(user, n), user, encode_list_outcome(c), now_ms, src
-            ):
+            rid = c.impression.request_id.encode()
+            src = Source(self.input_topics[0], c.partition, -1, rid)
+            raw, q = encode_list_outcome(c), partition_for(user, n)
+            # Stage 2 of partition q runs here: hand it the outcome in-process too (it then
+            # skips the topic record without parsing it; see LinkStage).
+            headers = [(HANDED_OVER_HEADER, rid)] if q in local else None
+            if self.add_output(self.outcomes_topic, q, user, raw, now_ms, src, headers):
+                if headers is not None:
+                    assert self.link is not None
+                    self.link.hand_over(outcome_of(c, raw), q)
                 self.metrics.count("list_outcomes", "complete" if c.complete else "incomplete")
                 self.metrics.list_outcome(c)
         self.announce_progress(n, now_ms)
@@ -424,7 +453,20 @@ class JoinStage(Stage):
 
 
 class LinkStage(Stage):
-    """Stage 2: list outcomes keyed by user_id -> transitions keyed by user_id."""
+    """Stage 2: list outcomes keyed by user_id -> transitions keyed by user_id.
+
+    The list-outcomes topic is stage 2's input and the durable hand-over from stage 1, as ever:
+    this stage's offsets, changelog and acks follow the step order of ``Stage``. When stage 1
+    closes a list whose list-outcomes partition this worker's stage 2 owns, it also hands the
+    outcome over in-process (``hand_over``, no parsing) and marks the topic record with
+    ``HANDED_OVER_HEADER``. Reading a marked record whose list the linker already holds, this
+    stage skips it unparsed: exactly the records it would otherwise parse only to find them
+    already held (a duplicate to ignore). A marked record the linker does not hold (after a
+    restart or a rebalance, the hand-over may not have reached this linker's restored state) is
+    parsed and applied as any other. Linking still waits for stage 1's progress records, which
+    follow the outcomes they cover on the topic; so the hand-over only does early, in memory,
+    what reading the topic would do, and the recovery argument of the topic path holds as is.
+    """
 
     name = "link"
 
@@ -438,15 +480,30 @@ class LinkStage(Stage):
     def state(self) -> UserLinker:
         return self.linker
 
+    def local_partitions(self) -> set[int]:
+        """List-outcomes partitions stage 1 may hand outcomes of over in-process: assigned here,
+        and the linker's state of them restored (none during a rebalance)."""
+        return self.assigned_partitions() if self.ready else set()
+
+    def hand_over(self, o: Outcome, partition: int) -> None:
+        """An outcome stage 1 is writing to ``partition`` of the list-outcomes topic, marked."""
+        self.linker.hand_over(o, Source(self.input_topics[0], partition, -1, o.user_id.encode()))
+
     def consume(self, messages: list[Message], now_ms: int) -> list[Rejected]:
         rejects: list[Rejected] = []
+        linker = self.linker
         for m in messages:
-            src = source_of(m)
             raw = m.value or b""
-            if m.headers and _is_progress(m.headers):
+            headers = m.headers
+            if headers:
+                rid = _header(headers, HANDED_OVER_HEADER)
+                if rid is not None and m.key is not None and linker.holds(m.key.decode(), rid.decode()):
+                    continue  # handed over in-process (and counted) already
+            src = source_of(m)
+            if headers and _header(headers, PROGRESS_HEADER) is not None:
                 try:
                     d = orjson.loads(raw)
-                    self.linker.announce(m.partition, int(d["partition"]), d["closed_through_ms"])
+                    linker.announce(m.partition, int(d["partition"]), d["closed_through_ms"])
                 except (ValueError, KeyError, TypeError) as exc:
                     rejects.append(Rejected(src, raw, STAGE_LINK_DECODE, f"bad progress record: {exc!r}"))
                 continue
@@ -455,7 +512,7 @@ class LinkStage(Stage):
             except SchemaError as exc:
                 rejects.append(Rejected(src, raw, STAGE_LINK_DECODE, exc.reason, exc.field))
                 continue
-            r = self.linker.add_outcome(o, src)
+            r = linker.add_outcome(o, src)
             if r is not None:
                 rejects.append(r)
         return rejects

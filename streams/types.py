@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Dead-letter ``stage`` values: where a record was rejected and why (docs/streams.md lists them).
 STAGE_DECODE = "streams.decode"  # not valid JSON / not a valid record of the topic's type
@@ -17,9 +18,9 @@ STAGE_LINK_DECODE = "streams.link.decode"  # an unreadable record on the interna
 STAGE_TOO_LARGE = "streams.emit.too_large"  # an output record above the topic's message size limit
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where an input record came from (for dead letters)."""
+class Source(NamedTuple):
+    """Where an input record came from (for dead letters). A tuple: one is made per input
+    record, and a tuple of atoms is cheap to build and to the garbage collector."""
 
     topic: str
     partition: int

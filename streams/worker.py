@@ -147,6 +147,7 @@ def create_app(settings: Settings) -> StreamsWorker:
         max_message_bytes=EVENT_MAX_MESSAGE_BYTES,
         **common,
     )
+    join.link = link  # stage 1 hands outcomes of co-located partitions over in-process
     for stage in (join, link):
         _wire(app, stage)
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from schemas import Click, Dwell, Impression, decode
+from schemas import Click, Dwell, decode
 from streams import fixtures as fx
+from streams.decoding import decode_impression
 from streams.join import JoinConfig, RequestJoin
 from streams.types import (
     STAGE_BAD_POSITION,
@@ -50,7 +51,7 @@ class Feed:
 
     def imp(self, rid: str, ts: int, now: int, user: str = "u1", n: int = 3) -> None:
         raw = fx.dumps(fx.impression(rid, user, ts, n_items=n))
-        self.rejects += self.join.add_impression(decode(raw, Impression), raw, self.src(IMP, rid), now)
+        self.rejects += self.join.add_impression(decode_impression(raw), raw, self.src(IMP, rid), now)
 
     def click(self, rid: str, pos: int, ts: int, now: int, user: str = "u1") -> None:
         raw = fx.dumps(fx.click(rid, user, pos, ts))

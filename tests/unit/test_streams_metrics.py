@@ -7,8 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from paperec.metrics_store import LIST_OUTCOMES_COLUMNS
-from schemas import Impression, decode
 from streams import fixtures as fx
+from streams.decoding import decode_impression
 from streams.join import ClosedList
 from streams.metrics import OUTCOME_COLUMNS, SAMPLE_COLUMNS, StreamMetrics
 
@@ -27,7 +27,7 @@ def test_outcome_rows_match_the_table_and_counters_are_deltas() -> None:
     samples, outcomes = Rows(), Rows()
     m = StreamMetrics("streams:test", samples, outcomes, clock=lambda: 1_700_000_000.0)
     raw = fx.dumps(fx.impression("r1", "u1", 1_700_000_000_123, n_items=3))
-    m.list_outcome(ClosedList(0, decode(raw, Impression), raw, (1, 0, 1), (500, 0, 0), False, 1))
+    m.list_outcome(ClosedList(0, decode_impression(raw), raw, (1, 0, 1), (500, 0, 0), False, 1))
     (row,) = outcomes.rows
     assert len(row) == len(OUTCOME_COLUMNS)
     assert row[0] == datetime.fromtimestamp(1_700_000_000) and row[1:3] == ("r1", "u1")

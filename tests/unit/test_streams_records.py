@@ -9,9 +9,10 @@ import orjson
 import pytest
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
-from schemas import DeadLetter, Impression, ListOutcome, SchemaError, decode
+from schemas import DeadLetter, ListOutcome, SchemaError, decode
 from streams import fixtures as fx
 from streams.batching import BatchSink
+from streams.decoding import decode_impression
 from streams.dedup import SeenIds, dedup_transitions
 from streams.join import ClosedList
 from streams.publisher import partition_for
@@ -21,7 +22,7 @@ from streams.types import STAGE_DECODE, Rejected, Source
 
 def closed(rid: str = "r1") -> ClosedList:
     raw = fx.dumps(fx.impression(rid, "u1", 1_000, n_items=3))
-    imp = decode(raw, Impression)
+    imp = decode_impression(raw)
     return ClosedList(0, imp, raw, (1, 0, 0), (2_500, 0, 0), True, 9_999)
 
 
