@@ -77,6 +77,12 @@ class PAPERecConfig:
     """target network smoothing"""
     exploration_noise: float = 0.1
     """std of the logit-space exploration noise serving adds (recorded for the snapshot)"""
+    list_scaled_reward: bool = True
+    """divide each list's reward by sum_k ||g_k|| (after grad_normalize): every list counts the
+    same in the critic's expectation, whatever its gradient magnitudes; the list's optimum is kept"""
+    counterfactual_actions: int = 4
+    """extra weights per list (uniform on the simplex) at which the critic also learns the Pareto
+    reward, which is computable for any weights; 0 = the logged weights only (plain DDPG)"""
     policy_frequency: int = 1
     """actor updates every this many critic updates"""
     single_objective: str = "click"
@@ -181,6 +187,7 @@ class PAPERecStrategy(Strategy):
     def __init__(self, cfg: PAPERecConfig, ranker: Ranker, device: torch.device) -> None:
         super().__init__(cfg, ranker, device)
         self.ddpg = DDPG(cfg.ddpg_config(), device)
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # counterfactual weights (CPU)
 
     def weights(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         batch = ctx.batch
@@ -189,25 +196,62 @@ class PAPERecStrategy(Strategy):
         else:
             grads = per_list_param_grads(self.ranker, batch)  # (B, K, P)
         grads = self._normalize(grads, ctx.losses)
+        if self.cfg.list_scaled_reward:
+            grads = grads / grads.norm(dim=-1).sum(-1).clamp_min(1e-12)[:, None, None]  # (B, K, D)
         reward = -weighted_norm(grads, batch.action)  # (B,) for the logged weights
-        best = -weighted_norm(grads, min_norm(grads))  # (B,) the best any weights could do
+        w_best = min_norm(grads)  # (B, K) each list's own min-norm weights
+        best = -weighted_norm(grads, w_best)  # (B,) the best any weights could do
 
         obs = ctx.state.detach()
         with torch.no_grad():
             next_obs = self.ranker.user_state(batch.next_user_feats, batch.next_history, batch.next_context)
-        metrics = self.ddpg.update(obs, batch.action, reward, next_obs, batch.done)
+        actions, rewards = self._with_counterfactuals(grads, batch.action, reward)
+        m = actions.shape[0] // reward.shape[0]  # 1 + counterfactual_actions
+        metrics = self.ddpg.update(
+            obs.repeat(m, 1), actions, rewards, next_obs.repeat(m, 1), batch.done.repeat(m)
+        )
         with torch.no_grad():
             w = self.ddpg.actor(obs)  # (B, K) personalized weights of the updated actor
         metrics.update(reward=reward.mean().item(), reward_best=best.mean().item())
         metrics.update(self._named("weight", w))
+        metrics.update(self._named("best_weight", w_best))
         return w + self.cfg.single_loss_weight, metrics
 
+    def _with_counterfactuals(self, grads: Tensor, logged: Tensor, reward: Tensor) -> tuple[Tensor, Tensor]:
+        """The logged (action, reward) pairs, then ``counterfactual_actions`` more per list.
+
+        The logged weights cover only a thin band around the current policy (serving's small
+        exploration noise), so a critic fit to them alone extrapolates badly across the simplex,
+        and the actor, ascending that critic, swings from corner to corner. The reward
+        -||sum_k w_k g_k|| needs only the list's gradients, so it is exact at any w: the critic
+        also learns it at weights drawn uniformly from the simplex (Dirichlet(1), from the
+        strategy's own generator, part of its state). Their TD targets reuse the logged next
+        state: the Pareto reward of s does not depend on which list the user saw next, only the
+        bootstrapped value does (approximated).
+        """
+        n = self.cfg.counterfactual_actions
+        if n <= 0:
+            return logged, reward
+        b, k = logged.shape
+        # Dirichlet(1, ..., 1) = normalized Exp(1) draws, from the strategy's own generator
+        u = torch.rand((n, b, k), generator=self.generator, dtype=torch.float64).clamp_min(1e-12)
+        extra = (-u.log() / -u.log().sum(-1, keepdim=True)).to(grads.device, grads.dtype)  # (n, B, K)
+        extra_reward = -weighted_norm(grads.unsqueeze(0), extra)  # (n, B)
+        actions = torch.cat([logged, extra.reshape(n * b, k).to(logged.dtype)])
+        return actions, torch.cat([reward, extra_reward.reshape(n * b).to(reward.dtype)])
+
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "ddpg": self.ddpg.state_dict()}
+        return {
+            **super().state_dict(),
+            "ddpg": self.ddpg.state_dict(),
+            "generator": self.generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.ddpg.load_state_dict(state["ddpg"])
+        if "generator" in state:  # absent in checkpoints written before it existed
+            self.generator.set_state(state["generator"])
 
 
 STRATEGIES: dict[str, type[Strategy]] = {

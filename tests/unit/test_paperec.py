@@ -123,3 +123,40 @@ def test_bad_configs_are_rejected() -> None:
     trainer = Trainer(config(strategy="fixed", fixed_weights=(1.0,)))
     with pytest.raises(ValueError):
         trainer.step(batches(trainer.cfg, 1)[0])
+
+
+def test_the_critic_also_learns_the_exact_reward_at_counterfactual_weights() -> None:
+    from learner.mgda import weighted_norm
+    from learner.paperec import PAPERecStrategy
+
+    cfg = config(counterfactual_actions=3)
+    trainer = Trainer(cfg)
+    strategy = trainer.strategy
+    assert isinstance(strategy, PAPERecStrategy)
+    seen: list[tuple[torch.Tensor, ...]] = []
+    update = strategy.ddpg.update
+
+    def spy(*args: torch.Tensor) -> dict[str, float]:
+        seen.append(tuple(a.clone() for a in args))
+        return update(*args)
+
+    strategy.ddpg.update = spy  # type: ignore[method-assign, assignment]
+    batch = batches(cfg, 1, size=8)[0]
+    grads_seen: list[torch.Tensor] = []
+    real = strategy._with_counterfactuals
+
+    def keep(grads: torch.Tensor, logged: torch.Tensor, reward: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        grads_seen.append(grads.detach())
+        return real(grads, logged, reward)
+
+    strategy._with_counterfactuals = keep  # type: ignore[method-assign, assignment]
+    trainer.step(batch)
+    obs, actions, rewards, _, dones = seen[0]
+    assert actions.shape == (4 * 8, 2) and rewards.shape == obs.shape[:1] == (32,)
+    assert torch.equal(actions[:8], batch.action)  # the logged weights first
+    assert torch.allclose(actions.sum(-1), torch.ones(32), atol=1e-6) and (actions >= 0).all()
+    assert len({tuple(a.tolist()) for a in actions[8:]}) == 24  # fresh weights, per list
+    grads = grads_seen[0].repeat(4, 1, 1)  # (4B, K, D), in the same order as the actions
+    assert torch.allclose(rewards, -weighted_norm(grads, actions), atol=1e-6)  # exact, at every w
+    assert (rewards >= -1.0 - 1e-6).all() and (rewards <= 0).all()  # list-scaled: in [-1, 0]
+    assert torch.equal(obs[8:16], obs[:8]) and torch.equal(dones[24:], dones[:8])
