@@ -17,6 +17,7 @@ both on valid, malformed and fuzzed records.
 from __future__ import annotations
 
 from math import fsum, isfinite
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -49,6 +50,7 @@ _JSONDecodeError = orjson.JSONDecodeError
 _STR = frozenset({str})
 _INT = frozenset({int})
 _LIST = frozenset({list})
+_item_id, _position, _features = itemgetter("item_id"), itemgetter("position"), itemgetter("features")
 _DICT = frozenset({dict})
 
 
@@ -123,23 +125,37 @@ def decode_feedback(raw: bytes, cls: type[Click] | type[Dwell]) -> Click | Dwell
             and 0 <= ts <= INT64_MAX
         ):
             if cls is Click:
-                return _trusted(Click, ("click", SCHEMA_VERSION, rid, uid, iid, pos, ts))
+                c = _new(Click)
+                _click_fields(c, rid, uid, iid, pos, ts)
+                return c
             ms = g("dwell_ms")
             if type(ms) is int and 0 <= ms <= MAX_DWELL_MS:
-                return _trusted(Dwell, ("dwell", SCHEMA_VERSION, rid, uid, iid, pos, ts, ms))
+                w = _new(Dwell)
+                _click_fields(w, rid, uid, iid, pos, ts)
+                _set_dwell_ms(w, ms)
+                return w
     return decode(raw, cls)
 
 
-def _trusted(cls: type[Click] | type[Dwell], values: tuple[Any, ...]) -> Any:
-    """An instance of a frozen schemas dataclass from already validated values (in field
-    order), without running its validation a second time."""
-    obj = object.__new__(cls)
-    for setter, value in zip(_SETTERS[cls], values, strict=True):
-        setter(obj, value)
-    return obj
+# Building the frozen schemas dataclasses from values checked above, without validating them a
+# second time: the slots' setters, as schemas does for its own trusted construction.
+_new = object.__new__
+
+
+def _click_fields(obj: Click | Dwell, rid: str, uid: str, iid: str, pos: int, ts: int) -> None:
+    cls = type(obj)
+    setters = _SETTERS[cls]
+    setters[0](obj, cls.TYPE)
+    setters[1](obj, SCHEMA_VERSION)
+    setters[2](obj, rid)
+    setters[3](obj, uid)
+    setters[4](obj, iid)
+    setters[5](obj, pos)
+    setters[6](obj, ts)
 
 
 _SETTERS = {cls: [cls.__dict__[name].__set__ for name in cls._field_names()[0]] for cls in (Click, Dwell)}
+_set_dwell_ms = Dwell.__dict__["dwell_ms"].__set__
 
 
 def _id_ok(x: Any) -> bool:
@@ -172,8 +188,8 @@ def _impression_ok(d: Any, raw: bytes) -> bool:
         return False
     try:
         return _checked(d)
-    except (TypeError, OverflowError):  # sum over a non-number, or an int beyond float range
-        return False
+    except (TypeError, OverflowError, KeyError):  # sum over a non-number, an int beyond float
+        return False  # range, an item without one of its fields
 
 
 def _checked(d: dict[str, Any]) -> bool:
@@ -208,9 +224,9 @@ def _checked(d: dict[str, Any]) -> bool:
     if type(items) is not list or not 0 < len(items) <= MAX_ITEMS or set(map(type, items)) != _DICT:
         return False
     n = len(items)
-    ids = [it.get("item_id") for it in items]
-    positions = [it.get("position") for it in items]
-    feats = [it.get("features") for it in items]
+    ids = list(map(_item_id, items))  # KeyError if one is missing
+    positions = list(map(_position, items))
+    feats = list(map(_features, items))
     if set(map(type, ids)) != _STR or not all(ids) or max(map(len, ids)) > MAX_ID_LEN or len(set(ids)) != n:
         return False
     if set(map(type, positions)) != _INT or positions != list(range(n)):

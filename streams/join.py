@@ -28,7 +28,7 @@ import heapq
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -72,9 +72,9 @@ class JoinConfig:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ClosedList:
-    """A closed window: what stage 1 emits as a schemas ListOutcome."""
+class ClosedList(NamedTuple):
+    """A closed window: what stage 1 emits as a schemas ListOutcome. (Tuples here and below:
+    made once per record or request, they are the cheapest immutable objects to build.)"""
 
     partition: int
     impression: ImpressionView
@@ -95,8 +95,7 @@ class _Open:
     dwell_seen: set[tuple[int, int, int]] = field(default_factory=set)  # (position, ts, dwell) seen
 
 
-@dataclass(frozen=True, slots=True)
-class _HeldOne:
+class _HeldOne(NamedTuple):
     feedback: Feedback
     raw: bytes
     source: Source
@@ -109,8 +108,7 @@ class _Held:
     keys: set[tuple[Any, ...]] = field(default_factory=set)  # _feedback_key of the items
 
 
-@dataclass(frozen=True, slots=True)
-class _Closed:
+class _Closed(NamedTuple):
     partition: int
     expires_ms: int
 

@@ -32,7 +32,7 @@ import heapq
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -69,8 +69,7 @@ class LinkConfig:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Link:
+class Link(NamedTuple):
     """One transition to emit: from list ``prev`` to ``next`` (None: done)."""
 
     partition: int
@@ -78,8 +77,7 @@ class Link:
     next: Outcome | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
+class _Pending(NamedTuple):
     ts_ms: int
     request_id: str
     outcome: Outcome
@@ -93,6 +91,7 @@ class _Chain:
     horizon: tuple[int, str] | None = None  # (ts, request_id) of the newest settled list
     recent: list[str] = field(default_factory=list)
     expires_ms: int | None = None  # set once the chain ended: forget the user at this watermark
+    due: int | None = None  # time of this chain's live entry in the due heap (others are stale)
 
 
 def _key(p: _Pending) -> tuple[int, str]:
@@ -137,7 +136,7 @@ class UserLinker:
         item = _Pending(o.ts_ms, rid, o)
         bisect.insort(chain.pending, item, key=_key)
         self._dirty[uid] = self._dirty_outcomes[uid, rid] = p
-        self._push(p, o.ts_ms, uid)
+        self._schedule(uid, chain, o.ts_ms)
         return None
 
     def hand_over(self, o: Outcome, src: Source) -> None:
@@ -169,10 +168,12 @@ class UserLinker:
             wm = self.progress.get(p)
             if wm is None:
                 continue
+            chains = self._chains
             while heap and heap[0][0] <= wm:
-                _, uid = heapq.heappop(heap)
-                chain = self._chains.get(uid)
-                if chain is not None:
+                due, uid = heapq.heappop(heap)
+                chain = chains.get(uid)
+                if chain is not None and chain.due == due:
+                    chain.due = None
                     out += self._advance(uid, chain, wm)
         return out
 
@@ -212,9 +213,7 @@ class UserLinker:
             return links
         if changed:
             self._dirty[uid] = chain.partition
-        due = self._next_due(chain)
-        if due is not None:
-            self._push(chain.partition, due, uid)
+        self._schedule(uid, chain, self._next_due(chain))
         return links
 
     def _next_due(self, chain: _Chain) -> int | None:
@@ -225,10 +224,15 @@ class UserLinker:
             return chain.last.ts_ms + cfg.session_gap_ms
         return chain.expires_ms
 
-    def _push(self, partition: int, due: int, uid: str) -> None:
-        heap = self._due.get(partition)
+    def _schedule(self, uid: str, chain: _Chain, due: int | None) -> None:
+        """Make sure the chain is looked at once the watermark reaches ``due``: one live heap
+        entry per chain (a later one would only be popped to find nothing to do)."""
+        if due is None or (chain.due is not None and chain.due <= due):
+            return
+        chain.due = due
+        heap = self._due.get(chain.partition)
         if heap is None:
-            heap = self._due[partition] = []
+            heap = self._due[chain.partition] = []
         heapq.heappush(heap, (due, uid))
 
     # ------------------------------------------------------------------------------- state
@@ -307,9 +311,7 @@ class UserLinker:
                 log.error("dropping unreadable link state for user %r: %s", uid, exc)
                 continue
             self._chains[uid] = chain
-            due = self._next_due(chain)
-            if due is not None:
-                self._push(chain.partition, due, uid)
+            self._schedule(uid, chain, self._next_due(chain))
 
     def _load_chain(self, uid: str, d: dict[str, Any], entries: dict[bytes, bytes]) -> _Chain:
         def pending(rid: str) -> _Pending:

@@ -11,6 +11,7 @@ exactly-once mode is not used.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,12 @@ log = logging.getLogger(__name__)
 
 BATCH_BYTES = 512 * 1024
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
+GC_THRESHOLDS = (50_000, 20, 100)
+"""Python's cyclic garbage collector, tuned for the worker. With the defaults (700, 10, 10) it
+scanned the long-lived state (open windows, chains, Faust's own objects) again and again while
+records were parsed: a third of the worker's CPU. The stages' objects are freed by reference
+counting (they make no cycles); a young collection every 50 000 new objects and the long-lived
+objects frozen after each recovery (``gc.freeze``) cut that to a few percent."""
 
 
 class StreamsApp(BatchingApp):
@@ -48,6 +55,7 @@ class StreamsApp(BatchingApp):
     settings: Settings
 
     async def on_first_start(self) -> None:
+        gc.set_threshold(*GC_THRESHOLDS)
         if self.settings.streams_create_topics:
             problems = await asyncio.to_thread(create_topics, self.settings)
             for p in problems:
@@ -177,7 +185,12 @@ def _wire(app: StreamsApp, stage: Stage) -> None:
         *stage.input_topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
     app.register_batch_sink(stage.input_topics, stage.sink)
-    stage.table.on_recover(stage.on_recover)
+
+    async def recovered() -> None:
+        await stage.on_recover()
+        gc.freeze()  # start-up objects and the restored state: long-lived, out of the GC's scans
+
+    stage.table.on_recover(recovered)
 
     async def agent(stream: Any) -> None:
         try:
