@@ -13,6 +13,8 @@ status is 0 unless the broker could not take the events.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import logging
 import os
 import time
@@ -112,6 +114,18 @@ def replay(
     return stats
 
 
+def producer_config(settings: Settings) -> dict[str, Any]:
+    """kafka-python ``KafkaProducer`` options of ``paperec replay`` (also the benchmark's)."""
+    return dict(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id="paperec-replay",
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_request_size=4 * 1024 * 1024,
+    )
+
+
 class KafkaSender:
     """Produces events to their topics, keyed by request_id; per-partition order is kept
     (idempotent producer, acks=all). Delivery failures are counted, not raised."""
@@ -120,14 +134,7 @@ class KafkaSender:
         from kafka import KafkaProducer
 
         self.settings = settings
-        self.producer = producer or KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            client_id="paperec-replay",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_request_size=4 * 1024 * 1024,
-        )
+        self.producer = producer or KafkaProducer(**producer_config(settings))
         self.topics = {t: settings.topic(s) for t, s in TOPIC_OF.items()}
         self.errors = 0
 
@@ -184,6 +191,21 @@ def _source(args: argparse.Namespace, bar: tqdm) -> Iterator[LogLine | BadLine]:
         yield from in_time_order(read_lines(lines()), args.window)
 
 
+@contextlib.contextmanager
+def rare_gc(threshold0: int = 20_000) -> Iterator[None]:
+    """Run CPython's cyclic GC less often while replaying. Replay keeps ``--window`` decoded
+    events (tens of thousands of tracked objects) and the producer's in-flight records alive,
+    and at the default threshold (700) the collector rescanned them so often that it took 8-12 us
+    of the ~100 us of CPU per event (benchmarks/replay.py; 1-2.5 us with this). Nothing replay
+    builds needs early collection, and cycles are still collected. Thresholds are restored."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(threshold0, old[0]), *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if not args.log.is_file():
         print(f"no such file: {args.log}")
@@ -191,7 +213,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     size = os.path.getsize(args.log) if args.format == "jsonl" else None
     unit = dict(unit="B", unit_scale=True) if size is not None else dict(unit="event")
     t0 = time.perf_counter()
-    with tqdm(total=size, desc="replay", disable=args.no_progress, **unit) as bar:
+    with rare_gc(), tqdm(total=size, desc="replay", disable=args.no_progress, **unit) as bar:
         on_item = None if size is not None else (lambda _: bar.update(1))
         try:
             source = _source(args, bar)
