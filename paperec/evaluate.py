@@ -58,16 +58,19 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["grad_normalize=loss", "gamma=0.5"]`` -> {"grad_normalize": "loss", "gamma": 0.5}."""
     from learner.paperec import PAPERecConfig
 
-    known = {f.name for f in dataclasses.fields(PAPERecConfig)} - {"ranker", "seed", "device", "strategy"}
+    fields = {f.name: f for f in dataclasses.fields(PAPERecConfig)}
+    known = set(fields) - {"ranker", "seed", "device", "strategy"}
     out: dict[str, Any] = {}
     for item in items:
         name, sep, raw = item.partition("=")
         if not sep or name not in known:
             raise ValueError(f"--learner {item!r}: expected FIELD=VALUE with FIELD one of {sorted(known)}")
         try:
-            value = json.loads(raw)
+            value = json.loads(raw.lower() if isinstance(fields[name].default, bool) else raw)
         except json.JSONDecodeError:
             value = raw
+        if isinstance(fields[name].default, bool) and not isinstance(value, bool):
+            raise ValueError(f"--learner {item!r}: {name} is true or false")
         out[name] = tuple(value) if isinstance(value, list) else value
     return out
 

@@ -143,3 +143,35 @@ def test_summary_of_reports(tmp_path: Path) -> None:
     )
     table = summarize([run_evaluation(spec, None)])
     assert "| default | 1 | paperec |" in table
+
+
+def test_learner_overrides_are_parsed_by_field_type() -> None:
+    from paperec.evaluate import parse_overrides
+
+    parsed = parse_overrides(
+        [
+            "list_scaled_reward=False",
+            "counterfactual_actions=0",
+            "grad_normalize=loss",
+            "fixed_weights=[0.3,0.7]",
+        ]
+    )
+    assert parsed == {
+        "list_scaled_reward": False,  # not the (truthy) string "False"
+        "counterfactual_actions": 0,
+        "grad_normalize": "loss",
+        "fixed_weights": (0.3, 0.7),
+    }
+    for bad in ("list_scaled_reward=maybe", "no_such_field=1", "gamma"):
+        with pytest.raises(ValueError):
+            parse_overrides([bad])
+
+
+def test_peltr_runs_as_published_and_with_the_running_scale() -> None:
+    specs = {s.name: s for s in default_specs((0.5,))}
+    cfg = EvaluationSpec(seed=0, learner_overrides={"grad_normalize": "l2"}).learner_config()
+    published = Contender(specs["peltr"], cfg).trainer.cfg
+    running = Contender(specs["peltr_running"], cfg).trainer.cfg
+    assert (published.strategy, published.grad_normalize) == ("peltr", "none")  # whatever --learner says
+    assert (running.strategy, running.grad_normalize) == ("peltr", "running")
+    assert Contender(specs["paperec"], cfg).trainer.cfg.grad_normalize == "l2"
