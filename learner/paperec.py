@@ -77,10 +77,10 @@ class PAPERecConfig:
     """target network smoothing"""
     exploration_noise: float = 0.1
     """std of the logit-space exploration noise serving adds (recorded for the snapshot)"""
-    list_scaled_reward: bool = True
+    list_scaled_reward: bool = False
     """divide each list's reward by sum_k ||g_k|| (after grad_normalize): every list counts the
     same in the critic's expectation, whatever its gradient magnitudes; the list's optimum is kept"""
-    counterfactual_actions: int = 4
+    counterfactual_actions: int = 0
     """extra weights per list (uniform on the simplex) at which the critic also learns the Pareto
     reward, which is computable for any weights; 0 = the logged weights only (plain DDPG)"""
     policy_frequency: int = 1

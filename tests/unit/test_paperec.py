@@ -129,7 +129,7 @@ def test_the_critic_also_learns_the_exact_reward_at_counterfactual_weights() -> 
     from learner.mgda import weighted_norm
     from learner.paperec import PAPERecStrategy
 
-    cfg = config(counterfactual_actions=3)
+    cfg = config(counterfactual_actions=3, list_scaled_reward=True)
     trainer = Trainer(cfg)
     strategy = trainer.strategy
     assert isinstance(strategy, PAPERecStrategy)
