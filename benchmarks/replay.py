@@ -11,7 +11,8 @@
 3. ``paperec replay``: by default the command's own entry point ``paperec.replay.run`` is called
    in this process with the arguments ``paperec replay LOG --no-progress`` parses to. That is
    everything the command does (open and read the file, parse and validate each line, re-order
-   with ``in_time_order``, ``replay()`` into a ``KafkaSender``, flush and close), less the
+   with ``in_time_order`` -- these three in the command's reader worker process, whose start-up
+   is timed too -- ``replay()`` into a ``KafkaSender``, flush and close), less the
    interpreter's start-up and imports, which do not depend on the log's size. Timed from the
    call to its return, i.e. until every event is acked (``close`` flushes). With ``--cli`` the
    command is run as users run it instead, ``python -m paperec.cli replay LOG --no-progress`` in

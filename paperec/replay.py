@@ -26,6 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from paperec.replay_reader import EncodedEvent, EncodedLine, read_in_worker
 from paperec.settings import TOPIC_CLICKS, TOPIC_DWELLS, TOPIC_IMPRESSIONS, Settings
 from schemas import encode
 from simulator.logfile import BadLine, Event, LogLine, LogWriter, in_time_order, read_lines
@@ -83,14 +84,18 @@ class Pacer:
             self.sleep(delay)
 
 
+Item = LogLine | EncodedLine | BadLine
+
+
 def replay(
-    items: Iterable[LogLine | BadLine],
-    send: Callable[[Event], None],
+    items: Iterable[Item],
+    send: Callable[[Any], None],
     pacer: Pacer | None = None,
-    on_item: Callable[[LogLine | BadLine], None] | None = None,
+    on_item: Callable[[Item], None] | None = None,
 ) -> ReplayStats:
-    """Send every good event in order; report and count bad lines. ``send`` must not raise for
-    per-event delivery problems (count them instead); anything it raises aborts the replay."""
+    """Send every good event (an Event, or an EncodedEvent from the worker reader) in order;
+    report and count bad lines. ``send`` must not raise for per-event delivery problems (count
+    them instead); anything it raises aborts the replay."""
     stats = ReplayStats()
     pacer = pacer or Pacer(None)
     last_ts = -1
@@ -143,10 +148,9 @@ class KafkaSender:
         if self.errors <= MAX_REPORTED_BAD_LINES:
             log.error("delivery failed: %s", exc)
 
-    def __call__(self, event: Event) -> None:
-        future = self.producer.send(
-            self.topics[event.type], key=event.request_id.encode(), value=encode(event)
-        )
+    def __call__(self, event: Event | EncodedEvent) -> None:
+        value = event.value if isinstance(event, EncodedEvent) else encode(event)
+        future = self.producer.send(self.topics[event.type], key=event.request_id.encode(), value=value)
         future.add_errback(self._failed)
 
     def close(self, timeout_s: float = 60.0) -> None:
@@ -174,12 +178,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _source(args: argparse.Namespace, bar: tqdm) -> Iterator[LogLine | BadLine]:
+def _source(args: argparse.Namespace, bar: tqdm, worker: bool = False) -> Iterator[Item]:
+    """The items to replay; ``worker``: a JSON Lines log is parsed in a worker process."""
     if args.format == "kuairand":
         from simulator.kuairand import KuaiRandOptions, iter_kuairand
 
         opts = KuaiRandOptions(max_list_len=args.max_list_len, gap_ms=args.gap_ms)
         yield from iter_kuairand(args.log, opts)
+        return
+    if worker:
+        yield from read_in_worker(args.log, args.window, bar.update)
         return
     with open(args.log, "rb") as f:
 
@@ -216,15 +224,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     with rare_gc(), tqdm(total=size, desc="replay", disable=args.no_progress, **unit) as bar:
         on_item = None if size is not None else (lambda _: bar.update(1))
         try:
-            source = _source(args, bar)
             if args.write_log is not None:
                 with LogWriter(args.write_log) as writer:
-                    stats = replay(source, writer.write, None, on_item)
+                    stats = replay(_source(args, bar), writer.write, None, on_item)
                 print(f"wrote {args.write_log}: " + stats.summary())
                 return 0
             sender = KafkaSender(settings)
             try:
-                stats = replay(source, sender, Pacer(args.speed), on_item)
+                stats = replay(_source(args, bar, worker=True), sender, Pacer(args.speed), on_item)
             finally:
                 sender.close()
         except ValueError as e:  # e.g. a CSV without the KuaiRand columns

@@ -128,3 +128,32 @@ def test_replay_cli_converts_to_a_log(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "published 2 events" in capsys.readouterr().out
     assert dst.read_bytes() == encode(IMPRESSION) + b"\n" + encode(CLICK) + b"\n"
     assert main(["replay", str(tmp_path / "missing.jsonl"), "--no-progress"]) == 2
+
+
+def test_the_worker_reader_yields_what_the_in_process_reader_does(tmp_path: Path) -> None:
+    from paperec.replay_reader import EncodedLine, read_in_worker
+
+    log = tmp_path / "log.jsonl"
+    simulate_log(TINY, 2, log)
+    good = log.read_bytes().splitlines()
+    # out of order within the window, a corrupt line, a non-event record, a blank line
+    lines = [good[1], good[0], b"{not json", *good[2:40], encode(TRANSITION), b"", *good[40:]]
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    expected = list(in_time_order(read_log(log), 50))
+    read: list[int] = []
+    got = list(read_in_worker(log, 50, read.append))
+    assert sum(isinstance(e, BadLine) for e in expected) == 2
+    assert len(got) == len(expected) and sum(read) == log.stat().st_size
+    for g, e in zip(got, expected, strict=True):
+        if isinstance(e, BadLine):
+            assert g == e
+        else:
+            assert isinstance(g, EncodedLine) and g.line_no == e.line_no
+            assert (g.event.type, g.event.ts_ms, g.event.request_id) == (
+                e.event.type,
+                e.event.ts_ms,
+                e.event.request_id,
+            )
+            assert g.event.value == encode(e.event)
+    with pytest.raises(OSError, match="No such file"):
+        list(read_in_worker(tmp_path / "missing.jsonl", 50))

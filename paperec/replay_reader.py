@@ -1,0 +1,102 @@
+"""Reading a recorded log for ``paperec replay`` in a worker process.
+
+Why: parsing and validating a line (``schemas.decode``) and encoding it again cost about as much
+CPU as sending it, and kafka-python's sender thread needs the same interpreter lock. In a worker
+process, reading, validation and time ordering run beside the producer; the replaying process
+receives batches of plain tuples (cheap to pickle, unlike event objects) and only sends.
+
+The worker does exactly what the in-process reader does (``read_lines`` then ``in_time_order``),
+so the order, the line numbers and the reasons of bad lines are the same.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from schemas import encode
+from simulator.logfile import BadLine, in_time_order, read_lines
+
+BATCH = 2_000  # items per message from the worker
+PREFETCH = 16  # batches the worker may run ahead of the sender
+
+
+class EncodedEvent(NamedTuple):
+    """An event as the worker hands it over: what routing and pacing need, and its encoding."""
+
+    type: str
+    ts_ms: int
+    request_id: str
+    value: bytes  # schemas.encode(event)
+
+
+class EncodedLine(NamedTuple):
+    line_no: int
+    event: EncodedEvent
+
+
+def _worker(path: str, window: int, out: Any) -> None:
+    try:
+        done = 0
+        batch: list[tuple[Any, ...]] = []
+
+        def lines() -> Iterator[bytes]:
+            nonlocal done
+            with open(path, "rb") as f:
+                for raw in f:
+                    done += len(raw)
+                    yield raw
+
+        for item in in_time_order(read_lines(lines()), window):
+            if isinstance(item, BadLine):
+                batch.append((item.line_no, None, item.reason))
+            else:
+                e = item.event
+                batch.append((item.line_no, e.type, e.ts_ms, e.request_id, encode(e)))
+            if len(batch) >= BATCH:
+                out.put(("items", done, batch))
+                batch = []
+        out.put(("items", done, batch))
+        out.put(("end", done, None))
+    except Exception as exc:  # e.g. the file vanished: the replaying process reports it
+        out.put(("error", 0, f"{type(exc).__name__}: {exc}"))
+
+
+def read_in_worker(
+    path: Path, window: int, progress: Callable[[int], None] | None = None
+) -> Iterator[EncodedLine | BadLine]:
+    """The log's items in time order, parsed in a worker process. ``progress(n)``: n more bytes read."""
+    ctx = mp.get_context("spawn")  # fork would copy the producer's thread state
+    out = ctx.Queue(maxsize=PREFETCH)
+    worker = ctx.Process(
+        target=_worker, args=(str(path), window, out), name="paperec-replay-reader", daemon=True
+    )
+    worker.start()
+    seen = 0
+    try:
+        while True:
+            try:
+                kind, done, payload = out.get(timeout=1.0)
+            except queue.Empty:
+                if not worker.is_alive():
+                    raise RuntimeError(f"log reader exited (code {worker.exitcode})") from None
+                continue
+            if progress is not None and done > seen:
+                progress(done - seen)
+                seen = done
+            if kind == "end":
+                return
+            if kind == "error":
+                raise OSError(f"reading {path}: {payload}")
+            for t in payload:
+                if t[1] is None:
+                    yield BadLine(t[0], t[2])
+                else:
+                    yield EncodedLine(t[0], EncodedEvent(t[1], t[2], t[3], t[4]))
+    finally:
+        if worker.is_alive():
+            worker.kill()
+        worker.join(5)
