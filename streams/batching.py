@@ -24,6 +24,8 @@ from typing import Any, cast
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import Message
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,25 @@ class BatchingApp(faust.App):
         return bool(message.generation_id == self.consumer_generation_id)
 
     def ack(self, messages: list[Message]) -> None:
-        ack = self.consumer.ack
-        for m in messages:
-            ack(m)
+        """``consumer.ack`` for a whole step at once: the same bookkeeping (offsets Faust may
+        commit, contiguously), one lock and one wake-up for all (~1 us saved per record)."""
+        consumer: Any = self.consumer
+        committed, acked, acked_index = consumer._committed_offset, consumer._acked, consumer._acked_index
+        enabled = self.topics.acks_enabled_for
+        n = 0
+        with ack_lock:
+            for m in messages:
+                if m.acked:
+                    continue
+                m.acked = True
+                tp, offset = m.tp, m.offset
+                if enabled(m.topic):
+                    low = committed[tp]
+                    if low is None or offset >= low:
+                        index = acked_index[tp]
+                        if offset not in index:
+                            index.add(offset)
+                            acked[tp].append(offset)
+                            n += 1
+            consumer._n_acked += n
+            notify(consumer._waiting_for_ack)

@@ -186,7 +186,7 @@ class UserLinker:
             changed = True
             last = chain.last
             if last is not None:
-                self._dirty_outcomes[uid, last.request_id] = chain.partition  # no longer needed
+                self._release(uid, last, chain.partition)  # no longer needed
                 gap = x.ts_ms - last.ts_ms
                 links.append(
                     Link(chain.partition, last.outcome, None if gap > cfg.session_gap_ms else x.outcome)
@@ -198,7 +198,7 @@ class UserLinker:
         last = chain.last
         if last is not None and not chain.pending and last.ts_ms + cfg.session_gap_ms <= wm:
             links.append(Link(chain.partition, last.outcome, None))
-            self._dirty_outcomes[uid, last.request_id] = chain.partition
+            self._release(uid, last, chain.partition)
             chain.last = None
             chain.expires_ms = wm + cfg.retention_ms
             changed = True
@@ -215,6 +215,14 @@ class UserLinker:
             self._dirty[uid] = chain.partition
         self._schedule(uid, chain, self._next_due(chain))
         return links
+
+    def _release(self, uid: str, x: _Pending, partition: int) -> None:
+        """The chain no longer needs outcome ``x``: delete its changelog entry, or, if it was
+        never written (linked within the step that added it), just do not write it."""
+        if x.outcome.logged:
+            self._dirty_outcomes[uid, x.request_id] = partition
+        else:
+            self._dirty_outcomes.pop((uid, x.request_id), None)
 
     def _next_due(self, chain: _Chain) -> int | None:
         cfg = self.config
@@ -252,6 +260,8 @@ class UserLinker:
         out = [(CHAIN + uid.encode(), p, self._encoded(uid)) for uid, p in self._dirty.items()]
         for (uid, rid), p in self._dirty_outcomes.items():
             held = self._held_outcome(uid, rid)
+            if held is not None:
+                held.logged = True
             out.append((_outcome_key(uid, rid), p, None if held is None else held.raw))
         self._dirty.clear()
         self._dirty_outcomes.clear()
@@ -316,6 +326,7 @@ class UserLinker:
     def _load_chain(self, uid: str, d: dict[str, Any], entries: dict[bytes, bytes]) -> _Chain:
         def pending(rid: str) -> _Pending:
             o = read_outcome(entries[_outcome_key(uid, rid)])
+            o.logged = True
             return _Pending(o.ts_ms, o.request_id, o)
 
         return _Chain(

@@ -81,6 +81,7 @@ class Outcome:
     __slots__ = (
         "clicks",
         "dwell_ms",
+        "logged",
         "objectives",
         "raw",
         "request_id",
@@ -114,6 +115,7 @@ class Outcome:
         self.dwell_ms = dwell_ms
         self.state = state  # the JSON of the impression's list state (ImpressionView.state)
         self.raw = raw
+        self.logged = False  # written to the link changelog (stage 2's bookkeeping)
 
 
 def outcome_of(c: ClosedList, raw: bytes) -> Outcome:
