@@ -10,6 +10,9 @@ CPU cost of the hot path; tests/unit/test_streams_records.py decodes every outpu
 Stage 2 reads the internal list-outcomes topic, which only stage 1 writes, from validated
 records: ``read_outcome`` checks the fields linking and the transition rely on, not every
 feature value again (a full ``schemas.decode`` of each outcome was a third of the worker's CPU).
+An ``Outcome`` keeps only those fields and its list state, serialized once, not the parsed
+record; ``outcome_of`` builds the same from a closed list for the in-process hand-over, without
+parsing anything.
 """
 
 from __future__ import annotations
