@@ -96,40 +96,46 @@ def _one(served: Served, job: Job, view: ListView, result: ScoreResult, b: int) 
     ranked_items = []
     logged_items = []
     for position, i in enumerate(order):
-        ranked_items.append({
-            "item_id": item_ids[i],
-            "position": position,
-            "score": scores[i],
-            "objective_scores": dict(zip(objectives, preds[i], strict=True)),
-        })
+        ranked_items.append(
+            {
+                "item_id": item_ids[i],
+                "position": position,
+                "score": scores[i],
+                "objective_scores": dict(zip(objectives, preds[i], strict=True)),
+            }
+        )
         logged_items.append({"item_id": item_ids[i], "position": position, "features": item_features[i]})
 
-    body = orjson.dumps({
-        "request_id": job.request_id,
-        "snapshot_version": served.version,
-        "objectives": objectives,
-        "weights": weights,
-        "noise": noise,
-        "items": ranked_items,
-    })
+    body = orjson.dumps(
+        {
+            "request_id": job.request_id,
+            "snapshot_version": served.version,
+            "objectives": objectives,
+            "weights": weights,
+            "noise": noise,
+            "items": ranked_items,
+        }
+    )
     # from_dict validates (fast path for well-formed lists) and builds the record the way a
     # consumer decoding it will: a record that would fail the join's decoder never leaves here.
     req = job.req
-    impression = Impression.from_dict({
-        "type": "impression",
-        "schema_version": SCHEMA_VERSION,
-        "request_id": job.request_id,
-        "user_id": req.user_id,
-        "ts_ms": job.ts_ms,
-        "snapshot_version": served.version,
-        "objectives": objectives,
-        "weights": weights,
-        "noise": noise,
-        "user_features": req.user_features,
-        "history": req.history,
-        "context": req.context,
-        "items": logged_items,
-    })
+    impression = Impression.from_dict(
+        {
+            "type": "impression",
+            "schema_version": SCHEMA_VERSION,
+            "request_id": job.request_id,
+            "user_id": req.user_id,
+            "ts_ms": job.ts_ms,
+            "snapshot_version": served.version,
+            "objectives": objectives,
+            "weights": weights,
+            "noise": noise,
+            "user_features": req.user_features,
+            "history": req.history,
+            "context": req.context,
+            "items": logged_items,
+        }
+    )
     return Ranked(body=body, impression=encode(impression), version=served.version, n_items=len(order))
 
 

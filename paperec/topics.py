@@ -127,6 +127,7 @@ def streams_topic_specs(settings: Settings) -> list[TopicSpec]:
 
 # --- end Streams
 
+
 def check_copartitioned(partition_counts: dict[str, int], settings: Settings) -> list[str]:
     """Problems with the join inputs' partition counts (empty list when co-partitioned)."""
     names = [settings.topic(t) for t in CO_PARTITIONED_TOPICS]

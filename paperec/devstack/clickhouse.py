@@ -79,8 +79,9 @@ class ClickHouse(Service):
                 "clickhouse: `clickhouse-server` is not installed and installing it needs root: run "
                 f"`sudo apt-get install -y {' '.join(APT_PACKAGES)}`, then rerun `paperec devstack up`."
             )
-        log.info("clickhouse: installing %s with apt-get (one-time; log: %s)",
-                 " ".join(APT_PACKAGES), apt_log)
+        log.info(
+            "clickhouse: installing %s with apt-get (one-time; log: %s)", " ".join(APT_PACKAGES), apt_log
+        )
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         with apt_log.open("w") as out, _no_service_autostart():
             for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "-q", *APT_PACKAGES]):
@@ -98,13 +99,15 @@ class ClickHouse(Service):
         """(Re)write config.xml and users.xml from the current settings."""
         for d in (self.config_dir, self.data_dir, self.log_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(render_config(
-            host=self.host,
-            tcp_port=self.settings.clickhouse_port,
-            http_port=self.settings.clickhouse_http_port,
-            data_dir=self.data_dir,
-            log_dir=self.log_dir,
-        ))
+        self.config_file.write_text(
+            render_config(
+                host=self.host,
+                tcp_port=self.settings.clickhouse_port,
+                http_port=self.settings.clickhouse_http_port,
+                data_dir=self.data_dir,
+                log_dir=self.log_dir,
+            )
+        )
         (self.config_dir / "users.xml").write_text(
             render_users(self.settings.clickhouse_user, self.settings.clickhouse_password)
         )

@@ -134,8 +134,15 @@ class Kafka(Service):
         staging = self.root / "libs.partial"
         shutil.rmtree(staging, ignore_errors=True)
         cmd = [
-            mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(POM),
-            "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={staging}",
+            mvn,
+            "-B",
+            "-q",
+            "-Dstyle.color=never",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={staging}",
         ]
         self.root.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True)
@@ -153,13 +160,15 @@ class Kafka(Service):
         """(Re)write server.properties and the log4j2 config from the current settings."""
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.server_properties.write_text(render_server_properties(
-            host=self.host,
-            port=self.settings.kafka_port,
-            controller_port=self.settings.kafka_controller_port,
-            log_dir=self.data_dir,
-            max_message_bytes=self.settings.max_message_bytes + MESSAGE_HEADROOM_BYTES,
-        ))
+        self.server_properties.write_text(
+            render_server_properties(
+                host=self.host,
+                port=self.settings.kafka_port,
+                controller_port=self.settings.kafka_controller_port,
+                log_dir=self.data_dir,
+                max_message_bytes=self.settings.max_message_bytes + MESSAGE_HEADROOM_BYTES,
+            )
+        )
         (self.config_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
 
     def format_storage(self, java: str) -> None:
@@ -168,8 +177,16 @@ class Kafka(Service):
             return
         cluster_id = random_cluster_id()
         log.info("kafka: formatting storage %s (cluster id %s)", self.data_dir, cluster_id)
-        cmd = [java, *self._java_args(), "kafka.tools.StorageTool", "format",
-               "-t", cluster_id, "-c", str(self.server_properties)]
+        cmd = [
+            java,
+            *self._java_args(),
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.server_properties),
+        ]
         done = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True)
         if done.returncode != 0:
             raise DevstackError(
@@ -181,7 +198,8 @@ class Kafka(Service):
         return [
             f"-Dlog4j2.configurationFile={self.config_dir / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.log_dir}",
-            "-cp", f"{self.libs_dir}/*",
+            "-cp",
+            f"{self.libs_dir}/*",
         ]
 
     def command(self) -> list[str]:

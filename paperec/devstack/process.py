@@ -297,8 +297,13 @@ class Service(ABC):
                 self.pid_file.unlink(missing_ok=True)
                 raise DevstackError(f"{self.name}: server exited during start-up.\n{self._logs()}")
             if self.probe():
-                log.info("%s: up (pid %d, %s) after %.1f s", self.name, pid, self.address,
-                         time.monotonic() - started)
+                log.info(
+                    "%s: up (pid %d, %s) after %.1f s",
+                    self.name,
+                    pid,
+                    self.address,
+                    time.monotonic() - started,
+                )
                 return
             time.sleep(POLL_INTERVAL_S)
         # A half-started server would block the next `up` on its ports: do not leave it behind.

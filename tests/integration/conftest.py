@@ -48,9 +48,7 @@ def settings() -> Settings:
 def _devstack_reachable(settings: Settings) -> None:
     # Session-scoped: probed once; pytest re-raises a failed check for every later test.
     down = [
-        f"{svc.name} at {svc.address}"
-        for svc in (Kafka(settings), ClickHouse(settings))
-        if not svc.probe()
+        f"{svc.name} at {svc.address}" for svc in (Kafka(settings), ClickHouse(settings)) if not svc.probe()
     ]
     if down:
         pytest.fail(

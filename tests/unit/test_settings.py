@@ -33,14 +33,16 @@ def test_defaults_are_loopback_on_non_default_ports() -> None:
 
 
 def test_env_values_are_parsed_to_the_field_type() -> None:
-    s = Settings.from_env({
-        "PAPEREC_KAFKA_BOOTSTRAP": "localhost:29092,localhost:29094",
-        "PAPEREC_EVENT_PARTITIONS": "8",
-        "PAPEREC_CLICKHOUSE_PORT": "29000",
-        "PAPEREC_TOPIC_PREFIX": "x.",
-        "PAPEREC_UNRELATED": "ignored",
-        "KAFKA_BOOTSTRAP": "not ours",
-    })
+    s = Settings.from_env(
+        {
+            "PAPEREC_KAFKA_BOOTSTRAP": "localhost:29092,localhost:29094",
+            "PAPEREC_EVENT_PARTITIONS": "8",
+            "PAPEREC_CLICKHOUSE_PORT": "29000",
+            "PAPEREC_TOPIC_PREFIX": "x.",
+            "PAPEREC_UNRELATED": "ignored",
+            "KAFKA_BOOTSTRAP": "not ours",
+        }
+    )
     assert s.event_partitions == 8 and isinstance(s.event_partitions, int)
     assert s.clickhouse_port == 29000
     assert s.topic_prefix == "x."
