@@ -11,7 +11,9 @@ a CPU core, which the operating system shares (and the worker runs at a lower pr
 The worker builds its source with ``factory(start_offsets)``, polls chunks, turns each into a
 :class:`~learner.ingest.PreparedChunk` (no dedup there: the buffer drops seen ids when storing)
 and puts it on a bounded queue: it prefetches at most ``prefetch`` chunks, so a paused or slow
-consumer stops it (back-pressure) instead of growing memory.
+consumer stops it (back-pressure) instead of growing memory. A chunk's tensors travel through
+shared memory (torch's multiprocessing reductions pass a file descriptor per tensor, closed
+once the chunk is stored and freed), the rest is pickled.
 
 Requests travel the other way, in order: ``commit`` (the worker owns the Kafka consumer),
 ``seek`` (after a failed chunk; chunks prepared before the seek carry an older *generation* and
