@@ -103,12 +103,14 @@ class MemorySource:
         topic: str = "mem",
         start: dict[int, int] | None = None,
         commit_log: str | None = None,
+        fail_once_at: int | None = None,
     ) -> None:
         if repeat and ids is None:
             raise ValueError("repeat needs the transition ids")
         self.values, self.ids, self.repeat, self.topic = list(values), ids, repeat, topic
         self.offset = (start or {}).get(0, 0)
         self.commit_log = commit_log  # a file each commit and the close are appended to (JSON lines)
+        self.fail_once_at = fail_once_at  # poll raises once on reaching this offset (error paths)
         self.committed: dict[int, int] = {}
         self.closed = False
 
@@ -116,6 +118,9 @@ class MemorySource:
         return {0: self.offset}
 
     def poll(self, timeout_s: float, max_records: int) -> list[RawRecord]:
+        if self.fail_once_at is not None and self.offset >= self.fail_once_at:
+            self.fail_once_at = None
+            raise ConnectionError("simulated broker outage")
         out: list[RawRecord] = []
         n = len(self.values)
         while len(out) < max_records and (self.repeat or self.offset < n):

@@ -24,6 +24,7 @@ next ``seek``, at the offsets the reader stored last, so nothing it had read is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -123,13 +124,11 @@ def _worker(
                 lag = source.lag()
             except Exception as exc:
                 log.exception("ingest worker error: %s", exc)
+                before = generation  # every seek moves it (a seek may even come while we put)
                 put(("error", generation, f"{type(exc).__name__}: {exc}"))
-                while not stopping and not orphaned():  # wait for the rewind
-                    try:
-                        if handle(requests.get(timeout=_PUT_WAIT_S)) == "seek":
-                            break
-                    except queue.Empty:
-                        pass
+                while generation == before and not stopping and not orphaned():  # wait for the rewind
+                    with contextlib.suppress(queue.Empty):
+                        handle(requests.get(timeout=_PUT_WAIT_S))
                 continue
             if chunk is not None:
                 put(("chunk", generation, chunk, lag))

@@ -90,6 +90,22 @@ def test_a_killed_worker_is_restarted_where_the_buffer_left_off() -> None:
     assert ingestor.stats.duplicates == 0
 
 
+def test_a_failing_poll_in_the_worker_is_rewound_and_nothing_is_lost() -> None:
+    ts = synthetic_transitions(CFG, 120)
+    source = ProcessSource(
+        partial(MemorySource, encoded(ts), None, False, "mem", fail_once_at=50), CFG, chunk_size=20
+    )
+    buffer = ReplayBuffer(CFG, 200)
+    ingestor = Ingestor(source, buffer, CFG, ListDeadLetters())
+    ingestor._stop.wait = lambda _t=None: False  # type: ignore[method-assign, assignment]  # no backoff sleep
+    ingestor.start()
+    _wait(lambda: ingestor.stats.records == 120)
+    ingestor.stop()
+    ingestor.close()
+    assert ingestor.stats.errors == 1 and source.restarts == 0
+    assert len(buffer) == 120 and ingestor.positions == {0: 120} and ingestor.stats.duplicates == 0
+
+
 def test_chunks_prepared_before_a_seek_are_dropped() -> None:
     ts = synthetic_transitions(CFG, 100)
     source = ProcessSource(
