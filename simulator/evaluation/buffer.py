@@ -17,29 +17,8 @@ import torch
 from learner.batch import ListBatch
 from learner.featurize import transition_batch
 from learner.ranker import RankerConfig
+from learner.replay_buffer import LIST_FIELDS, fit_list_len
 from schemas import Transition
-
-
-def _pad_to(t: torch.Tensor, length: int) -> torch.Tensor:
-    """Right-pad dimension 1 (list positions) of a (B, L, ...) field to ``length``."""
-    extra = length - t.shape[1]
-    if extra <= 0:
-        return t
-    pad = torch.zeros((t.shape[0], extra, *t.shape[2:]), dtype=t.dtype)
-    return torch.cat([t, pad], dim=1)
-
-
-# ListBatch fields with a list-position dimension
-_LIST_FIELDS = (
-    "item_ids",
-    "item_feats",
-    "mask",
-    "clicks",
-    "dwell",
-    "next_item_ids",
-    "next_item_feats",
-    "next_mask",
-)
 
 
 class TensorReplay:
@@ -54,10 +33,10 @@ class TensorReplay:
             return
         batch = transition_batch(transitions, self.cfg)
         fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
-        for name in _LIST_FIELDS:
+        for name in LIST_FIELDS:
             if fields[name].shape[1] > self.list_len:
                 raise ValueError(f"list of {fields[name].shape[1]} items, buffer holds {self.list_len}")
-            fields[name] = _pad_to(fields[name], self.list_len)
+            fields[name] = fit_list_len(fields[name], self.list_len)
         if self.storage is None:
             self.storage = {
                 k: torch.zeros((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in fields.items()
