@@ -45,7 +45,7 @@ from paperec.settings import (
     TOPIC_TRANSITIONS,
     Settings,
 )
-from paperec.topics import create_topics
+from paperec.topics import create_topics, delete_prefixed_topics
 from schemas import Click, Dwell, Impression, decode, transition_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -306,16 +306,6 @@ def count_transitions(settings: Settings, expected: set[str], deadline: float) -
     return not missing and not extra
 
 
-def delete_topics(settings: Settings) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix)]
-        if doomed:
-            admin.delete_topics(doomed)
-    finally:
-        admin.close()
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=60_000)
@@ -383,7 +373,7 @@ def main() -> int:
         return 0 if ok else 2
     finally:
         if not args.keep_topics:
-            delete_topics(settings)
+            delete_prefixed_topics(settings)
 
 
 if __name__ == "__main__":

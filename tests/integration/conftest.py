@@ -8,6 +8,7 @@ FAIL with that hint rather than skip, so a broken stack never passes as green; s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from clickhouse_driver import Client
 from paperec.devstack.clickhouse import ClickHouse
 from paperec.devstack.kafka import Kafka
 from paperec.settings import Settings
+from paperec.topics import delete_prefixed_topics
 
 HERE = Path(__file__).parent
 SKIP_ENV = "PAPEREC_SKIP_INTEGRATION"
@@ -89,22 +91,6 @@ def unique_prefix(settings: Settings) -> Iterator[str]:
     """A per-test topic prefix (``paperec.test.<8 hex>.``); its topics are deleted afterwards."""
     prefix = f"paperec.test.{uuid.uuid4().hex[:8]}."
     yield prefix
-    _delete_topics(settings.kafka_bootstrap, prefix)
-
-
-def _delete_topics(bootstrap: str, prefix: str) -> None:
-    """Best effort: keeps the dev broker from collecting thousands of test topics over time."""
-    from kafka.admin import KafkaAdminClient
-
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    except Exception:
-        return
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
-        if doomed:
-            admin.delete_topics(doomed)
-    except Exception:
-        pass
-    finally:
-        admin.close()
+    # best effort: keeps the dev broker from collecting thousands of test topics over time
+    with contextlib.suppress(Exception):
+        delete_prefixed_topics(settings.replace(topic_prefix=prefix))

@@ -39,7 +39,7 @@ from actor_service.devtools import (
 )
 from paperec.metrics_store import init_tables
 from paperec.settings import TOPIC_CLICKS, TOPIC_IMPRESSIONS, Settings
-from paperec.topics import create_topics, partition_counts
+from paperec.topics import create_topics, delete_prefixed_topics, partition_counts
 from schemas import decode_impression
 
 pytestmark = pytest.mark.integration
@@ -89,18 +89,6 @@ class Cluster:
         return out
 
 
-def _delete_topics(settings: Settings) -> None:
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix)]
-        if doomed:
-            admin.delete_topics(doomed)
-    finally:
-        admin.close()
-
-
 @pytest.fixture(scope="module")
 def cluster(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     # Module-scoped (node start-up dominates the runtime), so its own topic prefix.
@@ -130,7 +118,7 @@ def cluster(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         for node in nodes:
             node.stop()
         publisher.close()
-        _delete_topics(s)
+        delete_prefixed_topics(s)
 
 
 def test_nodes_start_on_the_latest_valid_snapshot(cluster: Cluster) -> None:
