@@ -215,33 +215,25 @@ class SnapshotPublisher:
     def _send(self, header: SnapshotHeader, payload: bytes, encode_s: float) -> None:
         rec = to_record(header, payload)
         start = time.perf_counter()
+        failure: Exception | None = None
         try:
             self.producer.send(self.topic, key=rec.key, value=rec.value, headers=rec.headers).get(
                 timeout=self.send_timeout_s
             )
         except Exception as exc:
-            self.failed += 1
-            log.error("snapshot v%d publish failed: %s", header.snapshot_version, exc)
-            result = PublishResult(
-                header.snapshot_version,
-                header.training_step,
-                len(payload),
-                encode_s,
-                time.perf_counter() - start,
-                False,
-                str(exc),
-            )
-        else:
+            failure = exc
+        result = PublishResult(
+            header.snapshot_version,
+            header.training_step,
+            len(payload),
+            encode_s,
+            time.perf_counter() - start,
+            failure is None,
+            "" if failure is None else str(failure),
+        )
+        if result.ok:
             self.published += 1
             self.last_header = header
-            result = PublishResult(
-                header.snapshot_version,
-                header.training_step,
-                len(payload),
-                encode_s,
-                time.perf_counter() - start,
-                True,
-            )
             log.info(
                 "snapshot v%d published: step %d, %.2f MB, encode %.0f ms, send %.0f ms",
                 header.snapshot_version,
@@ -250,6 +242,9 @@ class SnapshotPublisher:
                 encode_s * 1000,
                 result.send_s * 1000,
             )
+        else:
+            self.failed += 1
+            log.error("snapshot v%d publish failed: %s", header.snapshot_version, failure)
         self._report(result)
 
     def _report(self, result: PublishResult) -> None:
