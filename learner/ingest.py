@@ -181,7 +181,7 @@ class Ingestor:
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
-        _lower_priority(self.nice)
+        lower_priority(self.nice)
         backoff = 0.5
         try:
             while not self._stop.is_set():
@@ -367,16 +367,18 @@ def _dead_letter(r: RawRecord, exc: Exception) -> tuple[bytes, bytes | None]:
     return encode(letter), r.key
 
 
-def _lower_priority(nice: int) -> None:
-    """Raise the calling thread's niceness (Linux: a thread is a task with its own nice value).
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's niceness (Linux: a thread is a task with its own nice value;
+    threads it starts afterwards inherit it, so called first in the ingest worker process it
+    covers the whole worker).
 
     Decoding and featurizing are CPU-bound Python; on a machine with few cores they compete with
-    the training step's threads for CPU time. A nicer ingestion thread loses only under
-    contention: with idle cores (GPU training, big hosts) it still runs at full speed.
+    the training step's threads for CPU time. A nicer ingestion loses only under contention:
+    with idle cores (GPU training, big hosts) it still runs at full speed.
     """
     if nice <= 0:
         return
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError) as exc:  # not Linux, or not permitted: equal priority
-        log.warning("could not lower the ingestion thread's priority: %s", exc)
+        log.warning("could not lower the ingestion's priority: %s", exc)

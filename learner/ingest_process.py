@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from learner.ingest import PreparedChunk, RawRecord, RecordSource, prepare
+from learner.ingest import PreparedChunk, RawRecord, RecordSource, lower_priority, prepare
 from learner.ranker import RankerConfig
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,7 @@ def _worker(
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     chunks.cancel_join_thread()  # exiting with unread chunks must not hang (they were not stored)
     torch.set_num_threads(1)  # featurizing is small tensor work; leave the cores to training
-    if nice > 0:
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
-        except (AttributeError, OSError) as exc:
-            log.warning("could not lower the ingest process's priority: %s", exc)
+    lower_priority(nice)  # before the source starts any thread: they inherit it
     try:
         source = factory(start)
     except Exception as exc:
