@@ -26,10 +26,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from paperec.replay_reader import EncodedEvent, EncodedLine, read_in_worker
+from paperec.replay_reader import EncodedEvent, EncodedLine, read_in_order, read_in_worker
 from paperec.settings import TOPIC_CLICKS, TOPIC_DWELLS, TOPIC_IMPRESSIONS, Settings
 from schemas import encode
-from simulator.logfile import BadLine, Event, LogLine, LogWriter, in_time_order, read_lines
+from simulator.logfile import BadLine, Event, LogLine, LogWriter
 
 log = logging.getLogger(__name__)
 
@@ -189,14 +189,7 @@ def _source(args: argparse.Namespace, bar: tqdm, worker: bool = False) -> Iterat
     if worker:
         yield from read_in_worker(args.log, args.window, bar.update)
         return
-    with open(args.log, "rb") as f:
-
-        def lines() -> Iterator[bytes]:
-            for raw in f:
-                bar.update(len(raw))
-                yield raw
-
-        yield from in_time_order(read_lines(lines()), args.window)
+    yield from read_in_order(args.log, args.window, bar.update)
 
 
 @contextlib.contextmanager

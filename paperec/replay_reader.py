@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from schemas import encode
-from simulator.logfile import BadLine, in_time_order, read_lines
+from simulator.logfile import BadLine, LogLine, in_time_order, read_lines
 
 BATCH = 2_000  # items per message from the worker
 PREFETCH = 16  # batches the worker may run ahead of the sender
@@ -38,19 +38,31 @@ class EncodedLine(NamedTuple):
     event: EncodedEvent
 
 
+def read_in_order(
+    path: Path | str, window: int, on_bytes: Callable[[int], None]
+) -> Iterator[LogLine | BadLine]:
+    """The log's items re-ordered by ``ts_ms`` within ``window`` events; ``on_bytes(n)`` for
+    every line read (progress). What both the worker and an in-process reader yield."""
+    with open(path, "rb") as f:
+
+        def lines() -> Iterator[bytes]:
+            for raw in f:
+                on_bytes(len(raw))
+                yield raw
+
+        yield from in_time_order(read_lines(lines()), window)
+
+
 def _worker(path: str, window: int, out: Any) -> None:
     try:
         done = 0
         batch: list[tuple[Any, ...]] = []
 
-        def lines() -> Iterator[bytes]:
+        def count(n: int) -> None:
             nonlocal done
-            with open(path, "rb") as f:
-                for raw in f:
-                    done += len(raw)
-                    yield raw
+            done += n
 
-        for item in in_time_order(read_lines(lines()), window):
+        for item in read_in_order(path, window, count):
             if isinstance(item, BadLine):
                 batch.append((item.line_no, None, item.reason))
             else:
