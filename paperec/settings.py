@@ -142,6 +142,11 @@ class Settings:
         """Faust app id (= consumer group) of the streams worker: one per topic prefix."""
         return f"{self.topic_prefix}streams"
 
+    @property
+    def streams_link_app_id(self) -> str:
+        """Faust app id (= consumer group) of the streams worker's stage 2 (linking)."""
+        return f"{self.topic_prefix}streams-link"
+
     # --- end Streams
     # --- Learner service
     @property

@@ -139,27 +139,6 @@ class UserLinker:
         self._schedule(uid, chain, o.ts_ms)
         return None
 
-    def hand_over(self, o: Outcome, src: Source) -> None:
-        """An outcome stage 1 hands over in-process before the topic brings it (see
-        stage.LinkStage): added as ``add_outcome`` would, except that one the topic path would
-        reject as late is left to it (so that it rejects it once, with the record's offset)."""
-        chain = self._chains.get(o.user_id)
-        if (
-            chain is not None
-            and chain.horizon is not None
-            and (o.ts_ms, o.request_id) <= chain.horizon
-            and not self.holds(o.user_id, o.request_id)
-        ):
-            return
-        self.add_outcome(o, src)
-
-    def holds(self, user_id: str, request_id: str) -> bool:
-        """The user's chain has this list (pending, or among its recently linked ones)."""
-        chain = self._chains.get(user_id)
-        return chain is not None and (
-            request_id in chain.recent or any(x.request_id == request_id for x in chain.pending)
-        )
-
     # ------------------------------------------------------------------------------- linking
     def link_due(self) -> list[Link]:
         """Settle, link and end whatever stage 1's progress allows; returns the transitions."""

@@ -11,8 +11,7 @@ Stage 2 reads the internal list-outcomes topic, which only stage 1 writes, from 
 records: ``read_outcome`` checks the fields linking and the transition rely on, not every
 feature value again (a full ``schemas.decode`` of each outcome was a third of the worker's CPU).
 An ``Outcome`` keeps only those fields and its list state, serialized once, not the parsed
-record; ``outcome_of`` builds the same from a closed list for the in-process hand-over, without
-parsing anything.
+record.
 """
 
 from __future__ import annotations
@@ -119,24 +118,6 @@ class Outcome:
         self.state = state  # the JSON of the impression's list state (ImpressionView.state)
         self.raw = raw
         self.logged = False  # written to the link changelog (stage 2's bookkeeping)
-
-
-def outcome_of(c: ClosedList, raw: bytes) -> Outcome:
-    """The outcome stage 1 encoded as ``raw`` (``encode_list_outcome(c)``), as ``read_outcome``
-    would read it back, built without parsing it again."""
-    imp = c.impression
-    return Outcome(
-        imp.user_id,
-        imp.request_id,
-        imp.ts_ms,
-        imp.snapshot_version,
-        imp.objectives,
-        imp.weights,
-        c.clicks,
-        c.dwell_ms,
-        imp.state,
-        raw,
-    )
 
 
 _IMPRESSION_KEYS = frozenset((*STATE_FIELDS, "objectives", "weights", "snapshot_version"))

@@ -15,10 +15,17 @@ state of the last completed step 4 (or a newer one), which repeats outputs (same
 downstream deduplicates) but never loses one. Step 3 before 4 matters: a closed list is
 recorded as closed only after its outcome is durable.
 
+Step 4 is coalesced over ``flush_interval_s`` (the commit interval), like Kafka Streams' record
+caches: the state's changed entries accumulate across steps and are written once per interval,
+each with its latest value, and an entry created and deleted within one interval is never
+written. Steps without a flush make only their outputs durable (step 3) and keep their inputs
+unacked; the next flush writes their changes too, and then their inputs are acked with its own.
+So the argument above holds per flush, and a crash replays at most one interval more.
+
 Steps 3-5 of a step overlap with the processing of the next steps (at most ``PIPELINE`` steps
 ahead): the in-memory state runs ahead, durability and acks follow in step order. Changelog
-records of step n are handed to the producer before those of step n+1 and aiokafka keeps one
-batch in flight per partition, so the changelog keeps the order of the steps.
+records of flush n are handed to the producer before those of flush n+1 and aiokafka keeps one
+batch in flight per partition, so the changelog keeps the order of the flushes.
 
 Each stage runs in a single task, so its pure state has one writer; a lock keeps rebalances
 from dropping state under a running step.
@@ -46,11 +53,9 @@ from streams.link import UserLinker
 from streams.metrics import StreamMetrics
 from streams.publisher import BatchPublisher, partition_for
 from streams.records import (
-    Outcome,
     encode_dead_letter,
     encode_list_outcome,
     encode_transition,
-    outcome_of,
     read_outcome,
 )
 from streams.types import (
@@ -64,9 +69,6 @@ from streams.types import (
 
 PROGRESS_HEADER = "paperec-streams-progress"
 """Header of stage 1's progress announcements on the list-outcomes topic (see watermark.py)."""
-HANDED_OVER_HEADER = "paperec-streams-handed-over"
-"""Header of a list outcome that stage 1 also handed to this worker's stage 2 in-process (value:
-its request_id); see ``LinkStage``."""
 PROGRESS_REFRESH_MS = 1_000
 """Announcements are repeated this often even when unchanged (stage 2 may have restarted)."""
 YIELD_EVERY = 500
@@ -81,7 +83,7 @@ class _Durable:
     state changes, wait for those, ack the inputs."""
 
     outputs: list[asyncio.Future[Any]]
-    changes: list[tuple[bytes, int, bytes | None]]
+    changes: list[tuple[bytes, int, bytes | None]] | None  # None: not a flush step
     messages: list[Message]
     now_ms: int
 
@@ -119,6 +121,7 @@ class Stage(ABC):
         tick_s: float,
         max_batch: int,
         max_message_bytes: int,
+        flush_interval_s: float = 0.0,
         clock: Callable[[], int] = wall_ms,
     ) -> None:
         self.app = app
@@ -131,11 +134,15 @@ class Stage(ABC):
         self.max_batch = max_batch
         self.max_message_bytes = max_message_bytes
         self.clock = clock
+        self.flush_interval_ms = int(flush_interval_s * 1000)
+        self._last_flush_ms: int | None = None
         self.sink = BatchSink(max_queued=2 * max_batch)
         self.lock = asyncio.Lock()
         self.ready = False  # state loaded from the table (after recovery)
         self.steps = 0
-        self._processed: dict[Any, int] = {}  # input partition -> offset after the last acked record
+        self.waited_input_s = 0.0  # in the loop, waiting for input records
+        self.waited_durable_s = 0.0  # in the loop, waiting for earlier steps to become durable
+        self._processed: dict[Any, int] = {}  # input partition -> offset after the last record stepped
         self._durable: asyncio.Queue[_Durable] = asyncio.Queue(PIPELINE)
         self._committer: asyncio.Task[None] | None = None
 
@@ -159,7 +166,9 @@ class Stage(ABC):
         self._committer = asyncio.ensure_future(self._commit_loop())
         try:
             while True:
+                t0 = time.perf_counter()
                 batch = await self.sink.get(self.tick_s, self.max_batch)
+                self.waited_input_s += time.perf_counter() - t0
                 if self._committer.done():
                     self._committer.result()  # a delivery failed: raise it, the worker stops
                 if not self.ready:
@@ -173,6 +182,10 @@ class Stage(ABC):
         now = self.clock()
         current = [m for m in messages if self.app.is_current(m)]
         self.prepare(now)
+        processed = self._processed
+        for m in current:
+            if m.offset >= processed.get(m.tp, 0):
+                processed[m.tp] = m.offset + 1
         rejects: list[Rejected] = []
         for i in range(0, len(current), YIELD_EVERY):
             rejects += self.consume(current[i : i + YIELD_EVERY], now)
@@ -182,22 +195,43 @@ class Stage(ABC):
             self.metrics.count("dead_letters", r.stage)
             self.publisher.add(self.dead_letter_topic, 0, r.source.key, encode_dead_letter(r, now), now)
         outputs = await self.publisher.send()
-        changes = self.state.take_changes()
-        for key, _, value in changes:  # the table mirrors the state (Faust recovers into it)
-            if value is None:
-                self.table.data.pop(key, None)
-            else:
-                self.table.data[key] = value
+        last = self._last_flush_ms
+        changes = None
+        if last is None or now - last >= self.flush_interval_ms:
+            changes, self._last_flush_ms = self.take_changes(), now
+        t0 = time.perf_counter()
         await self._durable.put(_Durable(outputs, changes, current, now))  # back-pressure
+        self.waited_durable_s += time.perf_counter() - t0
         self.steps += 1
         self.metrics.count_all(self.state.counts)
 
+    def take_changes(self) -> list[tuple[bytes, int, bytes | None]]:
+        """The state's changes since the last flush, as changelog records; the table mirrors
+        them (Faust recovers into it). A delete of an entry the table does not hold (created
+        and deleted since the last flush, so never written) is dropped."""
+        data = self.table.data
+        out = []
+        for change in self.state.take_changes():
+            key, _, value = change
+            if value is None:
+                if data.pop(key, None) is None:
+                    continue
+            else:
+                data[key] = value
+            out.append(change)
+        return out
+
     async def _commit_loop(self) -> None:
         changelog = self.table.changelog_topic.get_topic_name()
+        unacked: list[Message] = []  # inputs of steps whose changes wait for the next flush
         while True:
             d = await self._durable.get()
             try:
                 await asyncio.gather(*d.outputs)  # outputs durable before the state says they happened
+                unacked += d.messages
+                if d.changes is None:
+                    self._durable.task_done()
+                    continue
                 for key, partition, value in d.changes:
                     self._changelog.add(changelog, partition, key, value, d.now_ms)
                 await self._changelog.flush()  # state durable before its inputs may be committed
@@ -209,16 +243,16 @@ class Stage(ABC):
                 self._durable.task_done()
                 await self.app.crash(exc)
                 raise
-            self.app.ack([m for m in d.messages if self.app.is_current(m)])
-            processed = self._processed
-            for m in d.messages:
-                if m.offset >= processed.get(m.tp, 0):
-                    processed[m.tp] = m.offset + 1
+            self.app.ack([m for m in unacked if self.app.is_current(m)])
+            unacked = []
             self._durable.task_done()
 
     async def drain(self) -> None:
-        """Wait until every processed step is durable and acked."""
+        """Flush the state's changes and wait until every processed step is durable and acked."""
         if self._committer is not None and not self._committer.done():
+            now = self.clock()
+            await self._durable.put(_Durable([], self.take_changes(), [], now))
+            self._last_flush_ms = now
             await self._durable.join()
 
     def add_output(
@@ -300,7 +334,10 @@ class Stage(ABC):
         sizes = self.state.sizes()
         for name, size in sizes.items():
             self.metrics.gauge(f"{self.name}_state", name, size)
-        return f"{self.name}: lag {lag_total}, state {sizes}"
+        return (
+            f"{self.name}: lag {lag_total}, state {sizes}, steps {self.steps}, waited for input "
+            f"{self.waited_input_s:.1f} s, for durability {self.waited_durable_s:.1f} s"
+        )
 
 
 class JoinStage(Stage):
@@ -324,7 +361,6 @@ class JoinStage(Stage):
         self.outcomes_topic = outcomes
         self.input_topics = [impressions, clicks, dwells]
         self._feedback: dict[str, type[Click] | type[Dwell]] = {clicks: Click, dwells: Dwell}
-        self.link: LinkStage | None = None  # this worker's stage 2, for the in-process hand-over
         self._backlog: set[tuple[int, str]] = set()
         self._announced: dict[int, tuple[int | None, int]] = {}
         self._paused: set[Any] = set()  # input partitions we paused (running ahead)
@@ -415,19 +451,12 @@ class JoinStage(Stage):
     async def emit(self, now_ms: int) -> list[Rejected]:
         closed, rejects = self.join.close_due(now_ms)
         n = await self.publisher.partitions(self.outcomes_topic)
-        local = self.link.local_partitions() if self.link is not None else set()
         for c in closed:
             user = c.impression.user_id.encode()
-            rid = c.impression.request_id.encode()
-            src = Source(self.input_topics[0], c.partition, -1, rid)
-            raw, q = encode_list_outcome(c), partition_for(user, n)
-            # Stage 2 of partition q runs here: hand it the outcome in-process too (it then
-            # skips the topic record without parsing it; see LinkStage).
-            headers = [(HANDED_OVER_HEADER, rid)] if q in local else None
-            if self.add_output(self.outcomes_topic, q, user, raw, now_ms, src, headers):
-                if headers is not None:
-                    assert self.link is not None
-                    self.link.hand_over(outcome_of(c, raw), q)
+            src = Source(self.input_topics[0], c.partition, -1, c.impression.request_id.encode())
+            if self.add_output(
+                self.outcomes_topic, partition_for(user, n), user, encode_list_outcome(c), now_ms, src
+            ):
                 self.metrics.count("list_outcomes", "complete" if c.complete else "incomplete")
                 self.metrics.list_outcome(c)
         self.announce_progress(n, now_ms)
@@ -453,20 +482,9 @@ class JoinStage(Stage):
 
 
 class LinkStage(Stage):
-    """Stage 2: list outcomes keyed by user_id -> transitions keyed by user_id.
-
-    The list-outcomes topic is stage 2's input and the durable hand-over from stage 1, as ever:
-    this stage's offsets, changelog and acks follow the step order of ``Stage``. When stage 1
-    closes a list whose list-outcomes partition this worker's stage 2 owns, it also hands the
-    outcome over in-process (``hand_over``, no parsing) and marks the topic record with
-    ``HANDED_OVER_HEADER``. Reading a marked record whose list the linker already holds, this
-    stage skips it unparsed: exactly the records it would otherwise parse only to find them
-    already held (a duplicate to ignore). A marked record the linker does not hold (after a
-    restart or a rebalance, the hand-over may not have reached this linker's restored state) is
-    parsed and applied as any other. Linking still waits for stage 1's progress records, which
-    follow the outcomes they cover on the topic; so the hand-over only does early, in memory,
-    what reading the topic would do, and the recovery argument of the topic path holds as is.
-    """
+    """Stage 2: list outcomes keyed by user_id -> transitions keyed by user_id. It runs in a
+    Faust app (and, under ``paperec streams``, a process) of its own: the list-outcomes topic,
+    with stage 1's progress records, is all it shares with stage 1 (see streams.stage_process)."""
 
     name = "link"
 
@@ -480,25 +498,12 @@ class LinkStage(Stage):
     def state(self) -> UserLinker:
         return self.linker
 
-    def local_partitions(self) -> set[int]:
-        """List-outcomes partitions stage 1 may hand outcomes of over in-process: assigned here,
-        and the linker's state of them restored (none during a rebalance)."""
-        return self.assigned_partitions() if self.ready else set()
-
-    def hand_over(self, o: Outcome, partition: int) -> None:
-        """An outcome stage 1 is writing to ``partition`` of the list-outcomes topic, marked."""
-        self.linker.hand_over(o, Source(self.input_topics[0], partition, -1, o.user_id.encode()))
-
     def consume(self, messages: list[Message], now_ms: int) -> list[Rejected]:
         rejects: list[Rejected] = []
         linker = self.linker
         for m in messages:
             raw = m.value or b""
             headers = m.headers
-            if headers:
-                rid = _header(headers, HANDED_OVER_HEADER)
-                if rid is not None and m.key is not None and linker.holds(m.key.decode(), rid.decode()):
-                    continue  # handed over in-process (and counted) already
             src = source_of(m)
             if headers and _header(headers, PROGRESS_HEADER) is not None:
                 try:

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import faust
 from faust.types import TP
 
 from paperec.settings import (
@@ -36,6 +37,7 @@ from streams.link import LinkConfig, UserLinker
 from streams.metrics import StreamMetrics
 from streams.publisher import BatchPublisher
 from streams.stage import JoinStage, LinkStage, Stage
+from streams.stage_process import STAGE_ALL, STAGE_JOIN, STAGE_LINK, STAGES, StageProcess
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,11 @@ objects frozen after each recovery (``gc.freeze``) cut that to a few percent."""
 
 
 class StreamsApp(BatchingApp):
-    """The Faust app; provisions the planned topics before Faust declares its own."""
+    """The Faust app of one stage (or of the join with its link process); provisions the planned
+    topics before Faust declares its own."""
 
     settings: Settings
+    link_process: StageProcess | None = None  # stage 2's process, started and watched by stage 1
 
     async def on_first_start(self) -> None:
         gc.set_threshold(*GC_THRESHOLDS)
@@ -60,26 +64,51 @@ class StreamsApp(BatchingApp):
             problems = await asyncio.to_thread(create_topics, self.settings)
             for p in problems:
                 log.warning("topic plan: %s", p)
+        if self.link_process is not None:
+            self.link_process.start()
         await super().on_first_start()
+
+    async def on_stop(self) -> None:
+        if self.link_process is not None:
+            await asyncio.to_thread(self.link_process.stop)
+        await super().on_stop()
+
+
+class PlannedTable(faust.Table):
+    """A Faust table whose changelog topic has the planned name (paperec.topics), whatever the
+    app id: the link stage's app has an id (consumer group) of its own."""
+
+    def __init__(self, *args: Any, changelog_name: str, **kwargs: Any) -> None:
+        self._planned_changelog = changelog_name
+        super().__init__(*args, **kwargs)
+
+    def _changelog_topic_name(self) -> str:
+        return self._planned_changelog
 
 
 @dataclass
 class StreamsWorker:
     app: StreamsApp
-    join: JoinStage
-    link: LinkStage
+    stages: list[Stage]
     metrics: StreamMetrics
 
-    @property
-    def stages(self) -> list[Stage]:
-        return [self.join, self.link]
+
+def app_id_of(settings: Settings, stage: str) -> str:
+    """The Faust app id (= consumer group) of a stage: the join's is ``streams_app_id``."""
+    return settings.streams_link_app_id if stage == STAGE_LINK else settings.streams_app_id
 
 
-def create_app(settings: Settings) -> StreamsWorker:
+def create_app(settings: Settings, stage: str = STAGE_ALL) -> StreamsWorker:
+    """The Faust app of ``stage``: ``join`` (stage 1), ``link`` (stage 2), or ``all``: stage 1 in
+    this process, which starts stage 2 in a process of its own (on another core) and stops with
+    it (docs/streams.md, "Processes")."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
     s = settings
-    app_id = s.streams_app_id
+    app_id = app_id_of(s, stage)
     datadir = s.state_path / "streams" / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
+    web_port = (s.streams_web_port or 6066) + (1 if stage == STAGE_LINK else 0)  # both on one host
     app = StreamsApp(
         app_id,
         broker=[f"kafka://{hp}" for hp in s.kafka_bootstrap.split(",")],
@@ -90,7 +119,7 @@ def create_app(settings: Settings) -> StreamsWorker:
         table_standby_replicas=0,
         datadir=str(datadir),
         web_enabled=s.streams_web_port > 0,
-        web_port=s.streams_web_port or 6066,
+        web_port=web_port,
         web_bind="127.0.0.1",
         broker_commit_interval=s.streams_commit_interval_s,
         broker_session_timeout=s.streams_session_timeout_s,
@@ -116,17 +145,19 @@ def create_app(settings: Settings) -> StreamsWorker:
         return BatchPublisher(lambda: app.producer._ensure_producer())  # type: ignore[attr-defined]
 
     def table(name: str, planned: str) -> Any:
-        t = app.Table(
-            name,
-            key_type=bytes,
-            value_type=bytes,
-            partitions=s.event_partitions,
-            use_partitioner=True,  # we write changelog partitions explicitly (see stage.py)
-            extra_topic_configs=streams_changelog_configs(),
-            recovery_buffer_size=10_000,
+        return app.tables.add(
+            PlannedTable(
+                app,
+                name=name,
+                changelog_name=s.topic(planned),
+                key_type=bytes,
+                value_type=bytes,
+                partitions=s.event_partitions,
+                use_partitioner=True,  # we write changelog partitions explicitly (see stage.py)
+                extra_topic_configs=streams_changelog_configs(),
+                recovery_buffer_size=10_000,
+            )
         )
-        assert t.changelog_topic.get_topic_name() == s.topic(planned), "changelog name out of plan"
-        return t
 
     common = {
         "app": app,
@@ -135,47 +166,69 @@ def create_app(settings: Settings) -> StreamsWorker:
         "dead_letter_topic": s.topic(TOPIC_DEAD_LETTER),
         "tick_s": s.streams_tick_ms / 1000,
         "max_batch": s.streams_max_batch,
+        "flush_interval_s": s.streams_commit_interval_s,  # changelog writes coalesced per commit
     }
-    join = JoinStage(
-        RequestJoin(JoinConfig.from_settings(s)),
-        impressions=s.topic(TOPIC_IMPRESSIONS),
-        clicks=s.topic(TOPIC_CLICKS),
-        dwells=s.topic(TOPIC_DWELLS),
-        outcomes=s.topic(TOPIC_LIST_OUTCOMES),
-        table=table("join", TOPIC_JOIN_CHANGELOG),
-        max_message_bytes=4 * EVENT_MAX_MESSAGE_BYTES,
-        max_input_skew_ms=s.streams_max_input_skew_ms,
-        **common,
-    )
-    link = LinkStage(
-        UserLinker(LinkConfig.from_settings(s)),
-        outcomes=s.topic(TOPIC_LIST_OUTCOMES),
-        transitions=s.topic(TOPIC_TRANSITIONS),
-        table=table("link", TOPIC_LINK_CHANGELOG),
-        max_message_bytes=EVENT_MAX_MESSAGE_BYTES,
-        **common,
-    )
-    join.link = link  # stage 1 hands outcomes of co-located partitions over in-process
-    for stage in (join, link):
-        _wire(app, stage)
+    stages: list[Stage] = []
+    if stage != STAGE_LINK:
+        stages.append(
+            JoinStage(
+                RequestJoin(JoinConfig.from_settings(s)),
+                impressions=s.topic(TOPIC_IMPRESSIONS),
+                clicks=s.topic(TOPIC_CLICKS),
+                dwells=s.topic(TOPIC_DWELLS),
+                outcomes=s.topic(TOPIC_LIST_OUTCOMES),
+                table=table("join", TOPIC_JOIN_CHANGELOG),
+                max_message_bytes=4 * EVENT_MAX_MESSAGE_BYTES,
+                max_input_skew_ms=s.streams_max_input_skew_ms,
+                **common,
+            )
+        )
+    if stage != STAGE_JOIN:
+        if stage == STAGE_ALL:  # this process runs stage 1; stage 2 gets a process of its own
+            app.link_process = StageProcess(s.replace(streams_create_topics=False), STAGE_LINK)
+        else:
+            stages.append(
+                LinkStage(
+                    UserLinker(LinkConfig.from_settings(s)),
+                    outcomes=s.topic(TOPIC_LIST_OUTCOMES),
+                    transitions=s.topic(TOPIC_TRANSITIONS),
+                    table=table("link", TOPIC_LINK_CHANGELOG),
+                    max_message_bytes=EVENT_MAX_MESSAGE_BYTES,
+                    **common,
+                )
+            )
+    for st in stages:
+        _wire(app, st)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-        for stage in (join, link):
-            parts = {tp.partition for tp in revoked if tp.topic in stage.input_topics}
+        for st in stages:
+            parts = {tp.partition for tp in revoked if tp.topic in st.input_topics}
             if parts:
-                await stage.on_revoked(parts)
+                await st.on_revoked(parts)
 
     @app.timer(s.streams_metrics_interval_s)
     async def report() -> None:
-        states = "; ".join(stage.sample() for stage in (join, link))
+        states = "; ".join(st.sample() for st in stages)
         metrics.flush()
         totals = ", ".join(
             f"{n}[{label}]={v}" if label else f"{n}={v}" for (n, label), v in sorted(metrics.totals.items())
         )
         log.info("%s | totals: %s", states, totals)
 
-    return StreamsWorker(app, join, link, metrics)
+    if app.link_process is not None:
+        link_process = app.link_process
+
+        @app.timer(1.0)
+        async def watch_link_process() -> None:
+            # Stage 2 is part of this worker: if its process died, stop the whole worker (its
+            # supervisor restarts both, each from its committed offsets and changelog).
+            failure = link_process.failure()
+            if failure is not None:
+                log.error("%s; stopping the worker", failure)
+                await app.crash(RuntimeError(failure))
+
+    return StreamsWorker(app, stages, metrics)
 
 
 def _wire(app: StreamsApp, stage: Stage) -> None:

@@ -96,6 +96,14 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def children(self) -> list[int]:
+        """The worker's stage-2 processes (children started by multiprocessing's spawn; not its
+        resource tracker), from /proc."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return [c for c in kids if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
     def tail(self, n: int = 60) -> str:
         lines = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(lines[-n:])
@@ -172,17 +180,37 @@ def send(p: KafkaProducer, settings: Settings, suffix: str, key: str, value: dic
 
 
 def committed(s: Settings) -> dict[str, int]:
-    """Offsets the worker's consumer group committed, summed per input topic."""
+    """Offsets the worker's two consumer groups (stage 1, stage 2) committed, summed per input
+    topic."""
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    out: dict[str, int] = {}
     try:
-        offsets = admin.list_group_offsets({s.streams_app_id: None}).get(s.streams_app_id, {})
+        for group in (s.streams_app_id, s.streams_link_app_id):
+            for tp, meta in admin.list_group_offsets({group: None}).get(group, {}).items():
+                if "changelog" not in tp.topic:
+                    out[tp.topic] = out.get(tp.topic, 0) + max(0, meta.offset)
     finally:
         admin.close()
-    out: dict[str, int] = {}
-    for tp, meta in offsets.items():
-        if "changelog" not in tp.topic:
-            out[tp.topic] = out.get(tp.topic, 0) + max(0, meta.offset)
     return out
+
+
+def wait_gone(pids: list[int], timeout_s: float) -> list[int]:
+    """The processes among ``pids`` still running after up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return next(
+            line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State:")
+        )
+    except (OSError, StopIteration):
+        return "zombie"  # gone meanwhile
 
 
 def transitions_of(records: list[Any]) -> list[Transition]:
@@ -302,15 +330,16 @@ def test_scripted_sequence_gives_exactly_the_expected_transitions_and_rejects(
         )
         time.sleep(0.5)
     assert sorted(rows) == sorted([(r1, 1, 2_000, 1), (r2, 1, 1_500, 1), (r3, 0, 0, 1), (r4, 1, 700, 1)])
-    source = f"streams:{s.streams_app_id}"
+    # each stage reports under its own source (its app id); dead letters are counted by both
+    join_source, link_source = f"streams:{s.streams_app_id}", f"streams:{s.streams_link_app_id}"
     counted: dict[str, float] = {}
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and counted.get("streams.join.late", 0) < 1:
         counted = dict(
             clickhouse_client.execute(
                 f"SELECT label, sum(value) FROM {db}.stream_metrics "
-                "WHERE source = %(src)s AND name = 'dead_letters' GROUP BY label",
-                {"src": source},
+                "WHERE source IN %(src)s AND name = 'dead_letters' GROUP BY label",
+                {"src": (join_source, link_source)},
             )
         )
         time.sleep(0.5)
@@ -318,17 +347,28 @@ def test_scripted_sequence_gives_exactly_the_expected_transitions_and_rejects(
         stage: float(n) for stage, n in Counter(k[0] for k in expected_rejects.elements()).items()
     }
     names = {
-        n
-        for (n,) in clickhouse_client.execute(
-            f"SELECT DISTINCT name FROM {db}.stream_metrics WHERE source = %(src)s", {"src": source}
-        )
+        src: {
+            n
+            for (n,) in clickhouse_client.execute(
+                f"SELECT DISTINCT name FROM {db}.stream_metrics WHERE source = %(src)s", {"src": src}
+            )
+        }
+        for src in (join_source, link_source)
     }
-    assert {"events_in", "dead_letters", "lag", "list_outcomes", "transitions"} <= names
+    assert {"events_in", "dead_letters", "lag", "list_outcomes"} <= names[join_source]
+    assert {"lag", "transitions"} <= names[link_source]
 
 
+@pytest.mark.parametrize("victim", ["worker", "stage 2"])
 def test_sigkill_mid_stream_then_restart_loses_no_transition(
-    settings: Settings, unique_prefix: str, tmp_path: Path, run_worker: Callable[[Settings], Worker]
+    settings: Settings,
+    unique_prefix: str,
+    tmp_path: Path,
+    run_worker: Callable[[Settings], Worker],
+    victim: str,
 ) -> None:
+    """SIGKILL the worker (its stage-2 process must then stop by itself) or its stage-2 process
+    (the worker must then stop: a supervisor restarts it whole); restart; no transition lost."""
     gap = 1_500
     s = streams_settings(
         settings, unique_prefix, tmp_path, session_gap_ms=gap, join_window_ms=600, join_lateness_ms=200
@@ -376,7 +416,15 @@ def test_sigkill_mid_stream_then_restart_loses_no_transition(
         assert producing.is_alive(), "the producer finished before the kill: not mid-stream"
         before = len(reader.records)
         committed_at_kill = committed(s)
-        worker.kill9()
+        children = worker.children()
+        assert len(children) == 1, f"expected one stage-2 process, found {children}"
+        if victim == "worker":
+            worker.kill9()
+            assert wait_gone(children, 15) == [], "the stage-2 process outlived its worker"
+        else:
+            os.kill(children[0], signal.SIGKILL)
+            assert worker.proc is not None
+            assert worker.proc.wait(20) != 0, "the worker did not stop with its stage-2 process"
         restarted = run_worker(s)
         producing.join(60)
         got = reader.until(

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pytest
 
 from streams import fixtures as fx
@@ -150,7 +151,9 @@ def env() -> Iterator[tuple[Log, asyncio.Event]]:
     yield Log(), asyncio.Event()
 
 
-def make_join(log: Log, hold: asyncio.Event, now: list[int], skew_ms: int = 60_000) -> JoinStage:
+def make_join(
+    log: Log, hold: asyncio.Event, now: list[int], skew_ms: int = 60_000, flush_interval_s: float = 0.0
+) -> JoinStage:
     cfg = JoinConfig(
         window_ms=1_000, lateness_ms=200, closed_retention_ms=10_000, idle_ms=300, max_future_ms=60_000
     )
@@ -172,6 +175,7 @@ def make_join(log: Log, hold: asyncio.Event, now: list[int], skew_ms: int = 60_0
         tick_s=0.01,
         max_batch=100,
         max_message_bytes=1 << 20,
+        flush_interval_s=flush_interval_s,
         clock=lambda: now[0],
     )
     stage.ready = True
@@ -218,6 +222,88 @@ def test_outputs_are_acknowledged_before_the_changelog_and_inputs_are_acked_last
         assert b'"closed"' in (closed[-1][3] or b"")  # the closed marker comes after the outcome
         assert [what for kind, what in log.events if kind == "ack"] == [(IMP, 0, 0), (CLK, 0, 0)]
         assert stage.table.data[b"e:r1"] == closed[-1][3]  # the table mirrors the changelog
+
+    asyncio.run(scenario())
+
+
+def test_changelog_writes_are_coalesced_per_flush_interval_and_inputs_acked_with_their_flush(
+    env: tuple[Log, asyncio.Event],
+) -> None:
+    log, hold = env
+    hold.set()
+
+    def changelog() -> list[tuple[bytes | None, bytes | None]]:
+        return [(w[2], w[3]) for k, w in log.events if k == "produced" and w[0] == CHG]
+
+    def acks() -> list[tuple[str, int, int]]:
+        return [w for k, w in log.events if k == "ack"]
+
+    async def scenario() -> None:
+        now = [T0]
+        stage = make_join(log, hold, now, flush_interval_s=1.0)
+        committer = stage._committer = asyncio.ensure_future(stage._commit_loop())
+        await stage.step([msg(IMP, 0, "r0", fx.impression("r0", "u0", T0))])  # the first step flushes
+        await asyncio.sleep(0.01)
+        assert [k for k, _ in changelog()] == [b"e:r0", b"i:r0"] and acks() == [(IMP, 0, 0)]
+        log.events.clear()
+
+        # within one interval: r1 opens, gets a click and closes; r2 opens and gets two clicks
+        now[0] = T0 + 100
+        await stage.step(
+            [
+                msg(IMP, 1, "r1", fx.impression("r1", "u1", T0 + 100)),
+                msg(IMP, 2, "r2", fx.impression("r2", "u2", T0 + 100)),
+            ]
+        )
+        now[0] = T0 + 200
+        await stage.step(
+            [
+                msg(CLK, 0, "r1", fx.click("r1", "u1", 0, T0 + 150)),
+                msg(CLK, 1, "r2", fx.click("r2", "u2", 0, T0 + 150)),
+            ]
+        )
+        await stage.step([msg(CLK, 2, "r2", fx.click("r2", "u2", 1, T0 + 160))])
+        await asyncio.sleep(0.01)
+        assert changelog() == [] and acks() == []  # outputs only; state and acks wait for the flush
+        now[0] = T0 + 1_050  # the interval is over; no window closed yet
+        await stage.step([])
+        await asyncio.sleep(0.01)
+        written = changelog()
+        assert sorted(k for k, _ in written if k is not None) == [b"e:r1", b"e:r2", b"i:r1", b"i:r2"]
+        r2 = orjson.loads(dict(written)[b"e:r2"] or b"{}")
+        assert sorted(pos for pos, _ in r2["c"]) == [0, 1]  # one write, with both clicks
+        assert sorted(acks()) == sorted([(IMP, 0, 1), (IMP, 0, 2), (CLK, 0, 0), (CLK, 0, 1), (CLK, 0, 2)])
+        log.events.clear()
+
+        # r0 closes and its closed marker is written; a request opened and closed between two
+        # flushes would write its closed marker only (no impression entry, so no delete of one)
+        now[0] = T0 + 5_000
+        await stage.step([])
+        await asyncio.wait_for(stage.drain(), 1)
+        keys = [k for k, _ in changelog()]
+        assert keys.count(b"i:r0") == 1 and dict(changelog())[b"i:r0"] is None  # a delete: it was written
+        committer.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_delete_of_an_entry_never_written_is_dropped(env: tuple[Log, asyncio.Event]) -> None:
+    log, hold = env
+    hold.set()
+
+    async def scenario() -> None:
+        now = [T0]
+        stage = make_join(log, hold, now, flush_interval_s=10.0)
+        committer = stage._committer = asyncio.ensure_future(stage._commit_loop())
+        await stage.step([])  # the first step flushes (nothing)
+        await stage.step([msg(IMP, 0, "r1", fx.impression("r1", "u1", T0))])
+        now[0] = T0 + 5_000  # r1's window closes before the next flush
+        await stage.step([])
+        await asyncio.wait_for(stage.drain(), 1)
+        written = [(w[2], w[3]) for k, w in log.events if k == "produced" and w[0] == CHG]
+        assert [k for k, _ in written] == [b"e:r1"] and b'"closed"' in (written[0][1] or b"")
+        assert [w for k, w in log.events if k == "ack"] == [(IMP, 0, 0)]
+        committer.cancel()
 
     asyncio.run(scenario())
 
