@@ -274,8 +274,6 @@ def run_join(
         ):
             times = " / ".join(f"{_crossing(curve, q * total) - t_first:.1f}" for q in marks)
             print(f"  {name:16} 10% / 50% / 90% / 100%: {times} s after the first commit")
-        if os.environ.get("PAPEREC_BENCH_DEBUG"):
-            print([(round(t - t_first, 1), lag) for t, lag in link_lag])
         lag_max = max(
             (lag for t, lag in link_lag if marks[0.1] <= t - t_first <= marks[0.9]),
             default=0,

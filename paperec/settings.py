@@ -115,7 +115,9 @@ class Settings:
     streams_max_input_skew_ms: int = _opt(
         60_000, "streams: an input running this far ahead (event time) of the others is paused"
     )
-    streams_commit_interval_s: float = _opt(1.0, "streams: seconds between offset commits")
+    streams_commit_interval_s: float = _opt(
+        1.0, "streams: seconds between offset commits and between state (changelog) flushes"
+    )
     streams_session_timeout_s: float = _opt(
         10.0, "streams: Kafka group session timeout: a dead worker's partitions move after this long"
     )

@@ -86,7 +86,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 await self.sleep(0)
                 if self.should_stop:
                     break
-                records, active = await self._wait_next_records(1.0)
+                records, _ = await self._wait_next_records(1.0)
                 if not records or self.should_stop:
                     continue
                 if not self.flow_active:
@@ -98,15 +98,17 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                     continue
                 batches: dict[BatchSink, list[Message]] = {}
                 for tp, recs in records.items():
-                    if active is not None and tp not in active and tp not in self._buffered_partitions:
-                        continue
+                    # Every record returned is delivered, also of a partition paused while the
+                    # fetch was waiting (``active`` is Faust's live set): aiokafka has moved its
+                    # position past them, so a dropped record would never be fetched again, and
+                    # the gap logic below would even let the commit skip it.
                     sink = sinks.get(tp.topic)
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     for record in recs:
                         offset = record.offset
                         r_offset = read_offset.get(tp)
                         if r_offset is not None and offset < r_offset:
-                            continue  # already delivered
+                            continue  # already delivered (after a seek, read_offset is the next to read)
                         if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
                             # compaction or transaction markers: let the commit skip the hole
                             await self._add_gap(tp, r_offset + 1, offset)
