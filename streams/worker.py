@@ -74,6 +74,24 @@ class StreamsApp(BatchingApp):
         await super().on_stop()
 
 
+FETCH_MAX_BYTES = 50 * 1024 * 1024
+"""Most bytes one fetch response holds (aiokafka's default ``fetch_max_bytes``)."""
+
+
+def partition_fetch_bytes(event_partitions: int) -> int:
+    """Bytes per partition and fetch (aiokafka's ``max_partition_fetch_bytes``), 1-4 MiB.
+
+    Large, because the join's rate while catching up is bounded by how fast the impressions
+    (large records) arrive: one fetch is in flight per broker, so with 1 MiB per partition the
+    join waited for impressions and ran at ~18 k events/s instead of ~28 k (docs/streams.md,
+    "Benchmark"). Not larger than a fair share of a fetch response over the three inputs'
+    partitions: the response is filled partition by partition in a fixed order, so beyond that
+    the click and dwell partitions fill it and the impressions starve. (A record larger than
+    this is still fetched, alone.)"""
+    share = FETCH_MAX_BYTES // (3 * max(1, event_partitions))
+    return max(1024 * 1024, min(4 * 1024 * 1024, share))
+
+
 class PlannedTable(faust.Table):
     """A Faust table whose changelog topic has the planned name (paperec.topics), whatever the
     app id: the link stage's app has an id (consumer group) of its own."""
@@ -125,11 +143,7 @@ def create_app(settings: Settings, stage: str = STAGE_ALL) -> StreamsWorker:
         broker_session_timeout=s.streams_session_timeout_s,
         broker_heartbeat_interval=min(3.0, s.streams_session_timeout_s / 4),
         consumer_auto_offset_reset="earliest",
-        # Per partition and fetch. A fetch response holds at most 50 MB (aiokafka's
-        # fetch_max_bytes), filled partition by partition in a fixed order: with larger values the
-        # click and dwell partitions fill it and the impressions starve. (A record larger than
-        # this is still fetched, alone.)
-        consumer_max_fetch_size=1024 * 1024,
+        consumer_max_fetch_size=partition_fetch_bytes(s.event_partitions),
         producer_max_batch_size=BATCH_BYTES,
         producer_max_request_size=MAX_REQUEST_BYTES,
         producer_acks=-1,

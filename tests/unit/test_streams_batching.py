@@ -120,3 +120,13 @@ def test_after_a_seek_the_record_at_the_position_is_delivered_and_older_ones_ski
     )
     assert delivered(consumer, sink) == [(tp, 0), (tp, 1), (tp, 4)]
     assert consumer.gaps == [(tp, 2, 4)]
+
+
+def test_the_fetch_size_per_partition_keeps_every_input_partition_within_one_fetch_response() -> None:
+    from streams.worker import FETCH_MAX_BYTES, partition_fetch_bytes
+
+    for partitions in (1, 2, 4, 6, 8, 12):
+        size = partition_fetch_bytes(partitions)
+        assert 1024 * 1024 <= size <= 4 * 1024 * 1024
+        assert 3 * partitions * size <= FETCH_MAX_BYTES  # no input partition is starved
+    assert partition_fetch_bytes(64) == 1024 * 1024  # at least 1 MiB, however many partitions
