@@ -213,6 +213,21 @@ def _state(pid: int) -> str:
         return "zombie"  # gone meanwhile
 
 
+def user_sessions(
+    prefix: str, n_users: int, per_user: int, ts: Callable[[int, int], int]
+) -> tuple[list[tuple[int, str, str]], set[str]]:
+    """Lists ``(ts(user, k), user, request id)`` of ``n_users`` users with ``per_user`` lists each,
+    in time order, and the transition ids they give: each user's consecutive lists linked, the
+    last one ending the session (the callers keep a user's lists within one session gap)."""
+    lists = sorted((ts(u, k), f"u{u}", f"{prefix}u{u}-r{k}") for u in range(n_users) for k in range(per_user))
+    expected = set()
+    for u in range(n_users):
+        rids = [f"{prefix}u{u}-r{k}" for k in range(per_user)]
+        expected |= {transition_id(f"u{u}", a, b) for a, b in itertools.pairwise(rids)}
+        expected.add(transition_id(f"u{u}", rids[-1], None))
+    return lists, expected
+
+
 def transitions_of(records: list[Any]) -> list[Transition]:
     return [decode(r.value, Transition) for r in records]
 
@@ -375,18 +390,8 @@ def test_sigkill_mid_stream_then_restart_loses_no_transition(
     )
     worker = run_worker(s)
     worker.wait_ready()
-    n_users, per_user, step_ms = 40, 24, 300
     start = int(time.time() * 1000) + 200
-    lists = sorted(
-        (start + u * 25 + k * step_ms, f"u{u}", f"{unique_prefix}u{u}-r{k}")
-        for u in range(n_users)
-        for k in range(per_user)
-    )
-    expected = set()
-    for u in range(n_users):
-        rids = [f"{unique_prefix}u{u}-r{k}" for k in range(per_user)]
-        expected |= {transition_id(f"u{u}", a, b) for a, b in itertools.pairwise(rids)}
-        expected.add(transition_id(f"u{u}", rids[-1], None))
+    lists, expected = user_sessions(unique_prefix, 40, 24, lambda u, k: start + u * 25 + k * 300)
 
     def produce() -> None:  # events in real time, as serving nodes and clients would send them
         p = producer(s)
@@ -480,18 +485,8 @@ def test_a_backlog_read_with_inputs_paused_and_resumed_gives_every_transition(
     s = streams_settings(
         settings, unique_prefix, tmp_path, streams_max_input_skew_ms=20, streams_max_batch=500
     )
-    n_users, per_user, step_ms = 50, 40, 5
     start = int(time.time() * 1000) - 60_000  # a backlog: event times a minute ago
-    lists = sorted(
-        (start + (k * n_users + u) * step_ms, f"u{u}", f"{unique_prefix}u{u}-r{k}")
-        for u in range(n_users)
-        for k in range(per_user)
-    )
-    expected = set()
-    for u in range(n_users):
-        rids = [f"{unique_prefix}u{u}-r{k}" for k in range(per_user)]
-        expected |= {transition_id(f"u{u}", a, b) for a, b in itertools.pairwise(rids)}
-        expected.add(transition_id(f"u{u}", rids[-1], None))
+    lists, expected = user_sessions(unique_prefix, 50, 40, lambda u, k: start + (k * 50 + u) * 5)
     p = producer(s)
     for ts, user, rid in lists:  # ~8 kB impressions (30 items x 32 features), small feedback
         send(p, s, TOPIC_IMPRESSIONS, rid, fx.impression(rid, user, ts, n_items=30, n_features=32))
