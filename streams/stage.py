@@ -200,17 +200,19 @@ class Stage(ABC):
         last = self._last_flush_ms
         changes = None
         if last is None or now - last >= self.flush_interval_ms:
-            changes, self._last_flush_ms = self.take_changes(), now
+            changes = self.take_changes(now)
         t0 = time.perf_counter()
         await self._durable.put(_Durable(outputs, changes, current, now))  # back-pressure
         self.waited_durable_s += time.perf_counter() - t0
         self.steps += 1
         self.metrics.count_all(self.state.counts)
 
-    def take_changes(self) -> list[tuple[bytes, int, bytes | None]]:
-        """The state's changes since the last flush, as changelog records; the table mirrors
-        them (Faust recovers into it). A delete of an entry the table does not hold (created
-        and deleted since the last flush, so never written) is dropped."""
+    def take_changes(self, now_ms: int) -> list[tuple[bytes, int, bytes | None]]:
+        """The state's changes since the last flush, as changelog records, for a flush at
+        ``now_ms``; the table mirrors them (Faust recovers into it). A delete of an entry the
+        table does not hold (created and deleted since the last flush, so never written) is
+        dropped."""
+        self._last_flush_ms = now_ms
         data = self.table.data
         out = []
         for change in self.state.take_changes():
@@ -253,8 +255,7 @@ class Stage(ABC):
         """Flush the state's changes and wait until every processed step is durable and acked."""
         if self._committer is not None and not self._committer.done():
             now = self.clock()
-            await self._durable.put(_Durable([], self.take_changes(), [], now))
-            self._last_flush_ms = now
+            await self._durable.put(_Durable([], self.take_changes(now), [], now))
             await self._durable.join()
 
     def add_output(

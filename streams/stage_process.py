@@ -76,10 +76,6 @@ class StageProcess:
         self._proc.start()
         log.info("started stage %s in process %d", self.stage, self._proc.pid)
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
     def failure(self) -> str | None:
         """Why the child is gone, when it died without being asked to stop; else None."""
         if self._proc is None or self._stopping or self._proc.is_alive():

@@ -37,7 +37,7 @@ from streams.link import LinkConfig, UserLinker
 from streams.metrics import StreamMetrics
 from streams.publisher import BatchPublisher
 from streams.stage import JoinStage, LinkStage, Stage
-from streams.stage_process import STAGE_ALL, STAGE_JOIN, STAGE_LINK, STAGES, StageProcess
+from streams.stage_process import STAGE_ALL, STAGE_LINK, STAGES, StageProcess
 
 log = logging.getLogger(__name__)
 
@@ -197,20 +197,19 @@ def create_app(settings: Settings, stage: str = STAGE_ALL) -> StreamsWorker:
                 **common,
             )
         )
-    if stage != STAGE_JOIN:
-        if stage == STAGE_ALL:  # this process runs stage 1; stage 2 gets a process of its own
-            app.link_process = StageProcess(s.replace(streams_create_topics=False), STAGE_LINK)
-        else:
-            stages.append(
-                LinkStage(
-                    UserLinker(LinkConfig.from_settings(s)),
-                    outcomes=s.topic(TOPIC_LIST_OUTCOMES),
-                    transitions=s.topic(TOPIC_TRANSITIONS),
-                    table=table("link", TOPIC_LINK_CHANGELOG),
-                    max_message_bytes=EVENT_MAX_MESSAGE_BYTES,
-                    **common,
-                )
+    if stage == STAGE_ALL:  # this process runs stage 1; stage 2 gets a process of its own
+        app.link_process = StageProcess(s.replace(streams_create_topics=False), STAGE_LINK)
+    if stage == STAGE_LINK:
+        stages.append(
+            LinkStage(
+                UserLinker(LinkConfig.from_settings(s)),
+                outcomes=s.topic(TOPIC_LIST_OUTCOMES),
+                transitions=s.topic(TOPIC_TRANSITIONS),
+                table=table("link", TOPIC_LINK_CHANGELOG),
+                max_message_bytes=EVENT_MAX_MESSAGE_BYTES,
+                **common,
             )
+        )
     for st in stages:
         _wire(app, st)
 
