@@ -61,14 +61,17 @@ def _worker(
     # kafka-python warns when its poll task runs long, which a niced worker on a busy machine
     # does by design (it gets the CPU training leaves over)
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
-    chunks.cancel_join_thread()  # exiting with unread chunks must not hang (they were not stored)
     torch.set_num_threads(1)  # featurizing is small tensor work; leave the cores to training
     lower_priority(nice)  # before the source starts any thread: they inherit it
     try:
         source = factory(start)
     except Exception as exc:
+        # returning joins the queue's feeder thread, so this reaches the parent (it waits for it)
         chunks.put(("error", 0, f"source: {type(exc).__name__}: {exc}"))
         return
+    # from here, exiting with unread chunks must not hang (they were not stored). Not earlier:
+    # a cancelled join drops what the feeder thread has not written yet, the error above too
+    chunks.cancel_join_thread()
     generation, stopping = 0, False
     parent = os.getppid()
 
@@ -177,15 +180,27 @@ class ProcessSource:
             daemon=True,
         )
         self._proc.start()
-        try:
-            kind, _, payload = self._chunks.get(timeout=self.start_timeout_s)
-        except queue.Empty:
-            self._proc.kill()
-            raise RuntimeError(f"ingest worker did not start within {self.start_timeout_s:.0f} s") from None
+        kind, _, payload = self._first_message()
         if kind != "hello":
             self._proc.join(5)
             raise RuntimeError(f"ingest worker failed to start: {payload}")
         return {int(p): int(o) for p, o in payload.items()}
+
+    def _first_message(self) -> tuple[Any, ...]:
+        """The worker's hello (or its error); a worker that exits or hangs instead is reported."""
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            exited = not self._proc.is_alive()
+            try:  # after an exit, once more: what it wrote before exiting is in the pipe
+                message: tuple[Any, ...] = self._chunks.get(timeout=0 if exited else 0.5)
+                return message
+            except queue.Empty:
+                pass
+            if exited:
+                raise RuntimeError(f"ingest worker exited (code {self._proc.exitcode}) before starting")
+            if time.monotonic() > deadline:
+                self._proc.kill()
+                raise RuntimeError(f"ingest worker did not start within {self.start_timeout_s:.0f} s")
 
     @property
     def alive(self) -> bool:

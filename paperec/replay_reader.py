@@ -90,10 +90,11 @@ def read_in_worker(
     seen = 0
     try:
         while True:
-            try:
-                kind, done, payload = out.get(timeout=1.0)
+            exited = not worker.is_alive()
+            try:  # after an exit, once more: what it wrote before exiting is in the pipe
+                kind, done, payload = out.get(timeout=0 if exited else 1.0)
             except queue.Empty:
-                if not worker.is_alive():
+                if exited:
                     raise RuntimeError(f"log reader exited (code {worker.exitcode})") from None
                 continue
             if progress is not None and done > seen:

@@ -3,6 +3,7 @@ prepares chunks from an in-memory source; the parent's Ingestor stores them."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from functools import partial
@@ -128,3 +129,12 @@ def test_chunks_prepared_before_a_seek_are_dropped() -> None:
 def test_a_source_that_cannot_start_is_reported() -> None:
     with pytest.raises(RuntimeError, match="failed to start: source: ValueError"):
         ProcessSource(partial(MemorySource, [b"x"], None, True), CFG)  # repeat needs ids
+
+
+def _exit_at_once(start: dict[int, int] | None) -> MemorySource:
+    os._exit(3)  # e.g. killed while importing its dependencies: no error message at all
+
+
+def test_a_worker_that_exits_before_starting_is_reported_at_once() -> None:
+    with pytest.raises(RuntimeError, match=r"exited \(code 3\) before starting"):
+        ProcessSource(_exit_at_once, CFG, start_timeout_s=600)
