@@ -75,12 +75,22 @@ class RunningGradScale:
 
     def __call__(self, grads: Tensor) -> Tensor:
         """``grads`` (..., K, D) scaled; updates the running norms from this step's mean norms."""
-        norms = grads.detach().norm(dim=-1).reshape(-1, grads.shape[-2]).mean(0)  # (K,)
+        norms = self._mean_norms(grads)
         if self.mean_norm is None:
             self.mean_norm = norms
         else:
             self.mean_norm = self.momentum * self.mean_norm + (1.0 - self.momentum) * norms
-        return grads / self.mean_norm.clamp_min(_EPS).unsqueeze(-1)
+        return self.scale(grads)
+
+    def scale(self, grads: Tensor) -> Tensor:
+        """``grads`` (..., K, D) scaled by the running norms as they are (by their own norms
+        before the first update); for looking without training."""
+        mean_norm = self._mean_norms(grads) if self.mean_norm is None else self.mean_norm
+        return grads / mean_norm.clamp_min(_EPS).unsqueeze(-1)
+
+    @staticmethod
+    def _mean_norms(grads: Tensor) -> Tensor:
+        return grads.detach().norm(dim=-1).reshape(-1, grads.shape[-2]).mean(0)  # (K,)
 
     def state_dict(self) -> dict[str, Tensor | None]:
         return {"mean_norm": None if self.mean_norm is None else self.mean_norm.cpu()}

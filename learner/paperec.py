@@ -126,10 +126,11 @@ class Strategy:
         self.cfg, self.ranker, self.device = cfg, ranker, device
         self.grad_scale = RunningGradScale(cfg.grad_scale_momentum)
 
-    def _normalize(self, grads: Tensor, losses: Tensor) -> Tensor:
-        """``cfg.grad_normalize`` applied to ``grads`` (..., K, D) of ``losses`` (..., K)."""
+    def _normalize(self, grads: Tensor, losses: Tensor, update: bool = True) -> Tensor:
+        """``cfg.grad_normalize`` applied to ``grads`` (..., K, D) of ``losses`` (..., K);
+        ``update=False`` leaves the running scale as it is."""
         if self.cfg.grad_normalize == "running":
-            return self.grad_scale(grads)
+            return self.grad_scale(grads) if update else self.grad_scale.scale(grads)
         return normalize_grads(grads, self.cfg.grad_normalize, losses)
 
     def weights(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
@@ -189,15 +190,21 @@ class PAPERecStrategy(Strategy):
         self.ddpg = DDPG(cfg.ddpg_config(), device)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # counterfactual weights (CPU)
 
-    def weights(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        batch = ctx.batch
+    def reward_grads(self, ctx: StepContext, update: bool = True) -> Tensor:
+        """Each list's per-objective gradients (B, K, D) as the reward -||sum_k w_k g_k|| sees
+        them (``grad_mode``, ``grad_normalize``, ``list_scaled_reward``)."""
         if self.cfg.grad_mode == "shared_repr":
             grads = per_list_repr_grads(ctx.losses, ctx.h)  # (B, K, L*D)
         else:
-            grads = per_list_param_grads(self.ranker, batch)  # (B, K, P)
-        grads = self._normalize(grads, ctx.losses)
+            grads = per_list_param_grads(self.ranker, ctx.batch)  # (B, K, P)
+        grads = self._normalize(grads, ctx.losses, update)
         if self.cfg.list_scaled_reward:
             grads = grads / grads.norm(dim=-1).sum(-1).clamp_min(1e-12)[:, None, None]  # (B, K, D)
+        return grads
+
+    def weights(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        batch = ctx.batch
+        grads = self.reward_grads(ctx)  # (B, K, D)
         reward = -weighted_norm(grads, batch.action)  # (B,) for the logged weights
         w_best = min_norm(grads)  # (B, K) each list's own min-norm weights
         best = -weighted_norm(grads, w_best)  # (B,) the best any weights could do
@@ -297,6 +304,26 @@ class Trainer:
         metrics["loss"] = loss.item()
         metrics.update({f"loss/{o}": float(mean_losses[k]) for k, o in enumerate(self.cfg.ranker.objectives)})
         return metrics
+
+    def reward_probe(self, batch: ListBatch) -> tuple[Tensor, Tensor]:
+        """paperec only: the weight generator's w(s) (B, K) and each list's Gram matrix G (B, K, K)
+        of the gradients its reward sees, so that the reward of any weights w is -sqrt(w^T G w).
+        Looks without training: no update, no dropout, the running gradient scale untouched."""
+        if not isinstance(self.strategy, PAPERecStrategy):
+            raise ValueError("only the paperec strategy has a weight generator to probe")
+        batch = batch.to(self.device)
+        training = self.ranker.training
+        self.ranker.eval()
+        try:
+            state = self.ranker.user_state(batch.user_feats, batch.history, batch.context)  # (B, S)
+            h = self.ranker.encode(batch, user_state=state)  # (B, L, D)
+            losses = self.ranker.losses_per_list(self.ranker.heads(h), batch)  # (B, K)
+            grads = self.strategy.reward_grads(StepContext(batch, state, h, losses), update=False).detach()
+            with torch.no_grad():
+                w = self.strategy.ddpg.actor(state.detach())
+        finally:
+            self.ranker.train(training)
+        return w, grads @ grads.transpose(-1, -2)  # (B, K), (B, K, K)
 
     def actor_model(self) -> ActorModel:
         """A serving copy (ranker + weight generator) on CPU, in eval mode (paperec only)."""

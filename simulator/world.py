@@ -26,6 +26,11 @@ def user_id(index: int) -> str:
     return f"user-{index}"
 
 
+def user_index(uid: str) -> int:
+    """The inverse of :func:`user_id`."""
+    return int(uid.removeprefix("user-"))
+
+
 def item_id(index: int) -> str:
     return f"item-{index}"
 

@@ -25,6 +25,7 @@ class TensorReplay:
     def __init__(self, capacity: int, cfg: RankerConfig, list_len: int) -> None:
         self.capacity, self.cfg, self.list_len = capacity, cfg, list_len
         self.storage: dict[str, torch.Tensor] | None = None
+        self.users = np.empty(capacity, dtype=object)  # each row's user_id (diagnostics)
         self.size = 0
         self.next = 0  # ring position of the next write
 
@@ -45,6 +46,7 @@ class TensorReplay:
         rows = (self.next + torch.arange(n)) % self.capacity
         for k, v in fields.items():
             self.storage[k][rows] = v
+        self.users[rows.numpy()] = [t.user_id for t in transitions]
         self.next = (self.next + n) % self.capacity
         self.size = min(self.capacity, self.size + n)
 
@@ -64,7 +66,8 @@ class TensorReplay:
         return ListBatch(**{k: v.index_select(0, idx) for k, v in self.storage.items()})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"storage": self.storage, "size": self.size, "next": self.next}
+        return {"storage": self.storage, "users": self.users.copy(), "size": self.size, "next": self.next}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.storage, self.size, self.next = state["storage"], int(state["size"]), int(state["next"])
+        self.users = state["users"].copy()

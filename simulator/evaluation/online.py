@@ -14,6 +14,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from schemas import Transition
 from simulator.evaluation.buffer import TensorReplay
 from simulator.evaluation.contenders import Contender
+from simulator.evaluation.reward_probe import probe
 from simulator.session import Simulator
 from simulator.transitions import TransitionLinker
 from simulator.world import World
@@ -65,13 +67,14 @@ class EvalData:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     train_metrics: dict[str, float] = field(default_factory=dict)
+    reward_probe: dict[str, Any] | None = None  # paperec: see simulator/evaluation/reward_probe.py
 
 
 def train(
     contender: Contender, world: World, budget: Budget, seed: int, progress: bool = True
-) -> tuple[Simulator, dict[str, float]]:
-    """Train ``contender`` online; returns the training simulator (user histories) and the mean
-    of the last 10% of step metrics."""
+) -> tuple[Simulator, dict[str, float], dict[str, Any] | None]:
+    """Train ``contender`` online; returns the training simulator (user histories), the mean
+    of the last 10% of step metrics and, for PAPERec, the reward probe of its final buffer."""
     sim = Simulator(world.cfg, world, stream_id=TRAIN_STREAM)
     # exploration: the learner config's logit-space noise on the serving weights, for everyone
     noise = contender.trainer.cfg.exploration_noise
@@ -99,7 +102,8 @@ def train(
             tail.append(metrics)
     keys = set().union(*tail) if tail else set()
     summary = {k: float(np.mean([m[k] for m in tail if k in m])) for k in sorted(keys)}
-    return sim, summary
+    is_paperec = contender.trainer.cfg.strategy == "paperec"
+    return sim, summary, probe(contender.trainer, buffer, world.users.alpha) if is_paperec else None
 
 
 @torch.no_grad()
@@ -128,11 +132,11 @@ def evaluate(contender: Contender, world: World, budget: Budget, histories: Simu
 
 def run_contender(contender: Contender, world: World, budget: Budget, seed: int, progress: bool) -> EvalData:
     t0 = time.perf_counter()
-    sim, metrics = train(contender, world, budget, seed, progress)
+    sim, metrics, reward_probe = train(contender, world, budget, seed, progress)
     t1 = time.perf_counter()
     data = evaluate(contender, world, budget, sim)
     data.train_seconds, data.eval_seconds = t1 - t0, time.perf_counter() - t1
-    data.train_metrics = metrics
+    data.train_metrics, data.reward_probe = metrics, reward_probe
     log.info(
         "%s: trained %d steps in %.1fs, evaluated %d sessions in %.1fs",
         contender.name,

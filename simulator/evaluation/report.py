@@ -75,6 +75,7 @@ def build_report(
             "eval_seconds": round(d.eval_seconds, 2),
             "train_metrics_last10pct": d.train_metrics,
             "weight_preference_correlation": _weight_correlation(d, alpha, objectives),
+            "reward_probe": d.reward_probe,
         }
 
     ref = reference_point(list(points.values()))
@@ -117,6 +118,9 @@ def build_report(
         summary["paperec_largest_hypervolume"] = best == "paperec"
         corr = policies["paperec"]["weight_preference_correlation"]
         summary["paperec_weight_preference_pearson"] = None if corr is None else corr["pearson"]
+        rp = policies["paperec"]["reward_probe"] or {}
+        summary["paperec_generator_vs_reward_optimum"] = rp.get("generator_vs_optimum")
+        summary["paperec_reward_optimum_vs_preference"] = rp.get("optimum_vs_preference")
     for baseline in LEARNED[1:]:
         if "paperec" in points and baseline in points:
             summary[f"paperec_vs_{baseline}"] = _compare(points, reps, "paperec", baseline, ref)
@@ -217,6 +221,19 @@ def markdown(report: Mapping[str, Any]) -> str:
         )
     elif "paperec" in report["policies"]:
         lines.append("Weight-preference correlation: undefined (constant weights or constant preferences).")
+    rp = report["policies"].get("paperec", {}).get("reward_probe")
+    if rp and rp["users"]:
+
+        def r(key: str) -> str:
+            return "undefined" if rp[key] is None else _fmt(rp[key], 3)
+
+        lines.append(
+            f"Reward probe (the {rp['users']} users with >= 3 of the final buffer's {rp['lists']} lists): "
+            f"PAPERec's dwell weight vs its reward's per-user optimum, Pearson {r('generator_vs_optimum')}; "
+            f"that optimum vs the hidden preference, {r('optimum_vs_preference')} "
+            f"(mean optimum {rp['optimum_dwell_weight_mean']:.3f}, mean generator weight "
+            f"{rp['generator_dwell_weight_mean']:.3f})."
+        )
     for baseline in LEARNED[1:]:
         if f"paperec_vs_{baseline}" not in s:
             continue

@@ -35,22 +35,24 @@ def summarize(reports: Sequence[dict[str, Any]]) -> str:
     lines += [
         "",
         "| setting | seed | largest hypervolume | fixed front HV | + PE-LTR | + PAPERec "
-        "| PAPERec dwell weight | weight-preference Pearson | PAPERec - PE-LTR HV "
-        "| PAPERec better beyond noise |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| PAPERec dwell weight | weight-preference Pearson | generator vs reward optimum "
+        "| reward optimum vs preference | PAPERec - PE-LTR HV | PAPERec better beyond noise |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         s, f = r["summary"], r["fixed_weight_front"]
         corr = s.get("paperec_weight_preference_pearson")
         vs = s.get("paperec_vs_peltr", {})
         pap = r["policies"].get("paperec", {})
+        probes = (s.get("paperec_generator_vs_reward_optimum"), s.get("paperec_reward_optimum_vs_preference"))
         lines.append(
             f"| {r['setting']} | {r['seed']} | {s['largest_hypervolume']} | {f['hypervolume']:.4f} | "
             f"{f.get('hypervolume_with_peltr', float('nan')):.4f} | "
             f"{f.get('hypervolume_with_paperec', float('nan')):.4f} | "
             f"{pap.get('mean_weights', {}).get('dwell', float('nan')):.3f} | "
             f"{_ci(corr, 3) if corr else 'n/a'} | "
-            f"{_ci(vs['hypervolume_diff'], 4) if vs else 'n/a'} | "
+            + "".join(f"{_ci(e, 3) if e else 'n/a'} | " for e in probes)
+            + f"{_ci(vs['hypervolume_diff'], 4) if vs else 'n/a'} | "
             f"{('yes' if vs.get('better_beyond_noise') else 'no') if vs else 'n/a'} |"
         )
     return "\n".join(lines) + "\n"

@@ -105,6 +105,9 @@ def test_tiny_evaluation_writes_a_complete_report(tmp_path: Path) -> None:
             assert lo <= p[key]["value"] <= hi or np.isclose(lo, hi)
         assert p["sessions"] == TINY_BUDGET.eval_sessions
     assert saved["policies"]["ctr_only"]["weight_preference_correlation"] is None  # global weights
+    assert saved["policies"]["ctr_only"]["reward_probe"] is None  # no weight generator to probe
+    probe = saved["policies"]["paperec"]["reward_probe"]
+    assert probe["lists"] > 0 and "generator_vs_optimum" in probe
     assert "paperec_vs_peltr" in saved["summary"] and "largest_hypervolume" in saved["summary"]
     assert saved["fixed_weight_front"]["members"]
     assert report["setting"] == "default" and saved["budget"]["train_steps"] == 3
