@@ -15,6 +15,7 @@ demo: bootstrap
 
 lint: bootstrap
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/mypy .
 
 devstack-up: bootstrap

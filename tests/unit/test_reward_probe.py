@@ -65,7 +65,8 @@ def test_the_probe_changes_nothing_in_the_trainer() -> None:
     w, gram = trainer.reward_probe(buf.rows(torch.arange(8)))
     assert trainer.ranker.training
     after = trainer.state_dict()
-    assert torch.equal(before["strategy"]["grad_scale"]["mean_norm"], after["strategy"]["grad_scale"]["mean_norm"])
+    scale_before = before["strategy"]["grad_scale"]["mean_norm"]
+    assert torch.equal(scale_before, after["strategy"]["grad_scale"]["mean_norm"])
     for name, tensor in before["ranker"].items():
         assert torch.equal(tensor, after["ranker"][name]), name
     assert after["num_steps"] == 1
