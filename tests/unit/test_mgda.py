@@ -113,6 +113,24 @@ def test_closed_form_two() -> None:
     assert torch.allclose(min_norm(grads), torch.tensor([0.2, 0.8]))
 
 
+def test_interior_min_norm_descends_every_objective_equally() -> None:
+    # KKT at an interior optimum: g_k . d = ||d||^2 for every k, d = sum_k w_k g_k. This is why
+    # the objective with the larger gradient gets the smaller weight (docs/evaluation.md).
+    g = torch.randn(256, 3, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    w = min_norm(g, method="exact")
+    interior = (w > 1e-3).all(dim=1)
+    assert interior.sum() > 20  # enough interior problems to check
+    d = torch.einsum("bk,bkd->bd", w, g)  # (B, D)
+    descent = torch.einsum("bkd,bd->bk", g, d)  # (B, K)
+    expected = (d * d).sum(dim=1, keepdim=True).expand_as(descent)
+    assert torch.allclose(descent[interior], expected[interior], atol=1e-8)
+    # with two objectives, scaling one gradient up moves weight away from it
+    pair = g[:, :2]
+    bigger = pair * torch.tensor([1.0, 2.0], dtype=torch.float64).view(1, 2, 1)
+    moved = min_norm(bigger)[:, 1] <= min_norm(pair)[:, 1] + 1e-12
+    assert moved.all()
+
+
 def test_normalization() -> None:
     grads = torch.tensor([[[3.0, 4.0], [0.0, 0.0]]])
     unit = normalize_grads(grads, "l2")
