@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project's test command: bootstrap, start the dev stack, provision topics and metric
-# tables, run pytest (extra arguments are passed through), and always stop the stack again.
+# The project's test command: bootstrap, lint (full runs only), start the dev stack, provision
+# topics and metric tables, run pytest (extra arguments are passed through), and always stop the
+# stack again.
 # Exits with pytest's exit code (or the first failing setup step's).
 #   bash scripts/test.sh                       # everything under tests/
 #   bash scripts/test.sh tests/unit -k settings
@@ -8,6 +9,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/bootstrap.sh
+
+# A full run (no arguments, as CI calls it) lints first: ruff and mypy are part of the contract,
+# and failing here costs seconds instead of a whole suite. `make test ARGS=...` skips it.
+if [[ $# -eq 0 ]]; then
+    .venv/bin/ruff check .
+    .venv/bin/ruff format --check .
+    .venv/bin/mypy .
+fi
 
 PAPEREC=.venv/bin/paperec
 teardown() {
