@@ -14,9 +14,7 @@ demo: bootstrap
 	$(PAPEREC) demo $(ARGS)
 
 lint: bootstrap
-	.venv/bin/ruff check .
-	.venv/bin/ruff format --check .
-	.venv/bin/mypy .
+	bash scripts/lint.sh
 
 devstack-up: bootstrap
 	$(PAPEREC) devstack up

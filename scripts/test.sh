@@ -2,7 +2,7 @@
 # The project's test command: bootstrap, lint (full runs only), start the dev stack, provision
 # topics and metric tables, run pytest (extra arguments are passed through), and always stop the
 # stack again.
-# Exits with pytest's exit code (or the first failing setup step's).
+# Exits with pytest's exit code (or the first failing earlier step's).
 #   bash scripts/test.sh                       # everything under tests/
 #   bash scripts/test.sh tests/unit -k settings
 set -euo pipefail
@@ -13,9 +13,8 @@ bash scripts/bootstrap.sh
 # A full run (no arguments, as CI calls it) lints first: ruff and mypy are part of the contract,
 # and failing here costs seconds instead of a whole suite. `make test ARGS=...` skips it.
 if [[ $# -eq 0 ]]; then
-    .venv/bin/ruff check .
-    .venv/bin/ruff format --check .
-    .venv/bin/mypy .
+    bash scripts/lint.sh
+    set -- tests
 fi
 
 PAPEREC=.venv/bin/paperec
@@ -31,9 +30,6 @@ $PAPEREC devstack up
 $PAPEREC topics create
 $PAPEREC metrics init
 
-if [[ $# -eq 0 ]]; then
-    set -- tests
-fi
 status=0
 .venv/bin/python -m pytest -q "$@" || status=$?
 exit "$status"
