@@ -1,9 +1,10 @@
 """HTTP request and response bodies of ``POST /rank`` (pydantic: validation and OpenAPI schema).
 
 Limits mirror the impression schema (``schemas.events``), so a request that validates here
-always makes a valid impression record: ids are 1..128 characters, numbers are finite, lists
-are bounded. Feature *widths* depend on the served model and are checked when featurizing
-(``learner.featurize.FeatureError``), which the app maps to the same 422 error shape.
+always makes a valid impression record: ids are 1..128 characters, numbers are finite and within
++-``schemas.MAX_ABS_NUMBER`` (float32-safe once featurized), lists are bounded. Feature *widths*
+depend on the served model and are checked when featurizing (``learner.featurize.FeatureError``),
+which the app maps to the same 422 error shape.
 """
 
 from __future__ import annotations
@@ -13,9 +14,19 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from schemas import MAX_CONTEXT, MAX_HISTORY, MAX_ID_LEN, MAX_ITEM_FEATURES, MAX_ITEMS, MAX_USER_FEATURES
+from schemas import (
+    MAX_ABS_NUMBER,
+    MAX_CONTEXT,
+    MAX_HISTORY,
+    MAX_ID_LEN,
+    MAX_ITEM_FEATURES,
+    MAX_ITEMS,
+    MAX_USER_FEATURES,
+)
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN)]
+Number = Annotated[float, Field(ge=-MAX_ABS_NUMBER, le=MAX_ABS_NUMBER)]
+"""A feature value: finite (``allow_inf_nan=False``) and float32-safe, as the schemas demand."""
 
 _STRICT = ConfigDict(extra="ignore", allow_inf_nan=False)
 
@@ -24,7 +35,7 @@ class Candidate(BaseModel):
     model_config = _STRICT
 
     item_id: Id
-    features: list[float] = Field(max_length=MAX_ITEM_FEATURES, description="item feature vector")
+    features: list[Number] = Field(max_length=MAX_ITEM_FEATURES, description="item feature vector")
 
 
 class RankRequest(BaseModel):
@@ -52,11 +63,11 @@ class RankRequest(BaseModel):
         default=None, description="unique id of this list (Kafka key of its impression); uuid4 hex if absent"
     )
     user_id: Id
-    user_features: list[float] = Field(max_length=MAX_USER_FEATURES, description="user feature vector")
+    user_features: list[Number] = Field(max_length=MAX_USER_FEATURES, description="user feature vector")
     history: list[Id] = Field(
         default_factory=list, max_length=MAX_HISTORY, description="item ids, most recent last"
     )
-    context: list[float] = Field(max_length=MAX_CONTEXT, description="request context features")
+    context: list[Number] = Field(max_length=MAX_CONTEXT, description="request context features")
     items: list[Candidate] = Field(
         min_length=1, max_length=MAX_ITEMS, description="candidates to rank (unique item ids)"
     )

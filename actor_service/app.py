@@ -3,11 +3,14 @@ the OpenAPI schema at ``/openapi.json`` (and ``/docs``).
 
 Errors name the field: 422 ``{"detail": [{"field": "items[3].features", "msg": ..., "type": ...}]}``
 for validation and feature-width errors, 413 for a body over ``serve_max_body_bytes``, 503
-while no model may serve (see the cold-start policy).
+while no model may serve (see the cold-start policy) and 503 + ``Retry-After`` for a request shed
+under overload (past ``serve_max_in_flight``, or still queued at its deadline; see
+:mod:`actor_service.overload`).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import uuid
@@ -26,6 +29,7 @@ from actor_service.api import ErrorBody, RankRequest, RankResponse, field_errors
 from actor_service.instruments import Instruments
 from actor_service.metrics import CONTENT_TYPE
 from actor_service.node import Node
+from actor_service.overload import OVERLOADED, RETRY_AFTER_S, Admission, Shed
 from learner.featurize import FeatureError
 from schemas import SchemaError
 
@@ -41,6 +45,10 @@ _REQUEST_REF = {"$ref": "#/components/schemas/RankRequest"}
 
 ROUTES = frozenset({"/rank", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
 
+# ASGI scope key: when (time.monotonic()) an admitted /rank request reached the node; its
+# deadline in the scoring queue counts from there (body reading and parsing included).
+ARRIVED_KEY = "paperec.arrived"
+
 
 def _error(status: int, field: str, msg: str, kind: str, headers: dict[str, str] | None = None) -> Response:
     body = {"detail": [{"field": field, "msg": msg, "type": kind}]}
@@ -48,13 +56,21 @@ def _error(status: int, field: str, msg: str, kind: str, headers: dict[str, str]
 
 
 class ServingMiddleware:
-    """Pure ASGI (no per-request task, unlike BaseHTTPMiddleware): bounds the request body and
-    records latency and status of every request."""
+    """Pure ASGI (no per-request task, unlike BaseHTTPMiddleware): admits /rank requests up to
+    the in-flight limit, stamps their arrival time, bounds the request body and records latency and
+    status of every request.
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, instruments: Instruments) -> None:
+    Admission runs here, before the body is read or parsed, so a refused request costs the
+    event loop almost nothing; only /rank is limited, /healthz and /readyz always answer.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, instruments: Instruments, admission: Admission
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.m = instruments
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,6 +80,7 @@ class ServingMiddleware:
         route = scope["path"] if scope["path"] in ROUTES else "other"
         status = 500
         limit = self.max_body_bytes
+        admitted = False
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -72,6 +89,13 @@ class ServingMiddleware:
             await send(message)
 
         try:
+            if route == "/rank" and scope["method"] == "POST":
+                if not self.admission.try_enter():
+                    await _overloaded(self.admission.limit, self.m)(scope, receive, send_status)
+                    return
+                admitted = True
+                self.m.in_flight.set(self.admission.in_flight)
+                scope[ARRIVED_KEY] = time.monotonic()
             length = _content_length(scope)
             if length is not None and length > limit:
                 await _too_large(limit, self.m)(scope, receive, send_status)
@@ -91,6 +115,9 @@ class ServingMiddleware:
 
             await self.app(scope, bounded_receive, send_status)
         finally:
+            if admitted:
+                self.admission.leave()
+                self.m.in_flight.set(self.admission.in_flight)
             self.m.requests.inc(labels=(route, str(status)))
             if route == "/rank":
                 self.m.latency.observe(time.perf_counter() - started, labels=(route,))
@@ -106,6 +133,15 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+def _overloaded(limit: int, m: Instruments) -> Response:
+    m.errors.inc(labels=(OVERLOADED,))
+    return _shed_response(Shed(OVERLOADED, f"{limit} requests in flight (serve_max_in_flight); retry later"))
+
+
+def _shed_response(exc: Shed) -> Response:
+    return _error(503, "$", exc.msg, exc.kind, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def _too_large(limit: int, m: Instruments) -> Response:
     m.errors.inc(labels=("too_large",))
     return _error(413, "$", f"request body over {limit} bytes (serve_max_body_bytes)", "body_too_large")
@@ -117,6 +153,13 @@ def create_app(node: Node) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await node.start()
+        # Everything alive now (torch, FastAPI, pydantic, the model: ~1M objects) lives as long as
+        # the process. Left to the cyclic GC, every full collection walks all of it: 130-170 ms
+        # with every thread stopped, ~1.5 times a second under load (measured), which is what
+        # made /healthz and accepted /rank requests stall. Frozen, a full collection walks only
+        # what was allocated since.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -129,7 +172,12 @@ def create_app(node: Node) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.node = node
-    app.add_middleware(ServingMiddleware, max_body_bytes=s.serve_max_body_bytes, instruments=node.m)
+    app.add_middleware(
+        ServingMiddleware,
+        max_body_bytes=s.serve_max_body_bytes,
+        instruments=node.m,
+        admission=node.admission,
+    )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
@@ -152,7 +200,11 @@ def create_app(node: Node) -> FastAPI:
         responses={
             413: {"model": ErrorBody, "description": "request body too large"},
             422: {"model": ErrorBody, "description": "invalid request; `field` names the offending field"},
-            503: {"model": ErrorBody, "description": "no model to serve yet (cold-start policy `refuse`)"},
+            503: {
+                "model": ErrorBody,
+                "description": "no model to serve yet (cold-start policy `refuse`), or shed under "
+                "overload (`overloaded`, `deadline_exceeded`); carries `Retry-After`",
+            },
         },
         openapi_extra={
             "requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST_REF}}}
@@ -183,7 +235,10 @@ def create_app(node: Node) -> FastAPI:
             )
         request_id = req.request_id or uuid.uuid4().hex
         try:
-            ranked = await node.batcher.rank(served, req, request_id, ts_ms)
+            ranked = await node.batcher.rank(served, req, request_id, ts_ms, request.scope.get(ARRIVED_KEY))
+        except Shed as exc:  # not scored, so no impression either
+            node.m.errors.inc(labels=(exc.kind,))
+            return _shed_response(exc)
         except (FeatureError, SchemaError) as exc:
             node.m.errors.inc(labels=("validation",))
             return _error(422, exc.field, exc.reason, "feature_error")

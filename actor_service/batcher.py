@@ -4,24 +4,44 @@ No added wait: while one batch is being scored, arriving requests queue up, and 
 takes all of them that were ranked by the same served model (up to ``max_lists`` lists and
 ``max_item_slots`` padded item slots). At low load every batch has one list, so latency is that
 of scoring it alone; under load, per-op overheads (notably the ranker's GRU over list positions,
-a sequential loop) are paid once per batch instead of once per list.
+a sequential loop) are paid once per batch instead of once per list. That saving stops at a few
+hundred item slots (measured on the 2-core VM, CPU per list: 20 items 2.5 ms alone, 0.9 ms in
+batches of 8-16; 100 items 6.1 ms alone, 4.4 ms in 4s, 5.5 ms in 8s; 200 items ~10 ms at any
+batch size), so batches stop at 512 slots: a bigger one costs no less per list and only makes
+every list in it wait for the others.
 
 A request's model is the one it captured at its start: a batch never mixes two models, so a
 snapshot swap between two requests cannot change which model ranks either of them.
+
+Overload. The queue is bounded (``max_queue``: a request beyond it is refused at once) and each
+request has a deadline, ``deadline_s`` after its arrival: one still queued at its deadline leaves
+the queue unscored and fails with :class:`actor_service.overload.Shed` right then (a timer, not
+the next batch, answers it), so the scoring thread spends its time only on requests that can
+still be answered in time. A request already in a batch is always scored to the end.
+
+Adaptive LIFO: first come, first served while the queue keeps up; once it falls behind (its
+oldest request was already waiting when the previous batch was taken, i.e. one batch did not
+drain it), batches take the NEWEST requests first. In a queue that stays full,
+first-come-first-served makes every accepted request wait about the whole deadline;
+newest-first answers the accepted ones in about two batch times and lets the oldest, which
+would have been late anyway, run into their deadline. Without a deadline the order stays FIFO
+(nothing would ever end an old request's wait).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from actor_service.api import RankRequest
 from actor_service.model_slot import Served
+from actor_service.overload import DEADLINE_EXCEEDED, OVERLOADED, Shed
 from actor_service.ranking import Job, Ranked, rank_batch
 from learner.featurize import FeatureError
 from schemas import SchemaError
@@ -29,11 +49,19 @@ from schemas import SchemaError
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the queue removes exactly this entry
 class _Pending:
     served: Served
     job: Job
     future: asyncio.Future[Ranked]
+    arrived: float  # time.monotonic() when the request reached the node
+    queued_at: float = field(default_factory=time.monotonic)
+    # Fires at the deadline while queued. The handle holds this entry (its callback's argument),
+    # so it is dropped once fired or cancelled. Reference cycles here (entry -> handle -> entry;
+    # exception -> traceback -> rank()'s frame -> future -> exception) keep the whole parsed
+    # request alive until a full GC: under overload that garbage made full collections take
+    # 300+ ms with every thread stopped (measured), hence no cycles.
+    expiry: asyncio.TimerHandle | None = None
 
     @property
     def n_items(self) -> int:
@@ -47,41 +75,98 @@ class MicroBatcher:
         noise_std: float,
         generator: torch.Generator,
         max_lists: int = 16,
-        max_item_slots: int = 4096,
+        max_item_slots: int = 512,
+        max_queue: int = 1024,
+        deadline_s: float | None = None,
     ) -> None:
         self.executor = executor
         self.noise_std = noise_std
         self.generator = generator  # used only on the (single) scoring thread
         self.max_lists = max(1, max_lists)
         self.max_item_slots = max_item_slots
+        self.max_queue = max(1, max_queue)
+        self.deadline_s = deadline_s
         self._pending: deque[_Pending] = deque()
         self._running = False
         self.batches = 0
         self.lists = 0
+        self.expired = 0  # requests dropped from the queue at their deadline
+        self._taken_at = float("-inf")  # when the last batch was taken from the queue
 
-    async def rank(self, served: Served, req: RankRequest, request_id: str, ts_ms: int) -> Ranked:
-        """Rank one request; raises FeatureError/SchemaError naming the field."""
-        fut: asyncio.Future[Ranked] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(served, Job(req, request_id, ts_ms), fut))
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    async def rank(
+        self,
+        served: Served,
+        req: RankRequest,
+        request_id: str,
+        ts_ms: int,
+        arrived: float | None = None,
+    ) -> Ranked:
+        """Rank one request; raises FeatureError/SchemaError naming the field, or Shed when the
+        queue is full or the deadline (``deadline_s`` after ``arrived``, a ``time.monotonic()``
+        reading, default now) passes before it is scored."""
+        if len(self._pending) >= self.max_queue:
+            raise Shed(OVERLOADED, f"scoring queue full ({self.max_queue} requests)")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Ranked] = loop.create_future()
+        p = _Pending(
+            served, Job(req, request_id, ts_ms), fut, time.monotonic() if arrived is None else arrived
+        )
+        self._pending.append(p)
         self._dispatch()
-        return await fut
+        if self.deadline_s is not None and p in self._pending:  # not taken into a batch at once
+            left = p.arrived + self.deadline_s - time.monotonic()
+            if left <= 0:
+                self._expire(p)
+            else:
+                p.expiry = loop.call_later(left, self._expire, p)
+        try:
+            return await fut
+        finally:
+            del p, fut  # a raised exception's traceback holds this frame: no cycle through fut
+
+    def _expire(self, p: _Pending) -> None:
+        """The deadline passed while ``p`` was queued: drop it unscored."""
+        p.expiry = None  # the fired handle holds ``p``: no reference cycle (see rank)
+        try:
+            self._pending.remove(p)
+        except ValueError:  # already taken into a batch
+            return
+        self.expired += 1
+        if not p.future.done():
+            p.future.set_exception(
+                Shed(DEADLINE_EXCEEDED, "request deadline passed while queued for scoring")
+            )
+
+    def behind(self) -> bool:
+        """The oldest queued request was passed over by the last batch (with a deadline only)."""
+        if self.deadline_s is None or not self._pending:
+            return False
+        return self._pending[0].queued_at <= self._taken_at
 
     def _take(self) -> list[_Pending]:
-        """The oldest request and the queued ones that share its model and fit the budget."""
-        first = self._pending.popleft()
+        """The oldest request (the newest when behind) and the queued ones that share its model
+        and fit the budget, in that order."""
+        order = list(reversed(self._pending)) if self.behind() else list(self._pending)
+        first = order[0]
         batch = [first]
         longest = first.n_items
-        kept: deque[_Pending] = deque()
-        while self._pending:
-            p = self._pending.popleft()
+        for p in order[1:]:
             longest_if = max(longest, p.n_items)
             fits = len(batch) < self.max_lists and longest_if * (len(batch) + 1) <= self.max_item_slots
             if p.served is first.served and fits:
                 batch.append(p)
                 longest = longest_if
-            else:
-                kept.append(p)
-        self._pending = kept
+        taken = set(batch)
+        self._pending = deque(p for p in self._pending if p not in taken)
+        self._taken_at = time.monotonic()
+        for p in batch:
+            if p.expiry is not None:
+                p.expiry.cancel()
+                p.expiry = None
         return batch
 
     def _dispatch(self) -> None:
@@ -128,6 +213,8 @@ class MicroBatcher:
                 self._dispatch()
             except RuntimeError:  # executor shut down: the node is stopping
                 for p in self._pending:
+                    if p.expiry is not None:
+                        p.expiry.cancel()
                     if not p.future.done():
                         p.future.cancel()
                 self._pending.clear()

@@ -24,6 +24,7 @@ from learner.policy import ActorConfig
 from learner.ranker import RankerConfig
 from learner.scoring import ActorModel
 from learner.snapshot import SnapshotRecord, encode_snapshot, to_record
+from learner.snapshot_keys import snapshot_keys
 from paperec.settings import TOPIC_SNAPSHOTS, Settings
 
 
@@ -43,12 +44,16 @@ def make_model(seed: int, ranker: RankerConfig | None = None) -> ActorModel:
 def snapshot_record(
     model: ActorModel, version: int, settings: Settings, *, created_at_ms: int | None = None
 ) -> SnapshotRecord:
+    """A record signed as the learner on ``settings`` would sign it (its signing key and id; the
+    dev key is allowed here: test and benchmark helper)."""
+    key_id, key = snapshot_keys(settings.replace(dev_mode=True)).signing()
     header, payload = encode_snapshot(
         model,
         snapshot_version=version,
         training_step=version * 100,
         watermark_ms=int(time.time() * 1000),
-        key=settings.snapshot_hmac_key.encode(),
+        key=key,
+        key_id=key_id,
         max_message_bytes=settings.max_message_bytes,
         created_at_ms=created_at_ms,
     )
@@ -184,6 +189,9 @@ def start_node(
         "--topic-prefix", settings.topic_prefix,
         "--clickhouse-port", str(settings.clickhouse_port),
         "--serve-node-id", name,
+        # the node's stored snapshot next to its log: kept across restarts of the same node
+        "--serve-snapshot-dir", str(log_dir / f"{name}-snapshot"),
+        *(["--dev-mode", "true"] if settings.dev_mode else []),
         *extra_args,
     ]  # fmt: skip
     full_env = {**os.environ, **(env or {})}
@@ -296,6 +304,13 @@ class FakeProducer:
         self.down = down
         self.sent: list[tuple[str, bytes | None, bytes | None]] = []
         self.started = False
+        self.client = self  # aiokafka's producer.client: the metadata probe
+
+    async def fetch_all_metadata(self) -> None:
+        if self.down:
+            from aiokafka.errors import KafkaError
+
+            raise KafkaError("Unable to get cluster metadata over all known brokers")
 
     async def start(self) -> None:
         if self.down:

@@ -10,6 +10,10 @@ records and ``max_bytes`` bytes; beyond that the OLDEST impression is dropped an
 oldest goes first because its feedback window in the stream join is the most likely to have
 closed already, so it is the least useful one to deliver late. A delivery that fails with a
 retriable error goes back to the head of the buffer (at-least-once), space permitting.
+
+``impression_producer_connected`` tells whether the broker answers now, not whether the producer
+once started: every ``probe_interval_s`` a metadata request (bounded by ``probe_timeout_s``)
+sets it to 1 or 0, and each delivery outcome sets it too (1 on success, 0 on a retriable failure).
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class ImpressionLogger:
         max_bytes: int,
         max_message_bytes: int,
         max_backoff_s: float = 5.0,
+        probe_interval_s: float = 2.0,
+        probe_timeout_s: float = 2.0,
     ) -> None:
         self._make_producer = make_producer
         self.topic = topic
@@ -62,12 +68,15 @@ class ImpressionLogger:
         self.max_bytes = max_bytes
         self.max_message_bytes = max_message_bytes
         self.max_backoff_s = max_backoff_s
+        self.probe_interval_s = probe_interval_s
+        self.probe_timeout_s = probe_timeout_s
         self._buffer: deque[Record] = deque()
         self._bytes = 0
         self._inflight = 0
         self._wake = asyncio.Event()
         self._producer: Producer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
         self._last_warning = 0.0
         self.m.producer_connected.set(0)
 
@@ -107,6 +116,27 @@ class ImpressionLogger:
     # ------------------------------------------------------------------ background task
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="impression-logger")
+        self._probe_task = asyncio.create_task(self._probe(), name="impression-producer-probe")
+
+    async def _probe(self) -> None:
+        """Keep the connected gauge true while no delivery tells: a metadata round trip."""
+        while True:
+            await asyncio.sleep(self.probe_interval_s)
+            producer = self._producer
+            client = getattr(producer, "client", None)
+            if client is None:
+                continue  # not started (the gauge is 0) or a producer without a client
+            try:
+                await asyncio.wait_for(client.fetch_all_metadata(), self.probe_timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # KafkaError, timeout: the broker does not answer
+                if self.m.producer_connected.get():
+                    log.warning("impression producer lost the broker (%r); buffering", exc)
+                self.m.producer_connected.set(0)
+            else:
+                if producer is self._producer:
+                    self.m.producer_connected.set(1)
 
     async def _connect(self) -> Producer | None:
         producer = self._make_producer()
@@ -167,10 +197,13 @@ class ImpressionLogger:
             exc = asyncio.CancelledError()
         if exc is None:
             self.m.impressions.inc(labels=("sent",))
+            self.m.producer_connected.set(1)
         else:
             self._failed(record, exc)
 
     def _failed(self, record: Record, exc: BaseException) -> None:
+        if retriable(exc):
+            self.m.producer_connected.set(0)
         if retriable(exc) and len(self._buffer) < self.max_records:
             self._buffer.appendleft(record)
             self._bytes += len(record[1])
@@ -187,10 +220,11 @@ class ImpressionLogger:
         deadline = time.monotonic() + timeout_s
         while self.pending and self._producer is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._probe_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.pending:
             log.warning("closing with %d impressions undelivered", self.pending)
         if self._producer is not None:

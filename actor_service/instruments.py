@@ -49,6 +49,7 @@ class Instruments:
             P + "request_latency_seconds", "end-to-end HTTP latency (request in to response out)", ["route"]
         )
         self.candidates = r.counter(P + "candidates_total", "candidate items ranked")
+        self.in_flight = r.gauge(P + "rank_in_flight", "/rank requests admitted and not yet answered")
         self.snapshot_version = r.gauge(
             P + "snapshot_version",
             "version of the served snapshot (0: cold-start model)",

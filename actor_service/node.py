@@ -23,7 +23,10 @@ from actor_service.batcher import MicroBatcher
 from actor_service.impressions import ImpressionLogger, Producer
 from actor_service.instruments import ClickHouseExporter, Instruments, NodeState
 from actor_service.model_slot import ModelSlot, cold_start_model
+from actor_service.overload import Admission
+from actor_service.snapshot_store import SnapshotStore
 from actor_service.snapshots import FETCH_HEADROOM_BYTES, SnapshotConsumer, SnapshotLoader
+from learner.snapshot_keys import snapshot_keys
 from paperec.settings import TOPIC_IMPRESSIONS, TOPIC_SNAPSHOTS, Settings
 from paperec.topics import EVENT_MAX_MESSAGE_BYTES
 from schemas import MAX_ITEMS
@@ -47,6 +50,8 @@ def check_settings(s: Settings) -> None:
         raise ValueError("serve_torch_threads and serve_max_batch must be >= 1")
     if s.serve_impression_buffer < 1 or s.serve_impression_buffer_bytes < 1:
         raise ValueError("serve_impression_buffer and serve_impression_buffer_bytes must be >= 1")
+    if s.serve_max_in_flight < 1 or s.serve_request_deadline_ms < 0:
+        raise ValueError("serve_max_in_flight must be >= 1 and serve_request_deadline_ms >= 0")
 
 
 def node_id(s: Settings) -> str:
@@ -80,8 +85,14 @@ class Node:
             int.from_bytes(os.urandom(8), "little") if seed is None else seed
         )
         self.batcher = MicroBatcher(
-            self.scorer, settings.serve_noise_std, self.generator, max_lists=settings.serve_max_batch
+            self.scorer,
+            settings.serve_noise_std,
+            self.generator,
+            max_lists=settings.serve_max_batch,
+            max_queue=settings.serve_max_in_flight,  # admission already bounds it; bounded here too
+            deadline_s=settings.serve_request_deadline_ms / 1000 or None,  # 0: no deadline
         )
+        self.admission = Admission(settings.serve_max_in_flight)
         self.impressions = ImpressionLogger(
             make_producer or self._producer,
             settings.topic(TOPIC_IMPRESSIONS),
@@ -90,7 +101,13 @@ class Node:
             max_bytes=settings.serve_impression_buffer_bytes,
             max_message_bytes=EVENT_MAX_MESSAGE_BYTES,
         )
-        self.loader = SnapshotLoader(self.slot, settings.snapshot_hmac_key.encode(), self.m)
+        # snapshot_keys raises ValueError (naming the setting) on the dev key outside dev mode.
+        self.loader = SnapshotLoader(
+            self.slot,
+            snapshot_keys(settings).accepted,
+            self.m,
+            store=SnapshotStore(settings.serve_snapshot_path(self.node_id)),
+        )
         self.snapshots = SnapshotConsumer(
             self.loader, make_consumer or self._consumer, settings.topic(TOPIC_SNAPSHOTS)
         )
@@ -145,6 +162,9 @@ class Node:
                 self.scorer, cold_start_model, s.serve_cold_start_seed, s.serve_cold_start_config
             )
             self.slot.offer(served)
+        # The last snapshot this node verified, before the topic: the topic's newest record may be
+        # an older snapshot or a tombstone once compacted, and must not roll the node back.
+        await loop.run_in_executor(self.scorer, self.loader.load_stored)
         self._ready_deadline = time.monotonic() + s.serve_startup_timeout_s
         self.snapshots.start()
         self.impressions.start()

@@ -7,6 +7,10 @@ HMAC signature, schema version, finite weights, shapes: ``learner.snapshot.decod
 and the model built on a dedicated loader thread; only then is the one model reference
 swapped (:class:`ModelSlot`). An invalid snapshot is logged, counted by reason and ignored:
 the previous model keeps serving.
+
+Each loaded snapshot is also written to the node's local store (:mod:`actor_service.snapshot_store`)
+and loaded from there at the next start, before the topic is read: a compacted topic whose newest
+record is an older snapshot or a tombstone cannot roll a restarted node back.
 """
 
 from __future__ import annotations
@@ -15,15 +19,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from actor_service.instruments import Instruments
 from actor_service.model_slot import ModelSlot, Served, check_servable
+from actor_service.snapshot_store import SnapshotStore, StoredSnapshot
+from learner.scoring import ActorModel
 from learner.snapshot import SNAPSHOT_KEY, SnapshotRejected, decode_snapshot, header_of
-from schemas import SchemaError, decode_snapshot_header
+from schemas import SchemaError, SnapshotHeader, decode_snapshot_header
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,7 @@ class Outcome:
 def rejection_kind(message: str) -> str:
     """A small, fixed set of metric labels from a SnapshotRejected reason."""
     for needle, kind in (
+        ("key_id", "unknown_key"),
         ("payload_sha256", "checksum"),
         ("payload_size", "checksum"),
         ("signature", "signature"),
@@ -72,14 +79,61 @@ class SnapshotLoader:
     def __init__(
         self,
         slot: ModelSlot,
-        hmac_key: bytes,
+        hmac_keys: bytes | Mapping[str, bytes],
         instruments: Instruments,
         clock: Callable[[], float] = time.time,
+        store: SnapshotStore | None = None,
     ) -> None:
         self.slot = slot
-        self.key = hmac_key
+        self.keys = hmac_keys  # one key, or the accepted keys by id
         self.m = instruments
         self.clock = clock
+        self.store = store
+
+    def load_stored(self) -> int | None:
+        """At start, before the topic: serve the snapshot this node stored last, verified again
+        with the current keys (one that no longer verifies is set aside). Its version, or None."""
+        if self.store is None:
+            return None
+        stored = self.store.load()
+        if stored is None:
+            return None
+        try:
+            header, model = decode_snapshot(stored.header, stored.payload, self.keys)
+            check_servable(model)
+        except (SnapshotRejected, ValueError) as exc:
+            self.m.snapshots_rejected.inc(labels=("stored",))
+            self.store.set_aside(f"does not verify with the current keys: {exc}")
+            return None
+        if not self.slot.offer(self._served(header, model)):
+            return None
+        self.m.snapshots_loaded.inc()
+        log.info(
+            "serving snapshot %d from the local store %s (training step %d); the topic replaces it "
+            "only with a newer verified version",
+            header.snapshot_version,
+            self.store.path,
+            header.training_step,
+        )
+        return header.snapshot_version
+
+    @staticmethod
+    def _served(header: SnapshotHeader, model: ActorModel) -> Served:
+        return Served(
+            model=model,
+            version=header.snapshot_version,
+            objectives=tuple(model.ranker.cfg.objectives),
+            created_at_ms=header.created_at_ms,
+            training_step=header.training_step,
+        )
+
+    def _store(self, header_bytes: bytes, payload: bytes, version: int) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.save(StoredSnapshot(header_bytes, payload))
+        except OSError as exc:  # a full or read-only disk must not stop serving
+            log.error("could not store snapshot %d in %s: %s", version, self.store.directory, exc)
 
     def handle(self, records: Sequence[RecordLike]) -> list[Outcome]:
         """Newest first: the first valid record newer than the served model is loaded and the
@@ -110,19 +164,13 @@ class SnapshotLoader:
             return Outcome(rec.offset, "skipped", version)
         started = time.perf_counter()
         try:
-            header, model = decode_snapshot(header_bytes, rec.value, self.key)
+            header, model = decode_snapshot(header_bytes, rec.value, self.keys)
             check_servable(model)
         except SnapshotRejected as exc:
             return self._reject(rec, version, str(exc), rejection_kind(str(exc)))
         except ValueError as exc:
             return self._reject(rec, version, str(exc), "model")
-        served = Served(
-            model=model,
-            version=header.snapshot_version,
-            objectives=tuple(model.ranker.cfg.objectives),
-            created_at_ms=header.created_at_ms,
-            training_step=header.training_step,
-        )
+        served = self._served(header, model)
         if not self.slot.offer(served):
             self.m.snapshots_skipped.inc()
             return Outcome(rec.offset, "skipped", version)
@@ -140,6 +188,7 @@ class SnapshotLoader:
             load_s * 1e3,
             publish_to_served * 1e3,
         )
+        self._store(header_bytes, rec.value, served.version)  # after the swap: never delays serving
         return Outcome(rec.offset, "loaded", served.version)
 
     def _reject(self, rec: RecordLike, version: int | None, reason: str, kind: str) -> Outcome:

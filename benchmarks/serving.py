@@ -54,6 +54,7 @@ from actor_service.devtools import (
 from learner.featurize import ListView, list_inputs
 from learner.scoring import ActorModel, score
 from learner.snapshot import decode_snapshot, header_of
+from learner.snapshot_keys import snapshot_keys
 from paperec.settings import Settings
 from paperec.topics import create_topics, delete_prefixed_topics
 
@@ -286,14 +287,16 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.torch_threads)
-    settings = Settings.from_env().replace(topic_prefix=f"paperec.bench.{uuid.uuid4().hex[:8]}.")
+    # dev_mode: the benchmark's nodes may use the dev stack's built-in snapshot key
+    prefix = f"paperec.bench.{uuid.uuid4().hex[:8]}."
+    settings = Settings.from_env().replace(topic_prefix=prefix, dev_mode=True)
     problems = create_topics(settings)
     if problems:
         raise SystemExit(f"topics: {problems}")
     publisher = SnapshotPublisher(settings)
     rec = snapshot_record(make_model(1), 1, settings)
     publisher.publish(rec)
-    _, model = decode_snapshot(header_of(rec.headers), rec.value, settings.snapshot_hmac_key.encode())
+    _, model = decode_snapshot(header_of(rec.headers), rec.value, snapshot_keys(settings).accepted)
 
     node_args = [
         "--serve-cold-start", "refuse",

@@ -126,7 +126,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     cfg = build_config(LearnerServiceConfig, args, SERVICE[1])
     train_cfg = build_config(PAPERecConfig, args, TRAIN[1])
-    service = LearnerService(settings, cfg, train_cfg)
+    try:
+        service = LearnerService(settings, cfg, train_cfg)
+    except ValueError as exc:  # unusable settings, e.g. the dev snapshot key outside dev mode
+        print(f"paperec learner: {exc}", file=sys.stderr)
+        return 2
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: stopping after the current step", signal.Signals(signum).name)

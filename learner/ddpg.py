@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from learner.config import sub_config
+from learner.numeric import all_finite, grads_finite
 from learner.policy import Actor, ActorConfig
 
 Tensor = torch.Tensor
@@ -103,6 +104,9 @@ class DDPG:
         """One critic TD step and (every policy_frequency) one actor + target step.
 
         obs, next_obs (B, S); actions (B, A); rewards, dones (B,). Inputs are not modified.
+        A non-finite loss or gradient skips the optimizer step it precedes and returns
+        ``nonfinite_step = 1`` (if the actor's is, the critic has stepped already: undoing it is
+        the caller's, see ``Trainer.step``).
         """
         cfg = self.cfg
         with torch.no_grad():
@@ -113,6 +117,10 @@ class DDPG:
         qf_loss = F.mse_loss(qf_values, td_target)
         self.q_optimizer.zero_grad(set_to_none=True)
         qf_loss.backward()
+        # a non-finite loss or gradient must not reach the weights or Adam's moments
+        if not (all_finite([qf_loss]) and grads_finite(self.qf.parameters())):
+            self.q_optimizer.zero_grad(set_to_none=True)
+            return {"nonfinite_step": 1.0}
         self.q_optimizer.step()
         metrics = {"qf_loss": qf_loss.item(), "qf_value": qf_values.mean().item()}
 
@@ -123,8 +131,12 @@ class DDPG:
             actor_loss = -self.qf(obs, self.actor(obs)).mean()
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
-            self.actor_optimizer.step()
             self.qf.requires_grad_(True)
+            if not (all_finite([actor_loss]) and grads_finite(self.actor.parameters())):
+                # the critic has stepped: the caller undoes it (Trainer.step restores the state)
+                self.actor_optimizer.zero_grad(set_to_none=True)
+                return {**metrics, "nonfinite_step": 1.0}
+            self.actor_optimizer.step()
             soft_update(self.actor_target, self.actor, cfg.tau)
             soft_update(self.qf_target, self.qf, cfg.tau)
             metrics["actor_loss"] = actor_loss.item()

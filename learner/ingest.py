@@ -12,9 +12,10 @@ training loop needs between torch ops. The service therefore polls and prepares 
 process (:class:`learner.ingest_process.ProcessSource`, whose ``poll`` returns a
 :class:`PreparedChunk`), and this thread only stores chunks.
 
-Bad records never stop the thread: a SchemaError (undecodable) or FeatureError (widths or
-objectives the model does not have) sends the raw record with its reason to the dead-letter
-topic and counts it.
+Bad records never stop the thread: a SchemaError (undecodable, or a number beyond the schemas'
+float32-safe bound) or FeatureError (widths or objectives the model does not have, a non-finite
+featurized value) sends the raw record with its reason and field to the dead-letter topic and
+counts it: no non-finite row enters the buffer.
 
 Offsets: ``positions`` (the next offset per partition) move only after a chunk's records are in
 the buffer (or dead-lettered, or dropped as duplicates), under ``lock`` together with the buffer
@@ -36,6 +37,7 @@ from typing import Any, Protocol
 
 from learner.batch import ListBatch
 from learner.featurize import FeatureError, transition_batch
+from learner.numeric import nonfinite_fields, nonfinite_rows
 from learner.ranker import RankerConfig
 from learner.replay_buffer import ReplayBuffer
 from schemas import SchemaError, Transition, decode_transition, encode, make_dead_letter
@@ -330,6 +332,29 @@ def _featurize(
     ranker_cfg: RankerConfig,
     letters: list[tuple[bytes, bytes | None]],
 ) -> tuple[ListBatch | None, list[tuple[RawRecord, Transition]]]:
+    batch, good = _featurize_valid(good, ranker_cfg, letters)
+    if batch is None:
+        return batch, good
+    # Defence in depth: the schemas bound every number (schemas.MAX_ABS_NUMBER), so featurized
+    # rows are finite; a row that is not anyway never enters the buffer.
+    bad = nonfinite_rows(batch)
+    if not bool(bad.any()):
+        return batch, good
+    for row in bad.nonzero().flatten().tolist():
+        fields = ", ".join(nonfinite_fields(batch, row))
+        letters.append(_dead_letter(good[row][0], FeatureError(fields, "non-finite value after featurizing")))
+    keep = (~bad).nonzero().flatten()
+    if len(keep) == 0:
+        return None, []
+    return batch.select(keep), [good[i] for i in keep.tolist()]
+
+
+def _featurize_valid(
+    good: list[tuple[RawRecord, Transition]],
+    ranker_cfg: RankerConfig,
+    letters: list[tuple[bytes, bytes | None]],
+) -> tuple[ListBatch | None, list[tuple[RawRecord, Transition]]]:
+    """One transition_batch call; on a FeatureError, dead-letter the offending transitions."""
     if not good:
         return None, good
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from learner.ingest import RawRecord
 
@@ -104,24 +106,109 @@ class KafkaSource:
 
 
 class KafkaDeadLetters:
-    """Dead letters to the dead-letter topic (acks=all; ``flush`` before offsets are checkpointed)."""
+    """Dead letters to the dead-letter topic (acks=all; ``flush`` before offsets are committed).
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        from kafka import KafkaProducer
+    Never raises and never waits long for the broker: ``send`` gives up after ``max_block_s``
+    when the producer's buffer is full or the topic's metadata is missing, and ``flush`` after
+    ``flush_timeout_s``, returning False (``flushed`` stays False until a flush succeeds). The
+    checkpoint holds the offsets anyway; only their commit waits for a successful flush
+    (docs/learner_service.md, "Broker outages").
+    """
 
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        flush_timeout_s: float = 2.0,
+        max_block_s: float = 5.0,
+        producer: Any = None,
+    ) -> None:
         self.topic = topic
         self.failed = 0
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=50)
+        self.flush_failures = 0
+        self.flushed = True  # everything sent so far is acknowledged
+        self.flush_timeout_s = flush_timeout_s
+        if producer is None:
+            from kafka import KafkaProducer
+
+            producer = KafkaProducer(
+                bootstrap_servers=bootstrap, acks="all", linger_ms=50, max_block_ms=int(max_block_s * 1000)
+            )
+        self.producer = producer
 
     def send(self, value: bytes, key: bytes | None) -> None:
-        self.producer.send(self.topic, key=key, value=value).add_errback(self._failed)
+        self.flushed = False
+        try:
+            self.producer.send(self.topic, key=key, value=value).add_errback(self._failed)
+        except Exception as exc:  # buffer full or no metadata within max_block_s: the broker is away
+            self._failed(exc)
 
     def _failed(self, exc: BaseException) -> None:
         self.failed += 1
         log.error("dead letter not delivered to %s: %s", self.topic, exc)
 
     def flush(self) -> None:
-        self.producer.flush(timeout=10)
+        """Wait up to ``flush_timeout_s`` for every dead letter sent so far; ``flushed`` says
+        whether they all were acknowledged (or given up on)."""
+        try:
+            self.producer.flush(timeout=self.flush_timeout_s)
+        except Exception as exc:  # KafkaTimeoutError while the broker is down: try again later
+            self.flush_failures += 1
+            log.warning("dead letters not flushed within %.1f s: %s", self.flush_timeout_s, exc)
+            return
+        self.flushed = True
 
     def close(self) -> None:
-        self.producer.close(timeout=10)
+        try:
+            self.producer.close(timeout=10)
+        except Exception as exc:
+            log.warning("dead-letter producer did not close cleanly: %s", exc)
+
+
+class FlushableDeadLetters(Protocol):
+    flushed: bool
+
+    def flush(self) -> None: ...
+
+
+class CommitAfterFlush:
+    """The offsets of the newest checkpoint, committed once the dead letters before them are
+    acknowledged: while the broker is away the commit waits (the checkpoint file holds the
+    offsets, so nothing is lost meanwhile) and is retried every ``retry_s`` from the training
+    loop's ``poll``, with the newest checkpoint's offsets."""
+
+    def __init__(
+        self,
+        dead_letters: FlushableDeadLetters,
+        commit: Callable[[dict[int, int]], None],
+        retry_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.dead_letters = dead_letters
+        self.commit = commit
+        self.retry_s = retry_s
+        self.clock = clock
+        self.pending: dict[int, int] | None = None
+        self.deferred = 0  # commits put off because the dead letters were not out
+        self._last_try = 0.0
+
+    def offer(self, positions: dict[int, int]) -> None:
+        """After a checkpoint was written (its ``checkpoint_state`` flushed the dead letters)."""
+        self.pending = dict(positions)
+        self._try(flush=False)
+
+    def poll(self) -> None:
+        """Retry a deferred commit when due (cheap when there is none)."""
+        if self.pending is not None and self.clock() - self._last_try >= self.retry_s:
+            self._try(flush=True)
+
+    def _try(self, flush: bool) -> None:
+        self._last_try = self.clock()
+        if flush and not self.dead_letters.flushed:
+            self.dead_letters.flush()
+        if self.dead_letters.flushed and self.pending is not None:
+            self.commit(self.pending)
+            self.pending = None
+        else:
+            self.deferred += 1
+            log.warning("offset commit deferred: dead letters not acknowledged (broker down?)")

@@ -15,12 +15,20 @@ One ``Trainer.step(batch)`` on B logged transitions (s, list, labels, logged wei
      with lower bounds, recomputed every step;
 3. ranker update on mean_b sum_k weight_bk L_bk.
 
+Non-finite values never reach the weights: a batch with a NaN/inf in any row is refused before
+the forward pass; a non-finite loss, reward or gradient skips every optimizer step of the batch
+(ranker, critic, actor: checked before each ``optimizer.step()``, and the strategy's state,
+whose critic may already have stepped, is put back as it was). A refused step changes nothing
+but ``nonfinite_steps`` (``num_steps`` counts applied steps only); its metrics say
+``nonfinite_step = 1``.
+
 Randomness inside a step (dropout) comes from a generator seeded by (seed, step number), so a
 step is a pure function of (trainer state, batch): checkpoints resume bit-identically.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -32,6 +40,7 @@ from learner.config import config_to_dict, sub_config
 from learner.ddpg import DDPG, DDPGConfig
 from learner.grads import batch_grads, per_list_param_grads, per_list_repr_grads, shared_parameters
 from learner.mgda import Normalize, RunningGradScale, min_norm, normalize_grads, weighted_norm
+from learner.numeric import all_finite, nonfinite_rows
 from learner.ranker import Ranker, RankerConfig
 from learner.runtime import default_device, seeded
 from learner.scoring import ActorModel
@@ -281,29 +290,70 @@ class Trainer:
             self.ranker.parameters(), lr=cfg.ranker_lr, weight_decay=cfg.weight_decay
         )
         self.num_steps = 0
+        """training steps applied (refused ones excluded)"""
+        self.nonfinite_steps = 0
+        """steps refused because an input, loss or gradient was not finite"""
         log.info("trainer: strategy=%s grad_mode=%s device=%s", cfg.strategy, cfg.grad_mode, self.device)
 
     def step(self, batch: ListBatch) -> dict[str, float]:
-        """One training step on ``batch`` (not modified); returns metrics."""
+        """One training step on ``batch`` (not modified); returns metrics.
+
+        Refused (nothing changes but ``nonfinite_steps``; metrics ``nonfinite_step`` = 1) when a
+        row of the batch, a loss or a gradient is not finite: see the module docstring.
+        """
         batch = batch.to(self.device)
+        bad_rows = int(nonfinite_rows(batch).sum())
+        if bad_rows:
+            return self._refuse("input", {"nonfinite_rows": float(bad_rows)})
+        # The strategy may step its own optimizers (the critic) before a later check fails: keep
+        # its state to put back, so that a refused batch leaves no partial update (~1% of a step).
+        strategy_state = copy.deepcopy(self.strategy.state_dict())
         with seeded(self.cfg.seed + 1 + self.num_steps, self.device):
             self.ranker.train()
             state = self.ranker.user_state(batch.user_feats, batch.history, batch.context)  # (B, S)
             h = self.ranker.encode(batch, user_state=state)  # (B, L, D)
             losses = self.ranker.losses_per_list(self.ranker.heads(h), batch)  # (B, K)
+            if not all_finite([losses]):  # before the strategy: its reward would be NaN too
+                return self._refuse("loss", {})
             weights, metrics = self.strategy.weights(StepContext(batch, state, h, losses))
             loss = (weights.detach() * losses).sum(-1).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # the total gradient norm is non-finite iff a gradient is (clip_grad_norm_ with an
+            # infinite max only measures); it is computed for clipping anyway
+            max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.ranker.parameters(), max_norm)
+            if metrics.get("nonfinite_step") or not all_finite([loss, weights, grad_norm]):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.strategy.load_state_dict(strategy_state)
+                return self._refuse("loss or gradient", {})
             if self.cfg.max_grad_norm > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.ranker.parameters(), self.cfg.max_grad_norm)
                 metrics["grad_norm"] = grad_norm.item()
             self.optimizer.step()
         self.num_steps += 1
         mean_losses = losses.detach().mean(0)
         metrics["loss"] = loss.item()
+        metrics["nonfinite_step"] = 0.0
         metrics.update({f"loss/{o}": float(mean_losses[k]) for k, o in enumerate(self.cfg.ranker.objectives)})
         return metrics
+
+    def _refuse(self, what: str, metrics: dict[str, float]) -> dict[str, float]:
+        self.nonfinite_steps += 1
+        log.warning(
+            "non-finite %s: step refused (after step %d; %d refused so far)",
+            what,
+            self.num_steps,
+            self.nonfinite_steps,
+        )
+        return {**metrics, "nonfinite_step": 1.0}
+
+    def weights_finite(self) -> bool:
+        """Every parameter of the ranker and of the strategy's networks is finite."""
+        modules: list[torch.nn.Module] = [self.ranker]
+        if isinstance(self.strategy, PAPERecStrategy):
+            d = self.strategy.ddpg
+            modules += [d.actor, d.qf, d.actor_target, d.qf_target]
+        return all_finite(p for m in modules for p in m.parameters())
 
     def reward_probe(self, batch: ListBatch) -> tuple[Tensor, Tensor]:
         """paperec only: the weight generator's w(s) (B, K) and each list's Gram matrix G (B, K, K)
@@ -341,6 +391,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "strategy": self.strategy.state_dict(),
             "num_steps": self.num_steps,
+            "nonfinite_steps": self.nonfinite_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -350,3 +401,4 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.strategy.load_state_dict(state["strategy"])
         self.num_steps = int(state["num_steps"])
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))  # absent in older checkpoints

@@ -13,7 +13,9 @@ producer's ``max_request_size`` is ``Settings.max_message_bytes``, the same valu
 the default model's snapshot is ~4.5 MB, already over Kafka's 1 MiB default).
 
 Versions: strictly increasing across restarts. The first version of a run is
-``max(version in the checkpoint, newest version on the topic) + 1``.
+``max(version in the checkpoint, newest verified version on the topic) + 1``. Only records that
+verify with the accepted keys count: anyone who can write to the topic could otherwise push the
+learner's versions to the int64 limit with one unsigned header and stop publishing for good.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from learner.scoring import ActorModel
@@ -42,12 +44,54 @@ class PublishResult:
     error: str = ""
 
 
-def latest_version(bootstrap: str, topic: str, key: bytes | None = None, tail: int = 16) -> int:
-    """The highest snapshot_version among the last ``tail`` records of the snapshot topic (0 if none).
+@dataclass(frozen=True)
+class VersionScan:
+    version: int  # highest verified snapshot_version (0 if none)
+    verified: int  # snapshot records that verified
+    unverified: int  # records skipped: no or undecodable header, bad signature or checksum, unknown key id
 
-    Every decodable header counts, signed with our key or not: the version must outrun anything
-    serving nodes may have seen, and skipping numbers is harmless.
+
+def scan_versions(
+    records: Iterable[tuple[list[tuple[str, bytes]] | None, bytes | None]], keys: bytes | Mapping[str, bytes]
+) -> VersionScan:
+    """The highest version among ``(headers, value)`` records that verify with ``keys``.
+
+    Nodes load only verified snapshots, so only those are versions the learner must outrun.
+    Tombstones (no value) are not snapshots and count as neither.
     """
+    best, verified, unverified = 0, 0, 0
+    for headers, value in records:
+        if value is None:
+            continue
+        version = _verified_version(headers, value, keys)
+        if version is None:
+            unverified += 1
+        else:
+            verified += 1
+            best = max(best, version)
+    return VersionScan(best, verified, unverified)
+
+
+def _verified_version(
+    headers: list[tuple[str, bytes]] | None, payload: bytes, keys: bytes | Mapping[str, bytes]
+) -> int | None:
+    raw = next((v for name, v in headers or () if name == HEADER_NAME), None)
+    if raw is None:
+        log.warning("record on the snapshot topic has no %s header: ignored for versions", HEADER_NAME)
+        return None
+    try:
+        header = decode_snapshot_header(raw)
+        verify_snapshot(header, payload, keys)
+    except SchemaError as exc:
+        log.warning("snapshot on the topic does not verify (%s): its version is ignored", exc)
+        return None
+    return header.snapshot_version
+
+
+def latest_version(
+    bootstrap: str, topic: str, keys: bytes | Mapping[str, bytes], tail: int = 16
+) -> VersionScan:
+    """:func:`scan_versions` over the last ``tail`` records of the snapshot topic."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
@@ -61,41 +105,24 @@ def latest_version(bootstrap: str, topic: str, key: bytes | None = None, tail: i
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
-            return 0
+            return VersionScan(0, 0, 0)
         consumer.assign(tps)
         ends = consumer.end_offsets(tps)
         begins = consumer.beginning_offsets(tps)
         for tp in tps:
             consumer.seek(tp, max(begins[tp], ends[tp] - tail))
-        best, remaining = 0, {tp for tp in tps if ends[tp] > begins[tp]}
+        records: list[tuple[list[tuple[str, bytes]] | None, bytes | None]] = []
+        remaining = {tp for tp in tps if ends[tp] > begins[tp]}
         deadline = time.monotonic() + 15.0
         while remaining and time.monotonic() < deadline:
             for tp, msgs in consumer.poll(timeout_ms=500).items():
-                for m in msgs:
-                    best = max(best, _version_of(m.headers, m.value, key))
+                records.extend((m.headers, m.value) for m in msgs)
                 if consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
             remaining = {tp for tp in remaining if consumer.position(tp) < ends[tp]}
-        return best
+        return scan_versions(records, keys)
     finally:
         consumer.close()
-
-
-def _version_of(headers: list[tuple[str, bytes]] | None, payload: bytes | None, key: bytes | None) -> int:
-    for name, value in headers or ():
-        if name != HEADER_NAME:
-            continue
-        try:
-            header = decode_snapshot_header(value)
-        except SchemaError:
-            return 0
-        if key is not None:
-            try:
-                verify_snapshot(header, payload or b"", key)
-            except SchemaError as exc:
-                log.warning("snapshot v%d on the topic does not verify (%s)", header.snapshot_version, exc)
-        return header.snapshot_version
-    return 0
 
 
 class SnapshotPublisher:
@@ -108,11 +135,13 @@ class SnapshotPublisher:
         first_version: int,
         on_result: Callable[[PublishResult], None] | None = None,
         send_timeout_s: float = 30.0,
+        key_id: str | None = None,
     ) -> None:
         from kafka import KafkaProducer
 
         self.topic = topic
         self.key = key
+        self.key_id = key_id  # recorded in every header, so nodes pick the right key while rotating
         self.max_message_bytes = max_message_bytes
         self.next_version = first_version
         self.on_result = on_result
@@ -155,6 +184,7 @@ class SnapshotPublisher:
                 training_step=training_step,
                 watermark_ms=watermark_ms,
                 key=self.key,
+                key_id=self.key_id,
                 max_message_bytes=self.max_message_bytes,
             )
         except Exception as exc:  # e.g. over the size limit: log and keep training

@@ -8,6 +8,9 @@
 - Eviction: FIFO. When full, each new row overwrites the oldest one.
 - Sampling: uniform with replacement over the rows present, from a seeded CPU generator (its
   state is part of ``state_dict``, so a resumed learner draws the same indices).
+- Quarantine: rows the trainer found non-finite (:meth:`quarantine_nonfinite`, by the slots a
+  :class:`Sample` reports) are never sampled again nor checkpointed; the ring overwrites them in
+  turn. Ingest keeps such rows out in the first place; this is the second line of defence.
 - Dedup: the last ``seen_capacity`` (>= capacity) distinct transition ids are remembered in an
   LRU; a transition whose id is among them is ignored, even if its row was evicted already.
   Under at-least-once delivery and replays the same transition may arrive twice.
@@ -28,6 +31,7 @@ from typing import Any
 import torch
 
 from learner.batch import BatchDims, ListBatch
+from learner.numeric import nonfinite_rows
 
 Tensor = torch.Tensor
 
@@ -58,6 +62,7 @@ class AddResult:
 class Sample:
     batch: ListBatch
     max_ts_ms: int  # latest event time among the sampled rows (the input watermark)
+    slots: Tensor | None = None  # (B,) ring slot of each row, for quarantine_nonfinite
 
 
 @dataclass
@@ -66,6 +71,7 @@ class BufferStats:
     duplicates: int = 0
     truncated: int = 0
     evicted: int = 0
+    quarantined: int = 0
 
 
 def fit_list_len(t: Tensor, length: int) -> Tensor:
@@ -102,6 +108,8 @@ class ReplayBuffer:
             for name, t in ((n, getattr(template, n)) for n in FIELDS)
         }
         self._ts_ms = torch.zeros(capacity, dtype=torch.int64)  # event time per row, on CPU
+        self._bad = torch.zeros(capacity, dtype=torch.bool)  # quarantined slots, on CPU
+        self._n_bad = 0
         self._pos = 0  # next slot to write
         self._size = 0
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -110,7 +118,8 @@ class ReplayBuffer:
         self.stats = BufferStats()
 
     def __len__(self) -> int:
-        return self._size
+        """Rows that can be sampled (quarantined ones excluded)."""
+        return self._size - self._n_bad
 
     @property
     def nbytes(self) -> int:
@@ -183,6 +192,9 @@ class ReplayBuffer:
                 value = fit_list_len(value, self.list_len)
             store[dev_slots] = value.to(self.device, store.dtype)
         self._ts_ms[slots] = ts_ms
+        if self._n_bad:  # a new row replaces a quarantined one
+            self._bad[slots] = False
+            self._n_bad = int(self._bad.sum())
         self.stats.evicted += max(0, self._size + n - self.capacity)
         self._pos = (self._pos + n) % self.capacity
         self._size = min(self.capacity, self._size + n)
@@ -191,14 +203,40 @@ class ReplayBuffer:
     def sample(self, batch_size: int) -> Sample:
         """``batch_size`` rows drawn uniformly with replacement (seeded), on the buffer's device."""
         with self._lock:
-            if self._size == 0:
+            if self._size - self._n_bad == 0:
                 raise ValueError("cannot sample from an empty buffer")
-            idx = torch.randint(0, self._size, (batch_size,), generator=self._generator)
+            if self._n_bad:  # only the good slots (rare: the usual draw below is unchanged)
+                good = (~self._bad[: self._size]).nonzero().flatten()
+                idx = good[torch.randint(0, len(good), (batch_size,), generator=self._generator)]
+            else:
+                idx = torch.randint(0, self._size, (batch_size,), generator=self._generator)
             # rows 0..size-1 are the filled slots whatever pos is: the ring fills 0.. first
             dev_idx = idx.to(self.device)
             fields = {name: store.index_select(0, dev_idx) for name, store in self._storage.items()}
             max_ts = int(self._ts_ms.index_select(0, idx).max())
-        return Sample(ListBatch(**fields), max_ts)
+        return Sample(ListBatch(**fields), max_ts, idx)
+
+    def quarantine_nonfinite(self, slots: Tensor) -> int:
+        """Exclude those of ``slots`` (as :class:`Sample` reports them) whose row holds a NaN or
+        an infinity from sampling and checkpoints; returns how many were newly quarantined.
+
+        The rows are checked again here, under the lock: ingestion may have overwritten a slot
+        with a good row since it was sampled.
+        """
+        with self._lock:
+            slots = slots.unique().cpu()
+            slots = slots[(slots >= 0) & (slots < self._size)]
+            slots = slots[~self._bad[slots]]
+            if len(slots) == 0:
+                return 0
+            rows = ListBatch(
+                **{n: s.index_select(0, slots.to(self.device)) for n, s in self._storage.items()}
+            )
+            bad = slots[nonfinite_rows(rows).cpu()]
+            self._bad[bad] = True
+            self._n_bad += len(bad)
+            self.stats.quarantined += len(bad)
+            return len(bad)
 
     def _chronological_slots(self) -> Tensor:
         start = (self._pos - self._size) % self.capacity
@@ -212,13 +250,14 @@ class ReplayBuffer:
             state: dict[str, Any] = {
                 "capacity": self.capacity,
                 "list_len": self.list_len,
-                "size": self._size,
+                "size": self._size - self._n_bad,
                 "seen_ids": list(self._seen),
                 "generator": self._generator.get_state(),
                 "stats": dataclasses.asdict(self.stats),
             }
             if contents:
                 slots = self._chronological_slots()
+                slots = slots[~self._bad[slots]]  # quarantined rows are not kept
                 dev_slots = slots.to(self.device)
                 state["rows"] = {n: s.index_select(0, dev_slots).cpu() for n, s in self._storage.items()}
                 state["ts_ms"] = self._ts_ms.index_select(0, slots)
@@ -229,7 +268,8 @@ class ReplayBuffer:
         if state["list_len"] != self.list_len:
             raise ValueError(f"checkpoint buffer has list_len {state['list_len']}, this one {self.list_len}")
         with self._lock:
-            self._pos = self._size = 0
+            self._pos = self._size = self._n_bad = 0
+            self._bad.zero_()
             self._seen = OrderedDict.fromkeys(state["seen_ids"][-self.seen_capacity :])
             self._generator.set_state(state["generator"])
             self.stats = BufferStats(**state["stats"])

@@ -15,13 +15,19 @@ captured together; the offsets are committed to Kafka only after the checkpoint 
 A restart loads the newest checkpoint and seeks to its offsets (the committed ones when there is
 no checkpoint): nothing before the last commit is read again, and everything after it is.
 SIGTERM: stop ingesting, publish a last snapshot, write a last checkpoint, commit, exit 0.
+
+Numeric safety (docs/hardening.md): ``Trainer.step`` refuses a batch with a non-finite input,
+loss or gradient (no optimizer steps at all; counted as ``nonfinite_steps_total``), and the loop
+then quarantines the batch's non-finite rows in the buffer (``quarantined_total``). Before every
+snapshot and checkpoint the weights are checked (:class:`learner.numeric.FiniteGuard`): non-finite
+ones are never published or saved; the trainer goes back to its last good state and training
+goes on (``nonfinite_weights_refused_total``); snapshot versions keep rising.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import socket
 import threading
 import time
@@ -35,12 +41,14 @@ from learner.checkpoint import CheckpointStore
 from learner.config import config_to_dict
 from learner.ingest import Ingestor, IngestStats, RecordSource
 from learner.ingest_process import ProcessSource
-from learner.kafka_io import KafkaDeadLetters, KafkaSource
+from learner.kafka_io import CommitAfterFlush, KafkaDeadLetters, KafkaSource
 from learner.learner_metrics import LearnerMetrics, clickhouse_writer, weight_stats
+from learner.numeric import FiniteGuard
 from learner.paperec import PAPERecConfig, PAPERecStrategy, Trainer
 from learner.publisher import PublishResult, SnapshotPublisher, latest_version
 from learner.replay_buffer import ReplayBuffer
 from learner.runtime import default_device, training_threads
+from learner.snapshot_keys import snapshot_keys
 from paperec.settings import TOPIC_DEAD_LETTER, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
 
 log = logging.getLogger(__name__)
@@ -100,6 +108,9 @@ class LearnerService:
         train_cfg: PAPERecConfig,
     ) -> None:
         self.settings, self.cfg, self.train_cfg = settings, cfg, train_cfg
+        # Here, not in run(): a missing or dev key fails at start (ValueError naming the setting).
+        self.keys = snapshot_keys(settings)
+        self.signing_key_id, self.signing_key = self.keys.signing()
         self.stop_event = threading.Event()
         self.topic = settings.topic(TOPIC_TRANSITIONS)
 
@@ -183,28 +194,37 @@ class LearnerService:
             stats=ingest_stats,
         )
         snapshot_topic = s.topic(TOPIC_SNAPSHOTS)
-        key = s.snapshot_hmac_key.encode()
-        on_topic = latest_version(s.kafka_bootstrap, snapshot_topic, key)
+        on_topic = latest_version(s.kafka_bootstrap, snapshot_topic, self.keys.accepted)
+        if on_topic.unverified:
+            metrics.gauge("snapshot_topic_unverified", float(on_topic.unverified))
         publisher = SnapshotPublisher(
             s.kafka_bootstrap,
             snapshot_topic,
-            key,
+            self.signing_key,
             s.max_message_bytes,
-            first_version=max(ckpt_version, on_topic) + 1,
+            first_version=max(ckpt_version, on_topic.version) + 1,
             on_result=lambda r: _observe_publish(metrics, r),
+            key_id=self.signing_key_id,
         )
         log.info(
-            "snapshot versions continue at %d (checkpoint %d, topic %d)",
+            "snapshot versions continue at %d (checkpoint %d, topic %d; %d unverified records on the "
+            "topic ignored); signing with key id %r",
             publisher.next_version,
             ckpt_version,
-            on_topic,
+            on_topic.version,
+            on_topic.unverified,
+            self.signing_key_id,
         )
         can_snapshot = isinstance(trainer.strategy, PAPERecStrategy)
         if not can_snapshot:
             log.warning("strategy %s has no weight generator: no snapshots are published", tcfg.strategy)
 
+        # never checkpoint or publish non-finite weights: the guard restores the last good state
+        guard = FiniteGuard(trainer)
+
         def checkpoint() -> None:
             start = time.perf_counter()
+            guard.verify("checkpoint")  # non-finite: the last good state is what gets saved
             buffer_state, positions, stats = ingestor.checkpoint_state(cfg.checkpoint_buffer)
             state: dict[str, Any] = {
                 "trainer": trainer.state_dict(),
@@ -217,11 +237,18 @@ class LearnerService:
                 "created_at_ms": int(time.time() * 1000),
             }
             store.save(state, trainer.num_steps)
-            ingestor.request_commit(positions)  # only now: the checkpoint holds these offsets
+            # only now: the checkpoint holds these offsets; while the broker is away (dead
+            # letters not acknowledged) the commit waits and is retried from the loop
+            commits.offer(positions)
             metrics.gauge("checkpoint_s", time.perf_counter() - start)
 
+        commits = CommitAfterFlush(dead_letters, ingestor.request_commit)
+
         def snapshot() -> None:
-            publisher.publish(trainer.actor_model, training_step=trainer.num_steps, watermark_ms=watermark_ms)
+            if guard.verify("snapshot"):  # else restored: the last good weights are served already
+                publisher.publish(
+                    trainer.actor_model, training_step=trainer.num_steps, watermark_ms=watermark_ms
+                )
 
         # 3. the loop
         ingestor.start()
@@ -238,6 +265,7 @@ class LearnerService:
                 if cfg.checkpoint_every_s > 0 and now - last_ckpt_t >= cfg.checkpoint_every_s:
                     checkpoint()
                     last_ckpt_t = now
+                commits.poll()
                 if now - last_log_t >= cfg.log_every_s:
                     dt = now - last_log_t
                     sps = (trainer.num_steps - last_log_step) / dt
@@ -275,12 +303,22 @@ class LearnerService:
                 sample = buffer.sample(cfg.batch_size)
                 batch = sample.batch
                 step_metrics = trainer.step(batch)
-                watermark_ms = max(watermark_ms, sample.max_ts_ms)
                 step_time = time.perf_counter() - t0
-                if not math.isfinite(step_metrics.get("loss", 0.0)):
-                    log.error("non-finite loss at step %d", trainer.num_steps)
-                    metrics.gauge("nonfinite_steps", 1.0)
+                if step_metrics.get("nonfinite_step"):
+                    # refused, nothing applied: keep the rows that caused it out of later samples
+                    if sample.slots is not None:
+                        buffer.quarantine_nonfinite(sample.slots)
+                    batch = None  # not for weight_stats either
+                else:
+                    watermark_ms = max(watermark_ms, sample.max_ts_ms)
                 metrics.observe(step_metrics)
+                metrics.observe(
+                    {
+                        "nonfinite_steps_total": float(trainer.nonfinite_steps),
+                        "quarantined_total": float(buffer.stats.quarantined),
+                        "nonfinite_weights_refused_total": float(guard.refused),
+                    }
+                )
                 metrics.observe({"step_time_s": step_time})
 
                 steps_since = trainer.num_steps - last_snapshot_step

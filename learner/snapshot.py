@@ -5,7 +5,7 @@ A snapshot is one Kafka record on the compacted ``actor-snapshots`` topic:
 - value: the safetensors payload of ``ActorModel.state_dict()`` (tensors only, never pickle),
 - record header ``paperec-snapshot-header``: the JSON ``SnapshotHeader`` (schema version,
   snapshot version, created_at, training step, input watermark, model config, SHA-256 of the
-  payload and an HMAC-SHA256 signature).
+  payload, the id of the signing key and an HMAC-SHA256 signature).
 
 Size policy: a snapshot is one message. The topic's ``max.message.bytes``, the broker's
 ``message.max.bytes`` and the producer's ``max_request_size`` are all raised together from
@@ -19,6 +19,7 @@ trainer.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -63,9 +64,11 @@ def encode_snapshot(
     watermark_ms: int,
     key: bytes,
     max_message_bytes: int,
+    key_id: str | None = None,
     created_at_ms: int | None = None,
 ) -> tuple[SnapshotHeader, bytes]:
-    """Serialize and sign the serving model. Returns (header, safetensors payload)."""
+    """Serialize and sign the serving model with ``key`` (whose id ``key_id`` the header records).
+    Returns (header, safetensors payload)."""
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     payload = save_safetensors(tensors)
     if len(payload) + HEADER_HEADROOM_BYTES > max_message_bytes:
@@ -81,6 +84,7 @@ def encode_snapshot(
         model_config=model.model_config(),
         payload=payload,
         key=key,
+        key_id=key_id,
     )
     return header, payload
 
@@ -96,8 +100,12 @@ def header_of(headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...] |
     raise SnapshotRejected(f"record has no {HEADER_NAME} header")
 
 
-def decode_snapshot(header_bytes: bytes, payload: bytes, key: bytes) -> tuple[SnapshotHeader, ActorModel]:
+def decode_snapshot(
+    header_bytes: bytes, payload: bytes, key: bytes | Mapping[str, bytes]
+) -> tuple[SnapshotHeader, ActorModel]:
     """Validate everything, then build the model. Raises SnapshotRejected with the reason.
+
+    ``key``: one key, or the accepted keys by id (see :func:`schemas.verify_snapshot`).
 
     Order matters: the signature is checked before the payload is parsed or the config is used,
     so an unauthenticated record never reaches safetensors or the model constructor.

@@ -41,7 +41,7 @@ def _learner_sql(names: str) -> str:
     return (
         f"SELECT {TIME}, if(label = '', name, concat(name, '[', label, ']')) AS series, "
         "avg(value) AS avg_value "
-        f"FROM learner_metrics WHERE {TIME_FILTER} AND name IN ({names}) "
+        f"FROM learner_metrics FINAL WHERE {TIME_FILTER} AND name IN ({names}) "
         "GROUP BY time, series ORDER BY time"
     )
 
@@ -50,32 +50,32 @@ def _learner_sql(names: str) -> str:
 PANELS: list[tuple[str, str, str, str, int, str, str]] = [
     (
         "a", "CTR per bucket", "timeseries", "percentunit", FORMAT_TIME_SERIES,
-        f"SELECT {TIME}, sum(clicks) / sum(n_items) AS ctr FROM list_outcomes "
+        f"SELECT {TIME}, sum(clicks) / sum(n_items) AS ctr FROM list_outcomes FINAL "
         f"WHERE {TIME_FILTER} GROUP BY time ORDER BY time",
         "Clicks per impression of the served lists (list_outcomes).",
     ),
     (
         "a", "Dwell per impression per bucket", "timeseries", "s", FORMAT_TIME_SERIES,
         f"SELECT {TIME}, sum(dwell_ms) / 1000 / sum(n_items) AS dwell_s_per_impression FROM list_outcomes "
-        f"WHERE {TIME_FILTER} GROUP BY time ORDER BY time",
+        f"FINAL WHERE {TIME_FILTER} GROUP BY time ORDER BY time",
         "Dwell seconds per impression of the served lists (list_outcomes).",
     ),
     (
         "b", "CTR per snapshot version", "barchart", "percentunit", FORMAT_TABLE,
         "SELECT toString(snapshot_version) AS version, sum(clicks) / sum(n_items) AS ctr FROM list_outcomes "
-        f"WHERE {TIME_FILTER} GROUP BY snapshot_version ORDER BY snapshot_version",
+        f"FINAL WHERE {TIME_FILTER} GROUP BY snapshot_version ORDER BY snapshot_version",
         "Lists grouped by the actor snapshot version that ranked them.",
     ),
     (
         "b", "Dwell per impression per snapshot version", "barchart", "s", FORMAT_TABLE,
         "SELECT toString(snapshot_version) AS version, sum(dwell_ms) / 1000 / sum(n_items) AS dwell_s "
-        f"FROM list_outcomes WHERE {TIME_FILTER} GROUP BY snapshot_version ORDER BY snapshot_version",
+        f"FROM list_outcomes FINAL WHERE {TIME_FILTER} GROUP BY snapshot_version ORDER BY snapshot_version",
         "Lists grouped by the actor snapshot version that ranked them.",
     ),
     (
         "c", "Dwell weight of served lists (histogram)", "barchart", "short", FORMAT_TABLE,
         f"SELECT toString(floor(weights[indexOf(objectives, 'dwell')] * {HIST_BINS}) / {HIST_BINS}) "
-        "AS bin_start, count() AS lists FROM list_outcomes "
+        "AS bin_start, count() AS lists FROM list_outcomes FINAL "
         f"WHERE {TIME_FILTER} AND indexOf(objectives, 'dwell') > 0 "
         "GROUP BY bin_start ORDER BY toFloat64(bin_start)",
         "Per-user dwell weight sent with each served list (including exploration noise).",
@@ -103,14 +103,14 @@ PANELS: list[tuple[str, str, str, str, int, str, str]] = [
     (
         "e", "/rank latency per node", "timeseries", "ms", FORMAT_TIME_SERIES,
         f"SELECT {TIME}, concat(source, if(name = '{SERVING_P50}', ' p50', ' p99')) AS series, "
-        "max(value) * 1000 AS latency_ms FROM serving_metrics "
+        "max(value) * 1000 AS latency_ms FROM serving_metrics FINAL "
         f"WHERE {TIME_FILTER} AND name IN ('{SERVING_P50}', '{SERVING_P99}') AND label = 'route=\"/rank\"' "
         "GROUP BY time, series ORDER BY time",
         "Latency quantiles each serving node reports (worst value in the bucket).",
     ),
     (
         "e", "Snapshot age per node", "timeseries", "s", FORMAT_TIME_SERIES,
-        f"SELECT {TIME}, source AS node, max(value) AS age_s FROM serving_metrics "
+        f"SELECT {TIME}, source AS node, max(value) AS age_s FROM serving_metrics FINAL "
         f"WHERE {TIME_FILTER} AND name = '{SERVING_AGE}' GROUP BY time, node ORDER BY time",
         "Seconds since the served snapshot was published.",
     ),
@@ -118,11 +118,11 @@ PANELS: list[tuple[str, str, str, str, int, str, str]] = [
         "f", "Consumer lag", "timeseries", "short", FORMAT_TIME_SERIES,
         "SELECT time, series, records FROM ("
         "SELECT time, 'streams: input lag' AS series, sum(v) AS records FROM ("
-        f"SELECT {TIME}, source, label, avg(value) AS v FROM stream_metrics "
+        f"SELECT {TIME}, source, label, avg(value) AS v FROM stream_metrics FINAL "
         f"WHERE {TIME_FILTER} AND name = 'lag' GROUP BY time, source, label) GROUP BY time "
         "UNION ALL "
         f"SELECT {TIME}, 'learner: transitions lag' AS series, avg(value) AS records FROM learner_metrics "
-        f"WHERE {TIME_FILTER} AND name = 'consumer_lag' GROUP BY time"
+        f"FINAL WHERE {TIME_FILTER} AND name = 'consumer_lag' GROUP BY time"
         ") ORDER BY time",
         "Records behind: the stream join's input topics (summed over partitions) and the learner's "
         "transitions topic.",
@@ -130,12 +130,13 @@ PANELS: list[tuple[str, str, str, str, int, str, str]] = [
     (
         "f", "Events in per topic", "timeseries", "short", FORMAT_TIME_SERIES,
         f"SELECT {TIME}, replaceRegexpOne(label, '^.*[.]', '') AS topic, sum(value) / $__interval_s AS per_s "
-        f"FROM stream_metrics WHERE {TIME_FILTER} AND name = 'events_in' GROUP BY time, topic ORDER BY time",
+        f"FROM stream_metrics FINAL WHERE {TIME_FILTER} AND name = 'events_in' "
+        "GROUP BY time, topic ORDER BY time",
         "Events per second the stream join reads, per topic (topic prefix dropped).",
     ),
     (
         "f", "Dead letters by stage", "timeseries", "short", FORMAT_TIME_SERIES,
-        f"SELECT {TIME}, concat(name, ' ', label) AS reason, sum(value) AS records FROM stream_metrics "
+        f"SELECT {TIME}, concat(name, ' ', label) AS reason, sum(value) AS records FROM stream_metrics FINAL "
         f"WHERE {TIME_FILTER} AND name LIKE '%dead%' GROUP BY time, reason ORDER BY time",
         "Records the stream join sent to the dead-letter topic, by the stage that rejected them.",
     ),
@@ -143,10 +144,10 @@ PANELS: list[tuple[str, str, str, str, int, str, str]] = [
         "f", "Learner dead letters and rejected snapshots", "bargauge", "short", FORMAT_TABLE,
         "SELECT concat(origin, ' ', name, ' ', label) AS counter, sum(d) AS increase FROM ("
         "SELECT 'learner' AS origin, source, name, label, max(value) - min(value) AS d FROM learner_metrics "
-        f"WHERE {TIME_FILTER} AND name LIKE '%dead_letter%' GROUP BY source, name, label "
+        f"FINAL WHERE {TIME_FILTER} AND name LIKE '%dead_letter%' GROUP BY source, name, label "
         "UNION ALL "
         "SELECT 'serving' AS origin, source, name, label, max(value) - min(value) AS d FROM serving_metrics "
-        f"WHERE {TIME_FILTER} AND name = '{SERVING_REJECTED}' GROUP BY source, name, label"
+        f"FINAL WHERE {TIME_FILTER} AND name = '{SERVING_REJECTED}' GROUP BY source, name, label"
         ") GROUP BY counter ORDER BY counter",
         "Increase of the learner's and serving nodes' counters (totals since process start) in the range.",
     ),

@@ -6,7 +6,9 @@ unit-tested with hand-written rows. The SQL runs on ClickHouse 18.16 (the dev st
 ClickHouse (docker-compose): time buckets are ``intDiv(toUInt32(ts), step) * step`` epoch seconds
 (no toStartOfInterval / WITH FILL), and no alias reuses a column name (18.16 would resolve
 ``sum(clicks)`` to an alias ``clicks``). Ratios are computed here, not in SQL, so a bucket without
-impressions is a gap instead of a division by zero.
+impressions is a gap instead of a division by zero. Every table is read with ``FINAL``: rows are
+inserted at least once and deduplicated by row id (paperec.metrics_store), so without it a
+replayed or retried insert would count twice until a background merge collapsed it.
 """
 
 from __future__ import annotations
@@ -52,32 +54,32 @@ SQL: dict[str, str] = {
     "outcomes_over_time": f"""
         SELECT {_BUCKET}, count() AS lists, sum(n_items) AS impressions,
                sum(clicks) AS total_clicks, sum(dwell_ms) AS total_dwell_ms
-        FROM {{db}}.list_outcomes WHERE {_WINDOW} GROUP BY t ORDER BY t
+        FROM {{db}}.list_outcomes FINAL WHERE {_WINDOW} GROUP BY t ORDER BY t
     """,
     "outcomes_per_snapshot": f"""
         SELECT snapshot_version, count() AS lists, sum(n_items) AS impressions,
                sum(clicks) AS total_clicks, sum(dwell_ms) AS total_dwell_ms
-        FROM {{db}}.list_outcomes WHERE {_WINDOW}
+        FROM {{db}}.list_outcomes FINAL WHERE {_WINDOW}
         GROUP BY snapshot_version ORDER BY snapshot_version
     """,
     # The dwell weight is found by objective name rather than assumed at index 2.
     "dwell_weight_histogram": f"""
         SELECT least(floor(weights[indexOf(objectives, 'dwell')] * {HIST_BINS}), {HIST_BINS - 1}) AS bin,
                count() AS lists
-        FROM {{db}}.list_outcomes WHERE {_WINDOW} AND indexOf(objectives, 'dwell') > 0
+        FROM {{db}}.list_outcomes FINAL WHERE {_WINDOW} AND indexOf(objectives, 'dwell') > 0
         GROUP BY bin ORDER BY bin
     """,
     # Learner samples are already per-interval means; several learners (sources) are averaged.
     "learner_series": f"""
         SELECT {_BUCKET}, name, label, avg(value) AS v
-        FROM {{db}}.learner_metrics
+        FROM {{db}}.learner_metrics FINAL
         WHERE {_WINDOW} AND name IN ({", ".join(f"'{n}'" for n in LEARNER_NAMES)})
         GROUP BY t, name, label ORDER BY name, label, t
     """,
     # The worst (max) value each node reported in the bucket: a p99 is not averageable anyway.
     "serving_series": f"""
         SELECT {_BUCKET}, source, name, max(value) AS v
-        FROM {{db}}.serving_metrics
+        FROM {{db}}.serving_metrics FINAL
         WHERE {_WINDOW} AND (name = '{SERVING_AGE}'
               OR (name IN ('{SERVING_P50}', '{SERVING_P99}') AND label = 'route="/rank"'))
         GROUP BY t, source, name ORDER BY source, name, t
@@ -86,7 +88,7 @@ SQL: dict[str, str] = {
     "stream_lag": f"""
         SELECT t, sum(v) AS total_lag FROM (
             SELECT {_BUCKET}, source, label, avg(value) AS v
-            FROM {{db}}.stream_metrics WHERE {_WINDOW} AND name = 'lag'
+            FROM {{db}}.stream_metrics FINAL WHERE {_WINDOW} AND name = 'lag'
             GROUP BY t, source, label
         ) GROUP BY t ORDER BY t
     """,
@@ -94,13 +96,13 @@ SQL: dict[str, str] = {
     # so that runs with different topic prefixes add up per topic.
     "stream_events_in": f"""
         SELECT {_BUCKET}, replaceRegexpOne(label, '^.*[.]', '') AS topic, sum(value) AS n
-        FROM {{db}}.stream_metrics WHERE {_WINDOW} AND name = 'events_in'
+        FROM {{db}}.stream_metrics FINAL WHERE {_WINDOW} AND name = 'events_in'
         GROUP BY t, topic ORDER BY topic, t
     """,
     # Stream dead letters are per-interval counts (label = the stage that rejected the record).
     "stream_dead_letters": f"""
         SELECT name, label, sum(value) AS n
-        FROM {{db}}.stream_metrics WHERE {_WINDOW} AND name LIKE '%dead%'
+        FROM {{db}}.stream_metrics FINAL WHERE {_WINDOW} AND name LIKE '%dead%'
         GROUP BY name, label ORDER BY name, label
     """,
     # Learner and serving counters are totals since process start: their increase in the
@@ -108,13 +110,13 @@ SQL: dict[str, str] = {
     "counter_increases": f"""
         SELECT 'learner' AS origin, name, label, sum(d) AS n FROM (
             SELECT source, name, label, max(value) - min(value) AS d
-            FROM {{db}}.learner_metrics WHERE {_WINDOW} AND name LIKE '%dead_letter%'
+            FROM {{db}}.learner_metrics FINAL WHERE {_WINDOW} AND name LIKE '%dead_letter%'
             GROUP BY source, name, label
         ) GROUP BY name, label
         UNION ALL
         SELECT 'serving' AS origin, name, label, sum(d) AS n FROM (
             SELECT source, name, label, max(value) - min(value) AS d
-            FROM {{db}}.serving_metrics WHERE {_WINDOW} AND name = '{SERVING_REJECTED}'
+            FROM {{db}}.serving_metrics FINAL WHERE {_WINDOW} AND name = '{SERVING_REJECTED}'
             GROUP BY source, name, label
         ) GROUP BY name, label
     """,

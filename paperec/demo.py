@@ -115,7 +115,13 @@ def demo_services(
     from simulator import SimulatorConfig
 
     ranker = SimulatorConfig(seed=opts.seed, n_users=opts.users).ranker_config()
-    env = {**(DEMO_ENV if demo_tuning else {}), "PAPEREC_TOPIC_PREFIX": settings.topic_prefix}
+    env = {
+        **(DEMO_ENV if demo_tuning else {}),
+        "PAPEREC_TOPIC_PREFIX": settings.topic_prefix,
+        # The demo runs on the dev stack: the built-in snapshot key is allowed (a key set in the
+        # environment still takes precedence).
+        "PAPEREC_DEV_MODE": "1",
+    }
     cold_start = json.dumps({"ranker": {k: _jsonable(v) for k, v in vars(ranker).items()}})
     learner_flags = [
         *(DEMO_LEARNER_FLAGS if demo_tuning else []),
@@ -139,6 +145,9 @@ def demo_services(
                     f"actor-{i + 1}",
                     "--serve-cold-start-config",
                     cold_start,
+                    # next to the checkpoints: one per run and node, not in the shared state dir
+                    "--serve-snapshot-dir",
+                    str(log_dir.parent / "snapshots" / settings.topic_prefix.strip(".") / f"actor-{i + 1}"),
                 ],
                 env,
                 log_dir / f"actor-{i + 1}.log",

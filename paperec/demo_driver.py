@@ -30,6 +30,11 @@ from simulator.logfile import LogLine, in_time_order, read_log
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 5.0
+OFFSETS_TIMEOUT_MS = 2_000
+"""How long the progress line waits for the broker's end offsets: it runs between the simulated
+users' requests, so a broker outage must cost the traffic seconds, not kafka-python's 30 s."""
+OFFSETS_RETRY_S = 10.0
+"""After a failed offsets query the last known count is shown for this long before retrying."""
 
 
 class HttpPolicy:
@@ -111,6 +116,8 @@ class DemoDriver:
         self.sender = KafkaSender(settings)
         self.http = httpx.Client(timeout=5.0)
         self._offsets = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, client_id="paperec-demo")
+        self._transitions = 0  # last known count (shown while the broker does not answer)
+        self._offsets_failed_at = -OFFSETS_RETRY_S
 
     # ---------------------------------------------------------------- observation
     def served_versions(self) -> list[int | None]:
@@ -129,10 +136,21 @@ class DemoDriver:
             return False
 
     def transitions(self) -> int:
+        """Records on the transitions topic; the last known count while the broker is away
+        (monitoring is retried, never fatal: the loop it watches rides out the outage)."""
+        if time.monotonic() - self._offsets_failed_at < OFFSETS_RETRY_S:
+            return self._transitions
         topic = self.settings.topic(TOPIC_TRANSITIONS)
-        parts = self._offsets.partitions_for_topic(topic) or set()
-        ends = self._offsets.end_offsets([TopicPartition(topic, p) for p in parts])
-        return int(sum(ends.values()))
+        try:
+            parts = self._offsets.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in parts]
+            ends = self._offsets.end_offsets(tps, timeout_ms=OFFSETS_TIMEOUT_MS)
+        except Exception as exc:  # KafkaTimeoutError while the broker is down or restarting
+            self._offsets_failed_at = time.monotonic()
+            log.warning("transitions count unavailable (retrying in %.0f s): %r", OFFSETS_RETRY_S, exc)
+            return self._transitions
+        self._transitions = int(sum(ends.values()))
+        return self._transitions
 
     def wait_ready(self, timeout_s: float, supervisor: Supervisor) -> None:
         deadline = time.monotonic() + timeout_s
@@ -186,7 +204,10 @@ class DemoDriver:
                 )
                 if time.time() - last >= PROGRESS_EVERY_S:
                     last = time.time()
-                    print(self.progress(started), flush=True)
+                    try:
+                        print(self.progress(started), flush=True)
+                    except Exception:  # a progress line is not worth the run
+                        log.exception("progress line failed; continuing")
                     if supervisor.dead():
                         raise RuntimeError(
                             f"{supervisor.dead()[0].name} exited:\n{supervisor.dead()[0].tail()}"

@@ -1,8 +1,16 @@
 """``paperec metrics init``: the ClickHouse database and metric tables.
 
 The SQL is restricted to what ClickHouse 18.16 (the dev stack's Debian package) and current
-ClickHouse both run: MergeTree with PARTITION BY/ORDER BY, DateTime, Float64, String, Array,
-UInt*. No DateTime64, TTL, Map, JSON or LowCardinality.
+ClickHouse both run: MergeTree family with PARTITION BY/ORDER BY, DateTime, Float64, String,
+Array, UInt*. No DateTime64, TTL, Map, JSON or LowCardinality.
+
+Idempotent rows: inserts are at-least-once (a writer retries a batch whose insert may have landed;
+the streams worker re-emits the list outcomes of its uncommitted tail after a restart). So every
+row carries a deterministic ``row_id`` (a list outcome's is its ``request_id``; a sample's is
+given by its writer, the same on every retry), the tables are ``ReplacingMergeTree`` with the
+row id in the sorting key, and every query reads them with ``FINAL``, which collapses the
+copies that background merges have not collapsed yet. ``init_tables`` migrates tables created
+before (plain MergeTree, no ``row_id``) in place.
 
 Tables
 - ``list_outcomes``: one row per served list once its feedback window closed (per-objective event
@@ -34,7 +42,8 @@ LIST_OUTCOMES_COLUMNS = """
     n_items UInt32,
     clicks UInt32,
     dwell_ms UInt64,
-    complete UInt8
+    complete UInt8,
+    row_id String DEFAULT request_id
 """
 
 # One shape serves the three service metric tables: name/label/value samples from one source.
@@ -43,16 +52,19 @@ SAMPLE_COLUMNS = """
     source String,
     name String,
     label String,
-    value Float64
+    value Float64,
+    row_id String DEFAULT toString(cityHash64(ts, source, name, label, value))
 """
 
 TABLES: dict[str, tuple[str, str]] = {
-    # table -> (columns, ORDER BY)
-    "list_outcomes": (LIST_OUTCOMES_COLUMNS, "(ts, user_id, request_id)"),
-    "stream_metrics": (SAMPLE_COLUMNS, "(name, ts)"),
-    "learner_metrics": (SAMPLE_COLUMNS, "(name, ts)"),
-    "serving_metrics": (SAMPLE_COLUMNS, "(name, ts)"),
+    # table -> (columns, ORDER BY). ReplacingMergeTree keeps one row per sorting key, so the row
+    # id is in it; the columns before it are what the queries filter and group on.
+    "list_outcomes": (LIST_OUTCOMES_COLUMNS, "(ts, user_id, request_id, row_id)"),
+    "stream_metrics": (SAMPLE_COLUMNS, "(name, ts, row_id)"),
+    "learner_metrics": (SAMPLE_COLUMNS, "(name, ts, row_id)"),
+    "serving_metrics": (SAMPLE_COLUMNS, "(name, ts, row_id)"),
 }
+ENGINE = "ReplacingMergeTree"
 
 # Reference aggregates (also what the dashboards run). `{db}` is the database name. Aliases must
 # not reuse a column name: ClickHouse 18.16 resolves `sum(clicks)` to the alias `clicks` if it exists.
@@ -61,18 +73,18 @@ QUERIES: dict[str, str] = {
         SELECT toStartOfMinute(ts) AS minute, sum(n_items) AS impressions, sum(clicks) AS total_clicks,
                sum(clicks) / sum(n_items) AS ctr,
                sum(dwell_ms) / 1000 / sum(n_items) AS dwell_s_per_impression
-        FROM {db}.list_outcomes GROUP BY minute ORDER BY minute
+        FROM {db}.list_outcomes FINAL GROUP BY minute ORDER BY minute
     """,
     "objectives_per_snapshot": """
         SELECT snapshot_version, count() AS lists, sum(clicks) / sum(n_items) AS ctr,
                sum(dwell_ms) / 1000 / sum(n_items) AS dwell_s_per_impression
-        FROM {db}.list_outcomes GROUP BY snapshot_version ORDER BY snapshot_version
+        FROM {db}.list_outcomes FINAL GROUP BY snapshot_version ORDER BY snapshot_version
     """,
     "objectives_per_weight_bucket": """
         SELECT floor(weights[2] * 10) / 10 AS dwell_weight_bucket, count() AS lists,
                sum(clicks) / sum(n_items) AS ctr,
                sum(dwell_ms) / 1000 / sum(n_items) AS dwell_s_per_impression
-        FROM {db}.list_outcomes WHERE length(weights) >= 2
+        FROM {db}.list_outcomes FINAL WHERE length(weights) >= 2
         GROUP BY dwell_weight_bucket ORDER BY dwell_weight_bucket
     """,
 }
@@ -90,25 +102,62 @@ def client(settings: Settings, database: str | None = None) -> Client:
     )
 
 
+def create_table(database: str, table: str, name: str | None = None) -> str:
+    """CREATE statement of ``table``'s current schema, as ``name`` (default: ``table``)."""
+    columns, order_by = TABLES[table]
+    return (
+        f"CREATE TABLE IF NOT EXISTS {database}.{name or table} ({columns}) "
+        f"ENGINE = {ENGINE}() PARTITION BY toYYYYMMDD(ts) ORDER BY {order_by}"
+    )
+
+
 def ddl(database: str) -> list[str]:
     """CREATE statements for the database and every table (idempotent)."""
-    statements = [f"CREATE DATABASE IF NOT EXISTS {database}"]
-    for table, (columns, order_by) in TABLES.items():
-        statements.append(
-            f"CREATE TABLE IF NOT EXISTS {database}.{table} ({columns}) "
-            f"ENGINE = MergeTree() PARTITION BY toYYYYMMDD(ts) ORDER BY {order_by}"
-        )
-    return statements
+    return [f"CREATE DATABASE IF NOT EXISTS {database}", *(create_table(database, t) for t in TABLES)]
+
+
+def migration(database: str, table: str) -> list[str]:
+    """Statements that move a table created before row ids (plain MergeTree) to the current
+    schema. The old table is renamed away first, so a writer's insert in between fails and is
+    retried by its MetricsWriter instead of landing in a table about to be dropped. Existing rows
+    get the default row id (the request id; a hash of a sample's columns), so exact copies left
+    by earlier at-least-once inserts collapse too."""
+    old = f"{database}.{table}__premigration"
+    columns = [line.split()[0] for line in TABLES[table][0].strip().splitlines()]
+    kept = ", ".join(c for c in columns if c != "row_id")
+    return [
+        f"RENAME TABLE {database}.{table} TO {old}",
+        create_table(database, table),
+        f"INSERT INTO {database}.{table} ({kept}) SELECT {kept} FROM {old}",
+        f"DROP TABLE {old}",
+    ]
+
+
+def outdated_tables(ch: Client, database: str) -> list[str]:
+    """Tables of ours that exist with another engine than ours (created before row ids)."""
+    rows = ch.execute("SELECT name, engine FROM system.tables WHERE database = %(db)s", {"db": database})
+    return [name for name, engine in rows if name in TABLES and engine != ENGINE]
 
 
 def init_tables(settings: Settings) -> None:
     ch = client(settings)
+    db = settings.clickhouse_database
     try:
-        for statement in ddl(settings.clickhouse_database):
-            ch.execute(statement)
+        ch.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
+        for table in outdated_tables(ch, db):
+            log.warning("migrating %s.%s to %s with row ids", db, table, ENGINE)
+            try:
+                for statement in migration(db, table):
+                    ch.execute(statement)
+            except Exception:
+                # Another service starting at the same time may have migrated it meanwhile.
+                if table in outdated_tables(ch, db):
+                    raise
+        for table in TABLES:
+            ch.execute(create_table(db, table))
     finally:
         ch.disconnect()
-    log.info("metric tables ready in %s", settings.clickhouse_database)
+    log.info("metric tables ready in %s", db)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

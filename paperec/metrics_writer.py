@@ -5,6 +5,11 @@ to a bounded in-memory buffer: it never blocks and never raises. A background th
 batches every ``flush_interval_s``; when ClickHouse is down it keeps the rows and retries with
 backoff, and when the buffer is full the *oldest* rows are dropped and counted, so memory stays
 bounded during an outage and the hot path never waits on ClickHouse.
+
+Inserts are therefore at-least-once: an insert that timed out may have landed and is sent again.
+So every row gets a ``row_id`` column when it is added (``row_id(row)`` when the caller knows a
+natural key, else this writer's random run id and the row's number), the same on every retry;
+the tables deduplicate on it (paperec.metrics_store).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,9 +49,12 @@ class MetricsWriter:
         batch_size: int = 5_000,
         flush_interval_s: float = 1.0,
         max_backoff_s: float = 10.0,
+        row_id: Callable[[tuple[Any, ...]], str] | None = None,
     ) -> None:
         self._connect = connect
-        self._insert_sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
+        self._insert_sql = f"INSERT INTO {table} ({', '.join([*columns, 'row_id'])}) VALUES"
+        self._row_id = row_id
+        self._run_id = uuid.uuid4().hex[:16]  # rows of another writer (or run) never share an id
         self._buffer: deque[tuple[Any, ...]] = deque()
         self._head_seq = 0  # sequence number of self._buffer[0]; rows are numbered as added
         self._max_buffer = max_buffer
@@ -61,8 +70,11 @@ class MetricsWriter:
         self._thread.start()
 
     def add(self, row: tuple[Any, ...]) -> None:
-        """Queue one row; never blocks on ClickHouse. Drops the oldest row when full."""
+        """Queue one row (its row id appended); never blocks on ClickHouse. Drops the oldest row
+        when full."""
         with self._lock:
+            rid = self._row_id(row) if self._row_id else f"{self._run_id}-{self.stats.added}"
+            row = (*row, rid)
             if len(self._buffer) >= self._max_buffer:
                 self._buffer.popleft()
                 self._head_seq += 1

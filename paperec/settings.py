@@ -73,7 +73,15 @@ class Settings:
     clickhouse_user: str = _opt("default", "ClickHouse user")
     clickhouse_password: str = _opt("", "ClickHouse password")
     # --- Security
-    snapshot_hmac_key: str = _opt(DEV_HMAC_KEY, "HMAC key that signs and verifies actor snapshots")
+    snapshot_hmac_key: str = _opt(
+        DEV_HMAC_KEY, "HMAC key that signs and verifies actor snapshots (one key, id snapshot_hmac_key_id)"
+    )
+    snapshot_hmac_keys: str = _opt(
+        "",
+        "snapshot keys accepted, 'id:secret,id:secret' (key rotation); when set, replaces snapshot_hmac_key",
+    )
+    snapshot_hmac_key_id: str = _opt("default", "id of the key the learner signs snapshots with")
+    dev_mode: bool = _opt(False, "allow the built-in dev snapshot key (dev stack, demo, tests only)")
     # --- Local state
     state_dir: str = _opt(".paperec", "dev stack state: jar cache, data, logs, pid files")
     log_level: str = _opt("INFO", "logging level")
@@ -90,7 +98,15 @@ class Settings:
     serve_noise_std: float = _opt(0.1, "serve: exploration noise std on the weight logits (0 = exploit only)")
     serve_torch_threads: int = _opt(1, "serve: torch intra-op threads of the scoring worker")
     serve_max_batch: int = _opt(16, "serve: most concurrent lists scored as one batch (1 = no batching)")
+    serve_max_in_flight: int = _opt(32, "serve: most /rank requests in the node at once (more: 503 at once)")
+    serve_request_deadline_ms: int = _opt(
+        250, "serve: a /rank request still queued this long after arrival is shed with 503 (0 = never)"
+    )
     serve_startup_timeout_s: float = _opt(30.0, "serve: longest wait for the snapshot topic on start")
+    serve_snapshot_dir: str = _opt(
+        "",
+        "serve: where the node keeps its last verified snapshot (default: <state_dir>/serve/<prefix>/<node>)",
+    )
     serve_impression_buffer: int = _opt(10_000, "serve: impressions buffered while Kafka is slow or down")
     serve_impression_buffer_bytes: int = _opt(
         64 * 1024 * 1024, "serve: bytes of impressions buffered while Kafka is slow or down"
@@ -163,6 +179,13 @@ class Settings:
         return self.state_path / "learner" / (self.topic_prefix.strip(".") or "default")
 
     # --- end Learner service
+    def serve_snapshot_path(self, node_id: str) -> Path:
+        """The node's snapshot directory: one per node, so nodes sharing a state_dir never share it."""
+        if self.serve_snapshot_dir:
+            return Path(self.serve_snapshot_dir).resolve()
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in node_id) or "node"
+        return self.state_path / "serve" / (self.topic_prefix.strip(".") or "default") / safe
+
     @property
     def kafka_host(self) -> str:
         return self.kafka_bootstrap.split(",")[0].rsplit(":", 1)[0]
@@ -217,6 +240,10 @@ class Settings:
         """All fields, secrets masked: safe to log or print."""
         out = dataclasses.asdict(self)
         out["snapshot_hmac_key"] = "<set>" if self.snapshot_hmac_key != DEV_HMAC_KEY else "<dev key>"
+        if self.snapshot_hmac_keys:  # ids only, never the secrets
+            out["snapshot_hmac_keys"] = ",".join(
+                f"{e.split(':', 1)[0]}:<set>" for e in self.snapshot_hmac_keys.split(",")
+            )
         out["clickhouse_password"] = "<set>" if self.clickhouse_password else ""
         return out
 

@@ -48,9 +48,10 @@ from schemas.snapshot import (
     verify_snapshot,
 )
 from schemas.transition import Labels, Transition, transition_id
-from schemas.validate import MAX_ID_LEN, SIMPLEX_TOLERANCE
+from schemas.validate import MAX_ABS_NUMBER, MAX_ID_LEN, SIMPLEX_TOLERANCE
 
 __all__ = [
+    "MAX_ABS_NUMBER",
     "MAX_CONTEXT",
     "MAX_DWELL_MS",
     "MAX_HISTORY",

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Final, Literal
 from schemas._model import SCHEMA_VERSION, Model, child_prefix
 from schemas.errors import SchemaError
 from schemas.validate import (
+    MAX_ABS_NUMBER,
     MAX_ID_LEN,
     MISSING,
     type_error,
@@ -96,7 +97,8 @@ def _items_fast(seq: list[Any] | tuple[Any, ...]) -> tuple[Item, ...] | None:
     if set(map(type, feats)) != _LIST:
         return None
     lengths = set(map(len, feats))
-    if len(lengths) != 1 or lengths.pop() > MAX_ITEM_FEATURES:
+    width = lengths.pop() if len(lengths) == 1 else -1
+    if not 0 <= width <= MAX_ITEM_FEATURES:
         return None
     types = set(map(type, chain.from_iterable(feats)))
     tfeats: list[tuple[float, ...]]
@@ -109,9 +111,13 @@ def _items_fast(seq: list[Any] | tuple[Any, ...]) -> tuple[Item, ...] | None:
             return None
     else:
         return None
-    # A finite sum proves every term finite (inf/nan propagate); a sum that overflows with finite
-    # terms merely sends the (rare) input to the slow path, which accepts it.
-    if not isfinite(sum(map(sum, tfeats))):
+    # A finite sum proves every term finite (inf/nan propagate; bounded terms cannot overflow
+    # it); min/max bound them. Anything else goes to the slow path, which names the index.
+    if width and not (
+        isfinite(sum(map(sum, tfeats)))
+        and min(map(min, tfeats)) >= -MAX_ABS_NUMBER
+        and max(map(max, tfeats)) <= MAX_ABS_NUMBER
+    ):
         return None
     # Build the items without re-validating them: C-level maps over the slots' setters.
     out = tuple(map(_new, repeat(Item, n)))

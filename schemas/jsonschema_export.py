@@ -38,8 +38,8 @@ from schemas.events import (
     MAX_OBJECTIVES,
     MAX_USER_FEATURES,
 )
-from schemas.snapshot import PAYLOAD_FORMAT
-from schemas.validate import INT64_MAX, MAX_ID_LEN, MAX_JSON_DEPTH, SIMPLEX_TOLERANCE
+from schemas.snapshot import KEY_ID_PATTERN, PAYLOAD_FORMAT
+from schemas.validate import INT64_MAX, MAX_ABS_NUMBER, MAX_ID_LEN, MAX_JSON_DEPTH, SIMPLEX_TOLERANCE
 
 DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
 OUT_DIR: Final = Path(__file__).resolve().parent / "jsonschema"
@@ -68,9 +68,12 @@ def _ms(description: str) -> JSON:
 
 
 def _numbers(description: str, max_items: int | None = None, minimum: float | None = None) -> JSON:
-    items: JSON = {"type": "number"}
-    if minimum is not None:
-        items["minimum"] = minimum
+    # every number field is bounded by MAX_ABS_NUMBER (float32-safe, see schemas.validate)
+    items: JSON = {
+        "type": "number",
+        "minimum": -MAX_ABS_NUMBER if minimum is None else minimum,
+        "maximum": MAX_ABS_NUMBER,
+    }
     out: JSON = {"type": "array", "items": items, "description": description}
     if max_items is not None:
         out["maxItems"] = max_items
@@ -111,6 +114,11 @@ def _record(record_type: str, properties: JSON, description: str, **extra: Any) 
         },
     }
     return _object({**envelope, **properties}, description, **extra)
+
+
+def _optional(name: str, schema: JSON) -> JSON:
+    """``schema`` with property ``name`` no longer required (an optional field)."""
+    return {**schema, "required": [r for r in schema["required"] if r != name]}
 
 
 # -------------------------------------------------------------------------------------- records
@@ -284,32 +292,40 @@ RECORD_SCHEMAS: Final[dict[str, tuple[JSON, dict[str, JSON]]]] = {
         {"list_state": _LIST_STATE, "labels": _LABELS, "item": _ITEM},
     ),
     "snapshot_header": (
-        _record(
-            "snapshot_header",
-            {
-                "snapshot_version": _int("snapshot version, increasing", 1),
-                "created_at_ms": _ms("creation time"),
-                "training_step": _int("learner step the snapshot was taken at"),
-                "watermark_ms": _ms("latest event time trained on"),
-                "model_config": {
-                    "type": "object",
-                    "description": f"model configuration (free JSON object, nesting <= {MAX_JSON_DEPTH})",
+        _optional(
+            "key_id",
+            _record(
+                "snapshot_header",
+                {
+                    "snapshot_version": _int("snapshot version, increasing", 1),
+                    "created_at_ms": _ms("creation time"),
+                    "training_step": _int("learner step the snapshot was taken at"),
+                    "watermark_ms": _ms("latest event time trained on"),
+                    "model_config": {
+                        "type": "object",
+                        "description": f"model configuration (free JSON object, nesting <= {MAX_JSON_DEPTH})",
+                    },
+                    "payload_format": {"const": PAYLOAD_FORMAT, "description": "payload encoding"},
+                    "payload_size": _int("payload size in bytes"),
+                    "payload_sha256": {
+                        "type": "string",
+                        "pattern": "^[0-9a-f]{64}$",
+                        "description": "hex SHA-256 of the payload",
+                    },
+                    "chunk_count": _int("number of chunks the payload is sent in", 1),
+                    "signature": {
+                        "type": "string",
+                        "pattern": "^[0-9a-f]{64}$",
+                        "description": "hex HMAC-SHA256 of the canonical header (see docs/schemas.md)",
+                    },
+                    "key_id": {
+                        "type": "string",
+                        "pattern": KEY_ID_PATTERN,
+                        "description": "id of the key that signed the header (signed; absent in old headers)",
+                    },
                 },
-                "payload_format": {"const": PAYLOAD_FORMAT, "description": "payload encoding"},
-                "payload_size": _int("payload size in bytes"),
-                "payload_sha256": {
-                    "type": "string",
-                    "pattern": "^[0-9a-f]{64}$",
-                    "description": "hex SHA-256 of the payload",
-                },
-                "chunk_count": _int("number of chunks the payload is sent in", 1),
-                "signature": {
-                    "type": "string",
-                    "pattern": "^[0-9a-f]{64}$",
-                    "description": "hex HMAC-SHA256 of the canonical header (see docs/schemas.md)",
-                },
-            },
-            "header of one actor snapshot",
+                "header of one actor snapshot",
+            ),
         ),
         {},
     ),

@@ -7,12 +7,17 @@ by size and SHA-256, so verifying both authenticates the payload:
     signature = hex(HMAC-SHA256(key, canonical_header_bytes(header)))
     canonical_header_bytes = the header's JSON form without "signature",
                              keys sorted (recursively), no whitespace, UTF-8
+
+``key_id`` (optional, signed) names the key that signed the header, so serving nodes can accept a
+set of keys while one is rotated. Headers written before it existed have no ``key_id``: they are
+encoded, canonicalized and signed exactly as before, and verified against every accepted key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Final, Literal
@@ -25,6 +30,17 @@ from schemas.validate import MISSING, v_const, v_hex64, v_int, v_json_object
 
 PAYLOAD_FORMAT: Final = "safetensors"
 _PLACEHOLDER_SIGNATURE: Final = "0" * 64
+MAX_KEY_ID_LEN: Final = 64
+KEY_ID_PATTERN: Final = "^[A-Za-z0-9._-]{1,64}$"
+"""Key ids: short tokens without ``:`` or ``,`` (the separators of ``Settings.snapshot_hmac_keys``)."""
+_KEY_ID_RE: Final = re.compile(KEY_ID_PATTERN)
+
+
+def v_key_id(value: object, path: str) -> str:
+    """A key id (:data:`KEY_ID_PATTERN`)."""
+    if type(value) is not str or not _KEY_ID_RE.match(value):
+        raise SchemaError(path, f"key id must match {KEY_ID_PATTERN}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +60,21 @@ class SnapshotHeader(Model):
     payload_sha256: str
     chunk_count: int
     signature: str
+    key_id: str | None = None  # absent in headers from before key rotation
+
+    def _json(self) -> dict[str, Any]:
+        # An absent key_id is left out (not written as null): old headers re-encode, and
+        # canonicalize, byte for byte as they were signed.
+        out = Model._json(self)  # not super(): zero-argument super() fails in slots dataclasses
+        if out["key_id"] is None:
+            del out["key_id"]
+        return out
 
     @staticmethod
     def _check(src: Mapping[str, Any], path: str) -> dict[str, Any]:
         p = child_prefix(path)
         g = src.get
+        key_id = g("key_id")
         return {
             "snapshot_version": v_int(g("snapshot_version", MISSING), p + "snapshot_version", 1),
             "created_at_ms": v_int(g("created_at_ms", MISSING), p + "created_at_ms"),
@@ -60,6 +86,7 @@ class SnapshotHeader(Model):
             "payload_sha256": v_hex64(g("payload_sha256", MISSING), p + "payload_sha256"),
             "chunk_count": v_int(g("chunk_count", MISSING), p + "chunk_count", 1),
             "signature": v_hex64(g("signature", MISSING), p + "signature"),
+            "key_id": None if key_id is None else v_key_id(key_id, p + "key_id"),
         }
 
 
@@ -71,7 +98,7 @@ def canonical_header_bytes(header: SnapshotHeader | Mapping[str, Any]) -> bytes:
         data = {"type": SnapshotHeader.TYPE, "schema_version": SCHEMA_VERSION, **header}
         data["signature"] = _PLACEHOLDER_SIGNATURE
         header = SnapshotHeader.from_dict(data)
-    d = header.to_dict()
+    d = header.to_dict()  # without key_id when it is absent (see SnapshotHeader._json)
     del d["signature"]
     return orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
 
@@ -89,13 +116,31 @@ def sign(header: SnapshotHeader | Mapping[str, Any], key: bytes) -> str:
     return hmac.new(_check_key(key), canonical_header_bytes(header), hashlib.sha256).hexdigest()
 
 
-def verify_snapshot(header: SnapshotHeader, payload: bytes | bytearray | memoryview, key: bytes) -> None:
+def verify_snapshot(
+    header: SnapshotHeader,
+    payload: bytes | bytearray | memoryview,
+    key: bytes | Mapping[str, bytes],
+) -> None:
     """Check the header's signature, then the payload's size and SHA-256 against the header.
 
-    Raises SchemaError with field ``signature``, ``payload_size`` or ``payload_sha256``.
-    Comparisons of digests are constant-time.
+    ``key`` is one key, or the accepted keys by id: a header with a ``key_id`` must be signed by
+    the key of that id (field ``key_id`` if the id is not accepted); one without (written before
+    key ids existed) may be signed by any of them. Raises SchemaError with field ``key_id``,
+    ``signature``, ``payload_size`` or ``payload_sha256``. Comparisons of digests are constant-time.
     """
-    if not hmac.compare_digest(sign(header, key), header.signature):
+    if isinstance(key, Mapping):
+        if header.key_id is not None:
+            if header.key_id not in key:
+                accepted = ", ".join(sorted(key)) or "none"
+                raise SchemaError("key_id", f"unknown key id {header.key_id!r} (accepted: {accepted})")
+            candidates = [key[header.key_id]]
+        else:
+            candidates = list(key.values())
+    else:
+        candidates = [key]
+    # Every candidate is tried (no early exit), so timing does not tell which one matched.
+    matched = [hmac.compare_digest(sign(header, k), header.signature) for k in candidates]
+    if not any(matched):
         raise SchemaError("signature", "HMAC-SHA256 signature mismatch (wrong key or tampered header)")
     size = memoryview(payload).nbytes
     if size != header.payload_size:
@@ -113,9 +158,11 @@ def make_header(
     model_config: Mapping[str, Any],
     payload: bytes | bytearray | memoryview,
     key: bytes,
+    key_id: str | None = None,
     chunk_count: int = 1,
 ) -> SnapshotHeader:
-    """Build a signed header for ``payload``: computes payload_size, payload_sha256 and signature."""
+    """Build a signed header for ``payload``: computes payload_size, payload_sha256 and signature
+    (which also covers ``key_id``, the id of ``key``; None writes a header without one)."""
     unsigned = SnapshotHeader(
         snapshot_version=snapshot_version,
         created_at_ms=created_at_ms,
@@ -127,15 +174,18 @@ def make_header(
         payload_sha256=hashlib.sha256(payload).hexdigest(),
         chunk_count=chunk_count,
         signature=_PLACEHOLDER_SIGNATURE,
+        key_id=key_id,
     )
     return replace(unsigned, signature=sign(unsigned, key))
 
 
 __all__ = [
+    "KEY_ID_PATTERN",
     "PAYLOAD_FORMAT",
     "SnapshotHeader",
     "canonical_header_bytes",
     "make_header",
     "sign",
+    "v_key_id",
     "verify_snapshot",
 ]

@@ -13,7 +13,7 @@ offending index.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from schemas.errors import SchemaError
@@ -33,6 +33,17 @@ INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 MAX_ID_LEN: Final = 128
 """Maximum length (characters) of every identifier: request, user, item, transition ids."""
+
+MAX_ABS_NUMBER: Final = 1e15
+"""Largest magnitude of every number field (features, weights, noise, rewards): |x| <= 1e15.
+
+Why this bound: the learner and the serving nodes cast these values to float32 (max ~3.4e38)
+and feed them to linear layers followed by LayerNorm. With |x| <= 1e15, a sum of up to 1024
+such values times weights of magnitude <= 1 stays below ~1e18, and its square (a variance)
+below ~1e36, so neither the cast nor the first layer of the ranker overflows to inf. Every
+integer up to 1e15 (< 2**53) is exactly a float64, so integer inputs convert exactly. The API
+(``actor_service.api``), the JSON Schema export and the streams' fast decoder use this constant.
+"""
 
 _isfinite = math.isfinite
 _FLOAT: Final = frozenset({float})
@@ -157,18 +168,21 @@ def v_floats(
     length: int | None = None,
     what: str = "",
 ) -> tuple[float, ...]:
-    """A list of finite numbers, as a tuple of floats. ``length`` demands an exact length."""
+    """A list of finite numbers within +-MAX_ABS_NUMBER, as a tuple of floats. ``length``
+    demands an exact length."""
     seq = _as_list(value, path, "an array of numbers")
     n = len(seq)
     if length is not None:
         check_length(n, length, path, what)
     else:
         _check_max_len(n, max_len, 0, path)
-    # A finite sum proves every term finite (inf/nan propagate); finite terms whose sum overflows
-    # merely take the slow path, which accepts them.
+    if not seq:
+        return ()
+    # A finite sum proves every term finite (inf/nan propagate; bounded terms cannot overflow
+    # it), and min/max bound them; anything else takes the slow path, which names the index.
     types = set(map(type, seq))
     if types <= _FLOAT:
-        if _isfinite(sum(seq)):
+        if _isfinite(sum(seq)) and in_bounds(seq):
             return tuple(seq)
     elif types <= _FLOAT_INT:
         try:
@@ -176,24 +190,39 @@ def v_floats(
         except OverflowError:
             pass
         else:
-            if _isfinite(sum(out)):
+            if _isfinite(sum(out)) and in_bounds(out):
                 return out
     return _floats_slow(seq, path)
 
 
+def in_bounds(seq: Sequence[float]) -> bool:
+    """All of the (non-empty, NaN-free) ``seq`` within +-MAX_ABS_NUMBER (C-level min and max)."""
+    return min(seq) >= -MAX_ABS_NUMBER and max(seq) <= MAX_ABS_NUMBER
+
+
+def v_number(x: Any, path: str) -> float:
+    """One finite number within +-MAX_ABS_NUMBER, as a float (bool rejected)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise type_error(x, path, "number")
+    if isinstance(x, float) and not _isfinite(x):
+        raise SchemaError(path, "must be finite")
+    # compared before float(): an int beyond float range is out of bounds, not an OverflowError
+    if not -MAX_ABS_NUMBER <= x <= MAX_ABS_NUMBER:
+        raise SchemaError(
+            path, f"out of range: |x| must be <= {MAX_ABS_NUMBER:.0e} (float32-safe), got {_show(x)}"
+        )
+    return float(x)
+
+
+def _show(x: float) -> str:
+    try:
+        return f"{float(x):.6g}"
+    except OverflowError:  # an int with hundreds of digits: do not print them all
+        return "an integer beyond float range"
+
+
 def _floats_slow(seq: Iterable[Any], path: str) -> tuple[float, ...]:
-    out: list[float] = []
-    for i, x in enumerate(seq):
-        if isinstance(x, bool) or not isinstance(x, (int, float)):
-            raise type_error(x, f"{path}[{i}]", "number")
-        try:
-            f = float(x)
-        except OverflowError:
-            raise SchemaError(f"{path}[{i}]", "number out of range") from None
-        if not _isfinite(f):
-            raise SchemaError(f"{path}[{i}]", "must be finite")
-        out.append(f)
-    return tuple(out)
+    return tuple([v_number(x, f"{path}[{i}]") for i, x in enumerate(seq)])
 
 
 SIMPLEX_TOLERANCE: Final = 1e-3

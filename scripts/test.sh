@@ -17,6 +17,9 @@ if [[ $# -eq 0 ]]; then
     set -- tests
 fi
 
+# Services started by the tests may use the built-in snapshot key (they refuse it otherwise).
+export PAPEREC_DEV_MODE=1
+
 PAPEREC=.venv/bin/paperec
 teardown() {
     echo "test.sh: stopping the dev stack"

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from schemas import (
+    MAX_ABS_NUMBER,
     MAX_CONTEXT,
     MAX_DWELL_MS,
     MAX_HISTORY,
@@ -167,10 +168,15 @@ def _int_ok(x: Any) -> bool:
 
 
 def _numbers_ok(x: Any, max_len: int) -> bool:
-    """A list of at most ``max_len`` finite numbers, given that the record holds no boolean:
-    ``sum`` raises TypeError on anything but numbers, and a finite sum proves every term finite
-    (an int beyond float range raises OverflowError)."""
-    return type(x) is list and len(x) <= max_len and isfinite(sum(x))
+    """A list of at most ``max_len`` finite numbers within +-MAX_ABS_NUMBER, given that the
+    record holds no boolean: ``sum`` raises TypeError on anything but numbers, a finite sum proves
+    every term finite (an int beyond float range raises OverflowError), min/max bound them."""
+    return (
+        type(x) is list
+        and len(x) <= max_len
+        and isfinite(sum(x))
+        and (not x or (min(x) >= -MAX_ABS_NUMBER and max(x) <= MAX_ABS_NUMBER))
+    )
 
 
 def _ids_ok(x: Any, max_len: int) -> bool:
@@ -234,4 +240,10 @@ def _checked(d: dict[str, Any]) -> bool:
     if set(map(type, feats)) != _LIST:
         return False
     lengths = set(map(len, feats))
-    return len(lengths) == 1 and lengths.pop() <= MAX_ITEM_FEATURES and isfinite(sum(map(sum, feats)))
+    if len(lengths) != 1 or lengths.pop() > MAX_ITEM_FEATURES:
+        return False
+    return not feats[0] or (
+        isfinite(sum(map(sum, feats)))
+        and min(map(min, feats)) >= -MAX_ABS_NUMBER
+        and max(map(max, feats)) <= MAX_ABS_NUMBER
+    )

@@ -40,6 +40,11 @@ OUTCOME_COLUMNS = (
 )
 
 
+def outcome_row_id(row: tuple[Any, ...]) -> str:
+    """The row id of a list_outcomes row: its request id (one list, one outcome)."""
+    return str(row[OUTCOME_COLUMNS.index("request_id")])
+
+
 class RowSink(Protocol):
     def add(self, row: tuple[Any, ...]) -> None: ...
 
@@ -77,7 +82,9 @@ class StreamMetrics:
             return clickhouse_client(settings, database=db)
 
         samples = MetricsWriter(connect, f"{db}.stream_metrics", SAMPLE_COLUMNS)
-        outcomes = MetricsWriter(connect, f"{db}.list_outcomes", OUTCOME_COLUMNS)
+        # A list outcome re-emitted after a restart (the uncommitted tail is replayed) has the
+        # same request id: it is the row id, so the table keeps one copy.
+        outcomes = MetricsWriter(connect, f"{db}.list_outcomes", OUTCOME_COLUMNS, row_id=outcome_row_id)
         metrics = cls(source, samples, outcomes)
         metrics._writers = [samples, outcomes]
         return metrics

@@ -8,10 +8,15 @@ crosses between the processes except through Kafka, so the recovery argument of 
 as it is (docs/streams.md, "Processes").
 
 Lifecycle: the child is started with the worker and stopped (SIGTERM: a clean Faust shutdown)
-with it. If the child dies, the parent stops too (``failure``), so a supervisor restarts the
-worker as a whole. If the parent dies without stopping it (SIGKILL), the child notices within a
-second (its parent process changed) and shuts down cleanly, so a restarted worker does not find
-a stale stage 2 in its group.
+with it. If the child exits abnormally (a delivery that failed during a broker outage crashes a
+Faust worker on purpose: only a restart from the changelog is consistent), ``restart_if_dead``
+starts it again after a backoff (``Backoff``: 1 s doubling to 30 s, reset after a minute up) and
+counts the restart; its state comes back from its changelog and committed offsets. If the parent
+dies without stopping it (SIGKILL), the child notices within a second (its parent process
+changed) and shuts down cleanly, so a restarted worker does not find a stale stage 2 in its group.
+
+``paperec streams`` runs the whole worker the same way (``supervise``): a small parent process
+that restarts the worker when it exits abnormally and stops it cleanly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from paperec.settings import Settings
@@ -55,15 +62,44 @@ def _child_main(settings: Settings, stage: str, quiet: bool, parent: int) -> Non
     sys.exit(run_worker(settings, stage, quiet=quiet))
 
 
+@dataclass
+class Backoff:
+    """Restart delays: ``first_s`` doubling to ``max_s``; back to ``first_s`` once a process
+    stayed up ``reset_after_s`` (a crash loop slows down, a rare crash restarts at once)."""
+
+    first_s: float = 1.0
+    max_s: float = 30.0
+    reset_after_s: float = 60.0
+    _next_s: float = 0.0
+
+    def delay(self, uptime_s: float) -> float:
+        if uptime_s >= self.reset_after_s or self._next_s == 0.0:
+            self._next_s = self.first_s
+        delay, self._next_s = self._next_s, min(self._next_s * 2, self.max_s)
+        return delay
+
+
 class StageProcess:
     """One stage's worker in a child process (``multiprocessing`` spawn: a fresh interpreter)."""
 
-    def __init__(self, settings: Settings, stage: str, quiet: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stage: str,
+        quiet: bool = True,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.stage = stage
         self.quiet = quiet
+        self.backoff = backoff or Backoff()
+        self.clock = clock
+        self.restarts = 0
         self._proc: Any = None
         self._stopping = False
+        self._started_at = 0.0
+        self._restart_at: float | None = None  # when a dead child is due to be started again
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")
@@ -74,7 +110,27 @@ class StageProcess:
             daemon=False,  # it runs a Faust worker, which has children of its own (none today)
         )
         self._proc.start()
+        self._started_at = self.clock()
         log.info("started stage %s in process %d", self.stage, self._proc.pid)
+
+    def restart_if_dead(self) -> bool:
+        """Call periodically: start a child that exited abnormally again, once its backoff has
+        passed. True when it restarted it now."""
+        failure = self.failure()
+        if failure is None:
+            return False
+        now = self.clock()
+        if self._restart_at is None:
+            delay = self.backoff.delay(now - self._started_at)
+            self._restart_at = now + delay
+            log.error("%s; restarting it in %.0f s (restarts so far: %d)", failure, delay, self.restarts)
+            return False
+        if now < self._restart_at:
+            return False
+        self._restart_at = None
+        self.restarts += 1
+        self.start()
+        return True
 
     def failure(self) -> str | None:
         """Why the child is gone, when it died without being asked to stop; else None."""
@@ -94,3 +150,19 @@ class StageProcess:
             log.warning("the %s stage's process did not stop in %.0f s; killing it", self.stage, timeout_s)
             proc.kill()
             proc.join(5)
+
+
+def supervise(
+    proc: StageProcess,
+    stop: threading.Event,
+    on_restart: Callable[[StageProcess], None] | None = None,
+    poll_s: float = 0.5,
+) -> int:
+    """Run ``proc`` until ``stop`` is set (the caller's SIGTERM handler sets it), restarting it
+    whenever it exits abnormally; then stop it cleanly. Exit status 0."""
+    proc.start()
+    while not stop.wait(poll_s):
+        if proc.restart_if_dead() and on_restart is not None:
+            on_restart(proc)
+    proc.stop()
+    return 0

@@ -56,7 +56,7 @@ class StreamsApp(BatchingApp):
     topics before Faust declares its own."""
 
     settings: Settings
-    link_process: StageProcess | None = None  # stage 2's process, started and watched by stage 1
+    link_process: StageProcess | None = None  # stage 2's process, started and restarted by stage 1
 
     async def on_first_start(self) -> None:
         gc.set_threshold(*GC_THRESHOLDS)
@@ -234,12 +234,13 @@ def create_app(settings: Settings, stage: str = STAGE_ALL) -> StreamsWorker:
 
         @app.timer(1.0)
         async def watch_link_process() -> None:
-            # Stage 2 is part of this worker: if its process died, stop the whole worker (its
-            # supervisor restarts both, each from its committed offsets and changelog).
-            failure = link_process.failure()
-            if failure is not None:
-                log.error("%s; stopping the worker", failure)
-                await app.crash(RuntimeError(failure))
+            # Stage 2 died (e.g. a delivery failed during a broker outage): start it again after
+            # a backoff. It restores its state from its own changelog and committed offsets, so
+            # stage 1 need not stop (docs/streams.md, "Processes").
+            if app.should_stop:
+                return  # shutting down: on_stop stops the child
+            if link_process.restart_if_dead():
+                metrics.count("process_restarts", STAGE_LINK)
 
     return StreamsWorker(app, stages, metrics)
 

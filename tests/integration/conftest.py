@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from clickhouse_driver import Client
+from private_stack import PrivateClickHouse, PrivateKafka
 
 from paperec.devstack.clickhouse import ClickHouse
 from paperec.devstack.kafka import Kafka
@@ -94,3 +95,25 @@ def unique_prefix(settings: Settings) -> Iterator[str]:
     # best effort: keeps the dev broker from collecting thousands of test topics over time
     with contextlib.suppress(Exception):
         delete_prefixed_topics(settings.replace(topic_prefix=prefix))
+
+
+@pytest.fixture
+def private_kafka(settings: Settings, tmp_path: Path) -> Iterator[PrivateKafka]:
+    """A started broker of this test's own, to stop, kill and restart (tests/integration/private_stack.py)."""
+    broker = PrivateKafka(settings, tmp_path / "kafka")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def private_clickhouse(settings: Settings, tmp_path: Path) -> Iterator[PrivateClickHouse]:
+    """A started ClickHouse server of this test's own, to kill and restart."""
+    server = PrivateClickHouse(settings, tmp_path / "clickhouse")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

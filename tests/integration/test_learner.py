@@ -271,7 +271,7 @@ def test_snapshot_size_policy_one_message_with_raised_limits(settings: Settings,
     topic = s.topic(TOPIC_SNAPSHOTS)
     torch.manual_seed(0)
     model = ActorModel(RankerConfig(), ActorConfig(obs_dim=64, action_dim=2)).eval()
-    assert latest_version(s.kafka_bootstrap, topic) == 0
+    assert latest_version(s.kafka_bootstrap, topic, KEY.encode()).version == 0
 
     results: list[Any] = []
     pub = SnapshotPublisher(s.kafka_bootstrap, topic, KEY.encode(), s.max_message_bytes, 1, results.append)
@@ -291,7 +291,8 @@ def test_snapshot_size_policy_one_message_with_raised_limits(settings: Settings,
     )
     for name, t in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], t)
-    assert latest_version(s.kafka_bootstrap, topic, KEY.encode()) == 1
+    assert latest_version(s.kafka_bootstrap, topic, KEY.encode()).version == 1
+    assert latest_version(s.kafka_bootstrap, topic, b"another key").version == 0  # verified only
 
     # a limit below the payload: refused at encode time, counted, nothing raised or sent
     small = SnapshotPublisher(s.kafka_bootstrap, topic, KEY.encode(), KAFKA_DEFAULT_MESSAGE_BYTES, 2)

@@ -9,9 +9,10 @@ from datetime import datetime
 
 import pytest
 
-from paperec.metrics_store import QUERIES, TABLES, client, init_tables
+from paperec.metrics_store import LIST_OUTCOMES_COLUMNS, QUERIES, TABLES, client, init_tables
 from paperec.metrics_writer import MetricsWriter
 from paperec.settings import Settings
+from streams.metrics import outcome_row_id
 
 pytestmark = pytest.mark.integration
 
@@ -92,4 +93,51 @@ def test_metrics_writer_batches_into_clickhouse(metrics_settings: Settings) -> N
         f"SELECT count(), sum(value) FROM {db}.learner_metrics WHERE name = 'reward'"
     )
     assert count == 1000 and total == -sum(range(1000))
+    ch.disconnect()
+
+
+def test_replayed_rows_count_once_and_old_tables_are_migrated(metrics_settings: Settings) -> None:
+    """At-least-once inserts (a retried batch, outcomes re-emitted after a restart) do not count
+    twice through the reference queries; tables of the old schema (plain MergeTree, no row id)
+    are migrated by init_tables with their rows, exact copies collapsed."""
+    db = metrics_settings.clickhouse_database
+    ch = client(metrics_settings)
+    ts = datetime(2026, 11, 28, 12, 0, 0)
+    outcome = (ts, "r1", "u1", 1, ["click", "dwell"], [0.5, 0.5], [0.0, 0.0], 10, 2, 1000, 1)
+    writer = MetricsWriter(
+        lambda: client(metrics_settings),
+        f"{db}.list_outcomes",
+        [line.split()[0] for line in LIST_OUTCOMES_COLUMNS.strip().splitlines()][:-1],
+        flush_interval_s=0.05,
+        row_id=outcome_row_id,
+    )
+    for _ in range(3):  # the same list outcome, emitted three times
+        writer.add(outcome)
+    assert writer.flush(10)
+    writer.close()
+    ((_, impressions, clicks, _, _),) = ch.execute(QUERIES["objectives_per_minute"].format(db=db))
+    assert (impressions, clicks) == (10, 2)
+
+    # a database from before row ids
+    ch.execute(f"DROP TABLE {db}.list_outcomes")
+    ch.execute(f"DROP TABLE {db}.stream_metrics")
+    old_columns = LIST_OUTCOMES_COLUMNS.strip().rsplit(",", 1)[0]  # without row_id
+    ch.execute(
+        f"CREATE TABLE {db}.list_outcomes ({old_columns}) ENGINE = MergeTree() "
+        "PARTITION BY toYYYYMMDD(ts) ORDER BY (ts, user_id, request_id)"
+    )
+    ch.execute(
+        f"CREATE TABLE {db}.stream_metrics (ts DateTime, source String, name String, label String, "
+        "value Float64) ENGINE = MergeTree() PARTITION BY toYYYYMMDD(ts) ORDER BY (name, ts)"
+    )
+    other = (ts, "r2", "u1", 1, ["click", "dwell"], [0.5, 0.5], [0.0, 0.0], 10, 1, 500, 1)
+    for _ in range(2):
+        ch.execute(f"INSERT INTO {db}.list_outcomes VALUES", [outcome, other])
+        ch.execute(f"INSERT INTO {db}.stream_metrics VALUES", [(ts, "s", "events_in", "t", 5.0)])
+    init_tables(metrics_settings)
+    engines = dict(ch.execute(f"SELECT name, engine FROM system.tables WHERE database = '{db}'"))
+    assert {engines[t] for t in TABLES} == {"ReplacingMergeTree"}
+    ((_, impressions, clicks, _, _),) = ch.execute(QUERIES["objectives_per_minute"].format(db=db))
+    assert (impressions, clicks) == (20, 3)
+    assert ch.execute(f"SELECT count(), sum(value) FROM {db}.stream_metrics FINAL") == [(1, 5.0)]
     ch.disconnect()

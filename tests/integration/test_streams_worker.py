@@ -61,7 +61,8 @@ class Worker:
             env["PAPEREC_" + f.name.upper()] = str(getattr(self.settings, f.name))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams", "--quiet"],
+                # in this process (stage 1, stage 2 its child), so that the test can kill each
+                [sys.executable, "-m", "streams", "--quiet", "--no-supervise"],
                 cwd=ROOT,
                 env=env,
                 stdout=log,
@@ -382,8 +383,9 @@ def test_sigkill_mid_stream_then_restart_loses_no_transition(
     run_worker: Callable[[Settings], Worker],
     victim: str,
 ) -> None:
-    """SIGKILL the worker (its stage-2 process must then stop by itself) or its stage-2 process
-    (the worker must then stop: a supervisor restarts it whole); restart; no transition lost."""
+    """SIGKILL the worker (its stage-2 process must then stop by itself; the worker is
+    restarted) or its stage-2 process (the worker must restart it and keep running); no
+    transition lost."""
     gap = 1_500
     s = streams_settings(
         settings, unique_prefix, tmp_path, session_gap_ms=gap, join_window_ms=600, join_lateness_ms=200
@@ -428,9 +430,13 @@ def test_sigkill_mid_stream_then_restart_loses_no_transition(
             assert wait_gone(children, 15) == [], "the stage-2 process outlived its worker"
         else:
             os.kill(children[0], signal.SIGKILL)
-            assert worker.proc is not None
-            assert worker.proc.wait(20) != 0, "the worker did not stop with its stage-2 process"
-        restarted = run_worker(s)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and worker.children() in ([], children):
+                time.sleep(0.2)
+            assert worker.alive(), f"the worker stopped with its stage-2 process:\n{worker.tail()}"
+            assert worker.children() not in ([], children), "stage 2 was not restarted"
+            assert "restarting it in" in worker.tail(200)
+        restarted = run_worker(s) if victim == "worker" else worker
         producing.join(60)
         got = reader.until(
             lambda rs: expected <= {decode(r.value, Transition).transition_id for r in rs}, 90, restarted

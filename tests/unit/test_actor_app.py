@@ -8,6 +8,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -41,6 +42,7 @@ BASE = Settings().replace(
     serve_max_items=50,
     serve_max_body_bytes=64 * 1024,
     serve_node_id="unit",
+    dev_mode=True,  # the built-in snapshot key
 )
 
 
@@ -64,13 +66,15 @@ class Harness:
 
 
 @pytest.fixture
-def make_harness() -> Iterator[Any]:
+def make_harness(tmp_path: Path) -> Iterator[Any]:
     started: list[Harness] = []
 
     def make(
         producer: FakeProducer | None = None, topic: FakeSnapshotConsumer | None = None, **changes: Any
     ) -> Harness:
-        settings = BASE.replace(**changes)
+        # each node its own (empty) snapshot store: a stored snapshot would be served at start
+        store = str(tmp_path / f"node-{len(started)}")
+        settings = BASE.replace(**{"serve_snapshot_dir": store, **changes})
         topic = topic or FakeSnapshotConsumer(settings.topic(TOPIC_SNAPSHOTS))
         h = Harness(settings, producer or FakeProducer(), topic)
         h.client.__enter__()

@@ -79,3 +79,31 @@ async def test_failed_deliveries_are_retried() -> None:
     await wait_for(lambda: len(producer.sent) == 1)
     await log.close(1)
     assert m.impressions.get(("sent",)) == 1 and m.impressions.get(("dropped_failed",)) == 0
+
+
+async def test_connected_gauge_follows_the_broker_mid_outage() -> None:
+    """Issue 15: the gauge stayed 1 for the whole outage once the producer had started."""
+    producer = FakeProducer()
+    m = Instruments()
+    log = ImpressionLogger(
+        lambda: producer,
+        "impressions",
+        m,
+        max_records=100,
+        max_bytes=1 << 20,
+        max_message_bytes=1 << 16,
+        max_backoff_s=0.05,
+        probe_interval_s=0.02,
+    )
+    log.start()
+    await wait_for(lambda: m.producer_connected.get() == 1)
+    producer.down = True  # no traffic: only the probe can tell
+    await wait_for(lambda: m.producer_connected.get() == 0)
+    log.submit(b"req-1", b"{}")  # buffered, retried
+    await wait_for(lambda: m.impressions.get(("retried",)) >= 1)
+    assert m.producer_connected.get() == 0
+    producer.down = False
+    await wait_for(lambda: len(producer.sent) == 1)
+    await wait_for(lambda: m.producer_connected.get() == 1)
+    await log.close(1)
+    assert m.impressions.get(("sent",)) == 1

@@ -206,3 +206,15 @@ def test_step_is_a_nice_bucket_of_about_a_sixtieth_of_the_window() -> None:
     assert step_for(1) == 5
     assert step_for(24 * 60) == 1800
     assert step_for(10**6) == 86400
+
+
+def test_every_query_reads_the_metric_tables_deduplicated() -> None:
+    """Inserts are at-least-once: a table read without FINAL counts a replayed row twice."""
+    from paperec.dashboard_grafana import dashboard
+    from paperec.metrics_store import QUERIES
+
+    grafana = [t["rawSql"] for p in dashboard()["panels"] for t in p.get("targets", [])]
+    sql = [*SQL.values(), *QUERIES.values(), *grafana]
+    reads = [m for q in sql for m in re.finditer(rf"FROM (?:\S+\.)?({'|'.join(TABLES)})\b(\s+FINAL)?", q)]
+    assert len(reads) >= len(sql)
+    assert [m.group(0) for m in reads if not m.group(2)] == []

@@ -37,6 +37,9 @@ _JSON_JUNK: list[Any] = [
     -0.0,
     1e308,
     -1e-308,
+    1e15,  # schemas.MAX_ABS_NUMBER: accepted in number fields
+    -1.0000001e15,  # just beyond it: rejected
+    3.5e38,  # beyond float32
     "",
     "x",
     "1",
@@ -154,7 +157,21 @@ def _check(raw: Any, decode: Any = schemas.decode) -> bool:
         return False
     # anything accepted is a valid record that round-trips
     assert schemas.decode(schemas.encode(rec)) == rec
+    # ... and every number it holds is float32-safe (model_config is free-form, not featurized)
+    if not isinstance(rec, schemas.SnapshotHeader):
+        assert all(abs(x) <= schemas.MAX_ABS_NUMBER for x in _floats(rec.to_dict()))
     return True
+
+
+def _floats(value: Any) -> list[float]:
+    """Every float inside a JSON value (the fields that hold numbers)."""
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [f for v in value for f in _floats(v)]
+    return []
 
 
 @pytest.mark.parametrize("seed_name", sorted(SEEDS))

@@ -156,7 +156,18 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("transition", "state.items[1].position", 0, "state.items[1].position"),
     ("transition", "state.request_id", "", "state.request_id"),
     ("transition", "next_state.items[0].item_id", "", "next_state.items[0].item_id"),
-    ("transition", "next_state.user_features", [float(2**70), "x"], "next_state.user_features[1]"),
+    ("transition", "next_state.user_features", [1e15, "x"], "next_state.user_features[1]"),
+    # --- numbers beyond the float32-safe bound (schemas.MAX_ABS_NUMBER = 1e15)
+    ("impression", "items[3].features[2]", 1e300, "items[3].features[2]"),
+    ("impression", "items[3].features[2]", 2**64, "items[3].features[2]"),
+    ("impression", "items[3].features[2]", -1.000001e15, "items[3].features[2]"),
+    ("impression", "user_features", [0.5, 1e16], "user_features[1]"),
+    ("impression", "context", [-(2**63)], "context[0]"),
+    ("impression", "noise", [1e20, 0.0], "noise[0]"),
+    ("transition", "reward", [-1.0, 1e300], "reward[1]"),
+    ("transition", "state.items[0].features[0]", 3.5e38, "state.items[0].features[0]"),
+    ("transition", "next_state.context", [1e300], "next_state.context[0]"),
+    ("list_outcome", "impression.items[1].features[0]", -1e300, "impression.items[1].features[0]"),
     ("transition", "labels", "x", "labels"),
     ("transition", "labels.clicks", [0, 1], "labels.clicks"),
     ("transition", "labels.clicks", [0, 1, 3], "labels.clicks[2]"),
@@ -198,7 +209,8 @@ CASES: list[tuple[str, str, Any, str]] = [
 
 # Cases that are valid after all (documenting what is accepted)
 VALID: list[tuple[str, str, Any]] = [
-    ("impression", "items[3].features[2]", 2**64),  # any JSON number is a feature value
+    ("impression", "items[3].features[2]", 1e15),  # the bound itself is accepted
+    ("impression", "items[3].features[2]", -(10**15)),  # ints within the bound too
     ("impression", "items[3].features[2]", 7),  # ints become floats
     ("impression", "unknown_extra_field", {"x": [1, 2]}),  # forward compatibility
     ("impression", "items[3].extra", True),
@@ -209,7 +221,7 @@ VALID: list[tuple[str, str, Any]] = [
     ("dead_letter", "error_field", None),
     ("dead_letter", "raw", "é" * (32 * 1024)),  # exactly 64 KiB in UTF-8
     ("list_outcome", "closed_at_ms", 0),
-    ("transition", "reward", [-1.0, 1e300]),
+    ("transition", "reward", [-1.0, 1e15]),
 ]
 
 

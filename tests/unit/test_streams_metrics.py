@@ -10,7 +10,7 @@ from paperec.metrics_store import LIST_OUTCOMES_COLUMNS
 from streams import fixtures as fx
 from streams.decoding import decode_impression
 from streams.join import ClosedList
-from streams.metrics import OUTCOME_COLUMNS, SAMPLE_COLUMNS, StreamMetrics
+from streams.metrics import OUTCOME_COLUMNS, SAMPLE_COLUMNS, StreamMetrics, outcome_row_id
 
 
 class Rows:
@@ -23,7 +23,7 @@ class Rows:
 
 def test_outcome_rows_match_the_table_and_counters_are_deltas() -> None:
     columns = [line.split()[0] for line in LIST_OUTCOMES_COLUMNS.strip().splitlines()]
-    assert list(OUTCOME_COLUMNS) == columns
+    assert [*OUTCOME_COLUMNS, "row_id"] == columns  # the writer appends the row id
     samples, outcomes = Rows(), Rows()
     m = StreamMetrics("streams:test", samples, outcomes, clock=lambda: 1_700_000_000.0)
     raw = fx.dumps(fx.impression("r1", "u1", 1_700_000_000_123, n_items=3))
@@ -32,6 +32,7 @@ def test_outcome_rows_match_the_table_and_counters_are_deltas() -> None:
     assert len(row) == len(OUTCOME_COLUMNS)
     assert row[0] == datetime.fromtimestamp(1_700_000_000) and row[1:3] == ("r1", "u1")
     assert row[-4:] == (3, 2, 500, 0)
+    assert outcome_row_id(row) == "r1"  # re-emitted after a restart: the same row id
 
     m.count("events_in", "t.clicks", 3)
     m.count_all(Counter({("duplicates", "click"): 2}))

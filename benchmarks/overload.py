@@ -1,0 +1,370 @@
+"""Overload benchmark: a serving node under 3x its capacity sheds load with fast 503s and keeps
+its accepted latency, /healthz and memory bounded. Baselines are measured in the same run.
+
+    .venv/bin/paperec devstack up
+    .venv/bin/python benchmarks/overload.py                      # 200 candidates, 60 s at 3x
+    .venv/bin/python benchmarks/overload.py --seconds 10         # shorter overload phase
+
+What it does, on a throwaway topic prefix (deleted afterwards):
+1. publishes one signed snapshot and starts one serving node (``python -m actor_service``, i.e.
+   ``paperec serve``) as a SEPARATE PROCESS on loopback, with its default admission settings
+   unless ``--max-in-flight`` / ``--deadline-ms`` are given. The load generator (this process)
+   shares the 2-core machine with the node, so the node gets less than a whole machine;
+2. unloaded latency: 1 request in flight, sequential, for ``--baseline-seconds``;
+3. capacity: closed-loop throughput (200 responses/s) with 1, 2, 4, 8 and 16 requests in flight;
+   the maximum is the capacity;
+4. overload: open-loop arrivals at ``--factor`` x capacity (fixed interval; each arrival is sent
+   at its time whatever happened to the earlier ones) for ``--seconds``, every request with a
+   ``--timeout-s`` client timeout, over as many keep-alive connections as needed; meanwhile
+   ``/healthz`` is probed every ``--probe-ms`` on a connection of its own and the node's RSS is
+   read from /proc at the start, the middle and the end.
+
+The load generator is a minimal asyncio HTTP/1.1 client (like benchmarks/serving.py's), not
+httpx: httpx costs ~1-2 ms of CPU a request, and at 3x capacity on a 2-core machine shared with
+the node it alone took a core and fell seconds behind its schedule (measured: 42 of 284
+requests/s sent), so the benchmark measured its own client, not the node.
+
+Printed: capacity; unloaded p50/p99; under overload the p99 of the accepted (200) requests and
+its ratio to the unloaded p99 (target <= 2x), the share shed and whether every shed request was a
+503 with Retry-After (any other status or a timeout is counted and shown), the goodput (200/s) as
+a share of capacity, /healthz p99 (target < 50 ms), and RSS start/middle/end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Run as a script, benchmarks/ is sys.path[0], and a module there named like a package of the
+# project (benchmarks/learner.py) would shadow it: look the packages up from the project root.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import httpx
+import orjson
+
+from actor_service.devtools import (
+    NodeProcess,
+    SnapshotPublisher,
+    example_request,
+    make_model,
+    metric_value,
+    snapshot_record,
+    start_node,
+    wait_ready,
+)
+from paperec.settings import Settings
+from paperec.topics import create_topics, delete_prefixed_topics
+
+CAPACITY_CONCURRENCY = (1, 2, 4, 8, 16)
+KEEP_ALIVE_S = 4.0  # reuse a connection idle at most this long (uvicorn closes them after 5 s)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: a fraction of httpx's CPU per request."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def request(self, raw: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+        """(status, lower-cased headers, body)."""
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(b":") for ln in lines[1:] if ln)}
+        return status, headers, await self.reader.readexactly(int(headers[b"content-length"]))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def raw_request(method: str, path: str, port: int, body: bytes = b"") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    if body:
+        head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    return (head + "\r\n").encode() + body
+
+
+async def closed_loop(
+    port: int, body: bytes, seconds: float, concurrency: int
+) -> tuple[list[float], float, int]:
+    """200-latencies, 200 responses/s and non-200 count with ``concurrency`` requests in flight."""
+    raw = raw_request("POST", "/rank", port, body)
+    lat: list[float] = []
+    other = 0
+    conns = [await Connection.open(port) for _ in range(concurrency)]
+    deadline = time.perf_counter() + seconds
+
+    async def worker(conn: Connection) -> None:
+        nonlocal other
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            status, _, _ = await conn.request(raw)
+            if status == 200:
+                lat.append(time.perf_counter() - t)
+            else:
+                other += 1
+
+    start = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(c) for c in conns))
+    finally:
+        for c in conns:
+            c.close()
+    return lat, len(lat) / (time.perf_counter() - start), other
+
+
+@dataclass
+class Overload:
+    sent: int = 0
+    accepted: list[float] = field(default_factory=list)  # latencies of 200s
+    shed: list[float] = field(default_factory=list)  # latencies of 503s
+    shed_types: Counter[str] = field(default_factory=Counter)
+    shed_without_retry_after: int = 0
+    other_status: Counter[int] = field(default_factory=Counter)
+    timeouts: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    healthz: list[float] = field(default_factory=list)
+    healthz_failed: int = 0
+    rss: list[float] = field(default_factory=list)
+    lag_max: float = 0.0  # how late the generator sent an arrival (its own CPU starvation)
+    elapsed: float = 0.0
+    connections: int = 0
+
+
+async def open_loop(node: NodeProcess, body: bytes, rate: float, args: argparse.Namespace) -> Overload:
+    out = Overload()
+    n = int(rate * args.seconds)
+    interval = 1.0 / rate
+    raw = raw_request("POST", "/rank", node.port, body)
+    healthz = raw_request("GET", "/healthz", node.port)
+    # (connection, last used): a new connection whenever all are busy, so no client-side queue.
+    idle: list[tuple[Connection, float]] = []
+    done = asyncio.Event()
+
+    def reuse() -> Connection | None:
+        while idle:
+            conn, used = idle.pop()
+            if time.perf_counter() - used < KEEP_ALIVE_S:
+                return conn
+            conn.close()  # the node may have closed it (uvicorn's keep-alive timeout)
+        return None
+
+    async def one() -> None:
+        conn = reuse()
+        t = time.perf_counter()
+        try:
+            if conn is None:
+                conn = await Connection.open(node.port)
+                out.connections += 1
+            status, headers, payload = await asyncio.wait_for(conn.request(raw), args.timeout_s)
+        except TimeoutError:
+            out.timeouts += 1
+            if conn is not None:
+                conn.close()
+            return
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            out.errors[type(exc).__name__] += 1
+            if conn is not None:
+                conn.close()
+            return
+        dt = time.perf_counter() - t
+        idle.append((conn, time.perf_counter()))
+        if status == 200:
+            out.accepted.append(dt)
+        elif status == 503:
+            out.shed.append(dt)
+            out.shed_types[orjson.loads(payload)["detail"][0]["type"]] += 1
+            if b"retry-after" not in headers:
+                out.shed_without_retry_after += 1
+        else:
+            out.other_status[status] += 1
+
+    async def probe() -> None:
+        conn = await Connection.open(node.port)
+        try:
+            while not done.is_set():
+                t = time.perf_counter()
+                try:
+                    status, _, _ = await asyncio.wait_for(conn.request(healthz), 5.0)
+                    if status == 200:
+                        out.healthz.append(time.perf_counter() - t)
+                    else:
+                        out.healthz_failed += 1
+                except (TimeoutError, OSError, asyncio.IncompleteReadError):
+                    out.healthz_failed += 1
+                    conn.close()
+                    conn = await Connection.open(node.port)
+                await asyncio.sleep(max(0.0, args.probe_ms / 1000 - (time.perf_counter() - t)))
+        finally:
+            conn.close()
+
+    out.rss.append(rss_mb(node.proc.pid))
+    probe_task = asyncio.create_task(probe())
+    tasks: set[asyncio.Task[None]] = set()
+    start = time.perf_counter()
+    for i in range(n):
+        due = start + i * interval
+        now = time.perf_counter()
+        if due > now:
+            await asyncio.sleep(due - now)
+        else:
+            out.lag_max = max(out.lag_max, now - due)
+        task = asyncio.create_task(one())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        out.sent += 1
+        if i == n // 2:
+            out.rss.append(rss_mb(node.proc.pid))
+    await asyncio.gather(*tasks)
+    out.elapsed = time.perf_counter() - start
+    out.rss.append(rss_mb(node.proc.pid))
+    done.set()
+    await probe_task
+    for conn, _ in idle:
+        conn.close()
+    return out
+
+
+def ms(x: float) -> str:
+    return f"{x * 1e3:.1f}"
+
+
+def run(node: NodeProcess, args: argparse.Namespace) -> list[str]:
+    body = orjson.dumps(example_request(args.candidates, seed=7))
+    print(f"{args.candidates} candidates ({len(body) / 1024:.0f} KiB request)")
+    asyncio.run(closed_loop(node.port, body, 2.0, 2))  # warm-up
+
+    base, _, base_other = asyncio.run(closed_loop(node.port, body, args.baseline_seconds, 1))
+    base_p99 = pct(base, 0.99)
+    print(f"unloaded (1 in flight): p50 {ms(pct(base, 0.5))} ms, p99 {ms(base_p99)} ms, {len(base)} requests")
+
+    capacity, best = 0.0, 0
+    for c in CAPACITY_CONCURRENCY:
+        lat, thr, other = asyncio.run(closed_loop(node.port, body, args.capacity_seconds, c))
+        print(
+            f"closed loop, {c:2d} in flight: {thr:6.1f} req/s, p99 {ms(pct(lat, 0.99))} ms, {other} non-200"
+        )
+        if thr > capacity:
+            capacity, best = thr, c
+    print(f"capacity: {capacity:.1f} req/s ({best} in flight)")
+
+    rate = args.factor * capacity
+    print(f"\nopen loop at {args.factor:g}x capacity = {rate:.1f} req/s for {args.seconds:g} s ...")
+    o = asyncio.run(open_loop(node, body, rate, args))
+    answered = len(o.accepted) + len(o.shed)
+    shed_share = len(o.shed) / max(o.sent, 1)
+    acc_p99 = pct(o.accepted, 0.99)
+    goodput = len(o.accepted) / o.elapsed
+    print(
+        f"  sent {o.sent} in {o.elapsed:.1f} s ({o.sent / o.elapsed:.1f}/s; "
+        f"generator lag max {ms(o.lag_max)} ms; {o.connections} connections)"
+    )
+    print(
+        f"  200: {len(o.accepted)}  503: {len(o.shed)} {dict(o.shed_types)}  other status: "
+        f"{dict(o.other_status)}  timeouts: {o.timeouts}  client errors: {dict(o.errors)}"
+    )
+    print(f"  503 without Retry-After: {o.shed_without_retry_after}")
+    print(
+        f"  accepted: p50 {ms(pct(o.accepted, 0.5))} ms, p99 {ms(acc_p99)} ms; "
+        f"shed (503): p50 {ms(pct(o.shed, 0.5))} ms, p99 {ms(pct(o.shed, 0.99))} ms"
+    )
+    print(
+        f"  /healthz every {args.probe_ms:g} ms: {len(o.healthz)} probes, p50 {ms(pct(o.healthz, 0.5))} ms, "
+        f"p99 {ms(pct(o.healthz, 0.99))} ms, max {ms(max(o.healthz, default=float('nan')))} ms, "
+        f"{o.healthz_failed} failed"
+    )
+    print(f"  node RSS start/middle/end: {' / '.join(f'{r:.0f}' for r in o.rss)} MB")
+    text = httpx.get(node.url + "/metrics", timeout=5).text
+    kinds = {k: metric_value(text, "paperec_serving_errors_total", f'kind="{k}"') for k in o.shed_types}
+    print(f"  node errors_total: {kinds}")
+    every_shed_is_503 = not o.other_status and not o.timeouts and not o.errors and answered == o.sent
+    return [
+        f"capacity {capacity:.1f} req/s at {args.candidates} candidates; unloaded p99 {ms(base_p99)} ms "
+        f"(p50 {ms(pct(base, 0.5))} ms; {base_other} non-200)",
+        f"at {o.sent / o.elapsed / capacity:.2f}x capacity: accepted p99 {ms(acc_p99)} ms = "
+        f"{acc_p99 / base_p99:.2f}x unloaded p99 (target <= 2x); goodput {goodput:.1f}/s = "
+        f"{goodput / capacity:.2f}x capacity",
+        f"shed {shed_share:.1%} of requests; every request answered 200 or 503: {every_shed_is_503} "
+        f"(other status {sum(o.other_status.values())}, timeouts {o.timeouts}, client errors "
+        f"{sum(o.errors.values())}); 503 without Retry-After: {o.shed_without_retry_after}",
+        f"/healthz p99 under overload {ms(pct(o.healthz, 0.99))} ms (target < 50 ms), "
+        f"{o.healthz_failed} failed",
+        f"node RSS start/middle/end {' / '.join(f'{r:.0f}' for r in o.rss)} MB",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--candidates", type=int, default=200, help="candidates per list")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the overload phase")
+    parser.add_argument("--factor", type=float, default=3.0, help="offered load as a multiple of capacity")
+    parser.add_argument("--baseline-seconds", type=float, default=8.0, help="unloaded latency phase")
+    parser.add_argument("--capacity-seconds", type=float, default=4.0, help="per closed-loop level")
+    parser.add_argument("--probe-ms", type=float, default=50.0, help="/healthz probe interval")
+    parser.add_argument("--timeout-s", type=float, default=10.0, help="client timeout of a /rank request")
+    parser.add_argument("--max-in-flight", type=int, default=None, help="node setting (default: its own)")
+    parser.add_argument("--deadline-ms", type=int, default=None, help="node setting (default: its own)")
+    args = parser.parse_args()
+
+    # dev_mode: the node may use the dev stack's built-in snapshot key (as benchmarks/serving.py)
+    settings = Settings.from_env().replace(
+        topic_prefix=f"paperec.bench.{uuid.uuid4().hex[:8]}.", dev_mode=True
+    )
+    problems = create_topics(settings)
+    if problems:
+        raise SystemExit(f"topics: {problems}")
+    publisher = SnapshotPublisher(settings)
+    publisher.publish(snapshot_record(make_model(1), 1, settings))
+    node_args = ["--serve-cold-start", "refuse", "--log-level", "WARNING"]
+    if args.max_in_flight is not None:
+        node_args += ["--serve-max-in-flight", str(args.max_in_flight)]
+    if args.deadline_ms is not None:
+        node_args += ["--serve-request-deadline-ms", str(args.deadline_ms)]
+    node: NodeProcess | None = None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            node = start_node(settings, Path(tmp), name="overload", extra_args=node_args)
+            wait_ready([node], version=1)
+            print(f"node: separate process (pid {node.proc.pid}), args {' '.join(node_args)}")
+            summary = run(node, args)
+        finally:
+            if node is not None:
+                node.stop()
+            publisher.close()
+            delete_prefixed_topics(settings)
+    print("\nsummary")
+    for line in summary:
+        print("  " + line)
+
+
+if __name__ == "__main__":
+    main()
