@@ -2,6 +2,8 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY base ./base
+COPY model ./model
 COPY paperec ./paperec
 COPY schemas ./schemas
 COPY streams ./streams

@@ -3,7 +3,7 @@
 Limits mirror the impression schema (``schemas.events``), so a request that validates here
 always makes a valid impression record: ids are 1..128 characters, numbers are finite and within
 +-``schemas.MAX_ABS_NUMBER`` (float32-safe once featurized), lists are bounded. Feature *widths*
-depend on the served model and are checked when featurizing (``learner.featurize.FeatureError``),
+depend on the served model and are checked when featurizing (``model.featurize.FeatureError``),
 which the app maps to the same 422 error shape.
 """
 

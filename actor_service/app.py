@@ -30,7 +30,7 @@ from actor_service.instruments import Instruments
 from actor_service.metrics import CONTENT_TYPE
 from actor_service.node import Node
 from actor_service.overload import OVERLOADED, RETRY_AFTER_S, Admission, Shed
-from learner.featurize import FeatureError
+from model.featurize import FeatureError
 from schemas import SchemaError
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ from actor_service.api import RankRequest
 from actor_service.model_slot import Served
 from actor_service.overload import DEADLINE_EXCEEDED, OVERLOADED, Shed
 from actor_service.ranking import Job, Ranked, rank_batch
-from learner.featurize import FeatureError
+from model.featurize import FeatureError
 from schemas import SchemaError
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from paperec.settings import Settings
+from base.settings import Settings
 
 log = logging.getLogger(__name__)
 

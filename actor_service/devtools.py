@@ -20,12 +20,12 @@ from typing import Any
 import httpx
 import torch
 
-from learner.policy import ActorConfig
-from learner.ranker import RankerConfig
-from learner.scoring import ActorModel
-from learner.snapshot import SnapshotRecord, encode_snapshot, to_record
-from learner.snapshot_keys import snapshot_keys
-from paperec.settings import TOPIC_SNAPSHOTS, Settings
+from base.settings import TOPIC_SNAPSHOTS, Settings
+from model.policy import ActorConfig
+from model.ranker import RankerConfig
+from model.scoring import ActorModel
+from model.snapshot import SnapshotRecord, encode_snapshot, to_record
+from model.snapshot_keys import snapshot_keys
 
 
 def small_ranker(**overrides: Any) -> RankerConfig:

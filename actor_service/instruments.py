@@ -3,7 +3,7 @@
 One :class:`Instruments` object per node; the HTTP layer, the impression logger and the
 snapshot consumer update it, ``GET /metrics`` renders it, and :class:`ClickHouseExporter`
 copies a sample of every series to ClickHouse every few seconds through the bounded,
-non-blocking :class:`paperec.metrics_writer.MetricsWriter` (ClickHouse being down never slows
+non-blocking :class:`base.metrics_writer.MetricsWriter` (ClickHouse being down never slows
 a request).
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from actor_service.metrics import Histogram, Registry, quantile
-from paperec.metrics_writer import InsertClient, MetricsWriter
+from base.metrics_writer import InsertClient, MetricsWriter
 
 log = logging.getLogger(__name__)
 

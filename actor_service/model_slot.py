@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from learner.config import config_to_dict
-from learner.policy import ActorConfig
-from learner.ranker import RankerConfig
-from learner.runtime import seeded
-from learner.scoring import ActorModel
+from model.config import config_to_dict
+from model.policy import ActorConfig
+from model.ranker import RankerConfig
+from model.runtime import seeded
+from model.scoring import ActorModel
 
 log = logging.getLogger(__name__)
 

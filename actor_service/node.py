@@ -26,9 +26,9 @@ from actor_service.model_slot import ModelSlot, cold_start_model
 from actor_service.overload import Admission
 from actor_service.snapshot_store import SnapshotStore
 from actor_service.snapshots import FETCH_HEADROOM_BYTES, SnapshotConsumer, SnapshotLoader
-from learner.snapshot_keys import snapshot_keys
-from paperec.settings import TOPIC_IMPRESSIONS, TOPIC_SNAPSHOTS, Settings
-from paperec.topics import EVENT_MAX_MESSAGE_BYTES
+from base.settings import TOPIC_IMPRESSIONS, TOPIC_SNAPSHOTS, Settings
+from base.topics import EVENT_MAX_MESSAGE_BYTES
+from model.snapshot_keys import snapshot_keys
 from schemas import MAX_ITEMS
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class Node:
         self.snapshots.start()
         self.impressions.start()
         if s.serve_metrics_clickhouse:
-            from paperec.metrics_store import client
+            from base.metrics_store import client
 
             self.exporter = ClickHouseExporter(
                 self.m,

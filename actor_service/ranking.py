@@ -1,7 +1,7 @@
 """Rank requests with one served model: the response bodies and the impression records.
 
 Runs on the scoring worker thread (never the event loop). Featurizing and scoring are the
-learner's own functions (``learner.featurize.list_inputs``, ``learner.scoring.score``), so the
+learner's own functions (``model.featurize.list_inputs``, ``model.scoring.score``), so the
 node ranks exactly as the learner evaluates. Several concurrent requests are scored as one
 batch (see :mod:`actor_service.batcher`): a list's outputs depend on that list only (the
 ranker has no cross-list interaction, right padding only trails), so batching changes speed,
@@ -22,8 +22,8 @@ import torch
 
 from actor_service.api import RankRequest
 from actor_service.model_slot import Served
-from learner.featurize import FeatureError, ListView, list_inputs
-from learner.scoring import ScoreResult, score
+from model.featurize import FeatureError, ListView, list_inputs
+from model.scoring import ScoreResult, score
 from schemas import SCHEMA_VERSION, Impression, SchemaError, encode
 
 

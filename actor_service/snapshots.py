@@ -3,7 +3,7 @@
 Every node reads the whole compacted ``actor-snapshots`` topic itself: no consumer group, the
 single partition assigned manually, read from the beginning on start (compaction keeps the
 latest snapshot, so the node finds it there), then followed. A record is verified (checksum,
-HMAC signature, schema version, finite weights, shapes: ``learner.snapshot.decode_snapshot``)
+HMAC signature, schema version, finite weights, shapes: ``model.snapshot.decode_snapshot``)
 and the model built on a dedicated loader thread; only then is the one model reference
 swapped (:class:`ModelSlot`). An invalid snapshot is logged, counted by reason and ignored:
 the previous model keeps serving.
@@ -27,8 +27,8 @@ from typing import Any, Protocol
 from actor_service.instruments import Instruments
 from actor_service.model_slot import ModelSlot, Served, check_servable
 from actor_service.snapshot_store import SnapshotStore, StoredSnapshot
-from learner.scoring import ActorModel
-from learner.snapshot import SNAPSHOT_KEY, SnapshotRejected, decode_snapshot, header_of
+from model.scoring import ActorModel
+from model.snapshot import SNAPSHOT_KEY, SnapshotRejected, decode_snapshot, header_of
 from schemas import SchemaError, SnapshotHeader, decode_snapshot_header
 
 log = logging.getLogger(__name__)

@@ -24,14 +24,14 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
-from learner.snapshot import header_of
+from base.metrics_store import init_tables
+from base.settings import TOPIC_SNAPSHOTS, Settings
+from base.topics import create_topics
+from model.snapshot import header_of
 from paperec.demo import DemoOptions, demo_services
 from paperec.demo_driver import DemoDriver
 from paperec.devstack_control import ensure_up
-from paperec.metrics_store import init_tables
 from paperec.services import Supervisor
-from paperec.settings import TOPIC_SNAPSHOTS, Settings
-from paperec.topics import create_topics
 from schemas import decode_snapshot_header
 
 

@@ -32,18 +32,18 @@ from functools import partial  # noqa: E402
 
 import torch  # noqa: E402
 
+from base.settings import TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings  # noqa: E402
+from base.topics import delete_prefixed_topics  # noqa: E402
 from learner.devtools import ListDeadLetters, MemorySource, encoded, produce, synthetic_transitions  # noqa: E402
 from learner.ingest import Ingestor, RecordSource  # noqa: E402
 from learner.ingest_process import ProcessSource  # noqa: E402
 from learner.kafka_io import KafkaSource  # noqa: E402
-from learner.paperec import PAPERecConfig, Trainer  # noqa: E402
 from learner.publisher import PublishResult, SnapshotPublisher  # noqa: E402
-from learner.ranker import RankerConfig  # noqa: E402
 from learner.replay_buffer import ReplayBuffer  # noqa: E402
-from learner.runtime import default_device, training_threads  # noqa: E402
-from learner.snapshot import encode_snapshot  # noqa: E402
-from paperec.settings import TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings  # noqa: E402
-from paperec.topics import delete_prefixed_topics  # noqa: E402
+from learner.training import PAPERecConfig, Trainer  # noqa: E402
+from model.ranker import RankerConfig  # noqa: E402
+from model.runtime import default_device, training_threads  # noqa: E402
+from model.snapshot import encode_snapshot  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -107,7 +107,7 @@ def main() -> None:
 
     settings = Settings.from_env().replace(topic_prefix=f"paperec.bench.{uuid.uuid4().hex[:8]}.")
     if args.kafka:
-        from paperec.topics import create_topics
+        from base.topics import create_topics
 
         assert not create_topics(settings), "could not create the benchmark topics"
         # distinct ids per copy (dedup must not skip them); enough for the prefill and the blocks

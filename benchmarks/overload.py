@@ -60,8 +60,8 @@ from actor_service.devtools import (
     start_node,
     wait_ready,
 )
-from paperec.settings import Settings
-from paperec.topics import create_topics, delete_prefixed_topics
+from base.settings import Settings
+from base.topics import create_topics, delete_prefixed_topics
 
 CAPACITY_CONCURRENCY = (1, 2, 4, 8, 16)
 KEEP_ALIVE_S = 4.0  # reuse a connection idle at most this long (uvicorn closes them after 5 s)

@@ -50,10 +50,10 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from base.settings import Settings
+from base.topics import create_topics, delete_prefixed_topics
 from paperec import replay as replay_cmd
-from paperec.settings import Settings
 from paperec.simulate import simulate_log
-from paperec.topics import create_topics, delete_prefixed_topics
 from schemas import encode
 from simulator.config import SimulatorConfig
 from simulator.logfile import LogLine, in_time_order, read_log

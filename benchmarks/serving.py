@@ -51,12 +51,12 @@ from actor_service.devtools import (
     start_node,
     wait_ready,
 )
-from learner.featurize import ListView, list_inputs
-from learner.scoring import ActorModel, score
-from learner.snapshot import decode_snapshot, header_of
-from learner.snapshot_keys import snapshot_keys
-from paperec.settings import Settings
-from paperec.topics import create_topics, delete_prefixed_topics
+from base.settings import Settings
+from base.topics import create_topics, delete_prefixed_topics
+from model.featurize import ListView, list_inputs
+from model.scoring import ActorModel, score
+from model.snapshot import decode_snapshot, header_of
+from model.snapshot_keys import snapshot_keys
 
 
 def pct(values: list[float], q: float) -> float:

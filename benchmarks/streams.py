@@ -40,7 +40,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from paperec.settings import (
+from base.settings import (
     TOPIC_CLICKS,
     TOPIC_DWELLS,
     TOPIC_IMPRESSIONS,
@@ -48,7 +48,7 @@ from paperec.settings import (
     TOPIC_TRANSITIONS,
     Settings,
 )
-from paperec.topics import create_topics, delete_prefixed_topics
+from base.topics import create_topics, delete_prefixed_topics
 from schemas import Click, Dwell, Impression, decode, transition_id
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,10 +18,10 @@ from collections.abc import Callable
 
 import torch
 
-from learner.batch import ListBatch
-from learner.paperec import PAPERecConfig, Trainer
-from learner.ranker import Ranker, RankerConfig
-from learner.runtime import default_device
+from learner.training import PAPERecConfig, Trainer
+from model.batch import ListBatch
+from model.ranker import Ranker, RankerConfig
+from model.runtime import default_device
 
 
 def plain_step_fn(cfg: PAPERecConfig, device: torch.device) -> Callable[[ListBatch], float]:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, Literal
 
-from paperec.settings import Settings
+from base.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def build_config(cls: type, args: argparse.Namespace, dest_prefix: str) -> Any:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from learner.paperec import PAPERecConfig
     from learner.service import LearnerServiceConfig
+    from learner.training import PAPERecConfig
 
     parser.description = (
         "Consume the transitions topic into a replay buffer, train PAPERec continuously, publish "
@@ -121,8 +121,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from learner.paperec import PAPERecConfig
     from learner.service import LearnerService, LearnerServiceConfig
+    from learner.training import PAPERecConfig
 
     cfg = build_config(LearnerServiceConfig, args, SERVICE[1])
     train_cfg = build_config(PAPERecConfig, args, TRAIN[1])

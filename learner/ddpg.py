@@ -1,6 +1,6 @@
 """DDPG (Lillicrap et al. 2016), generic over state and action widths; cleanrl-style update.
 
-The actor comes from :mod:`learner.policy` (simplex head for objective weights, tanh head for
+The actor comes from :mod:`model.policy` (simplex head for objective weights, tanh head for
 ordinary control); this module adds the critic, the target networks and the optimizers.
 ``update`` learns from logged transitions (off-policy), so it takes the actions as given.
 """
@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from learner.config import sub_config
 from learner.numeric import all_finite, grads_finite
-from learner.policy import Actor, ActorConfig
+from model.config import sub_config
+from model.policy import Actor, ActorConfig
 
 Tensor = torch.Tensor
 
@@ -31,7 +31,7 @@ class DDPGConfig:
     hidden: int = 64
     """actor hidden width"""
     head: str = "simplex"
-    """actor head: "simplex" or "tanh" (see learner.policy)"""
+    """actor head: "simplex" or "tanh" (see model.policy)"""
     temperature: float = 1.0
     """simplex head: softmax temperature"""
     action_scale: float = 1.0

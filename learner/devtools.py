@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import orjson
 
 from learner.ingest import RawRecord
-from learner.ranker import RankerConfig
+from model.ranker import RankerConfig
 from schemas import Item, Labels, ListState, Transition, encode
 
 T0_MS = 1_732_795_200_000  # 2024-11-28T12:00:00Z

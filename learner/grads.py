@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from learner.batch import ListBatch
-from learner.ranker import Ranker
+from model.batch import ListBatch
+from model.ranker import Ranker
 
 Tensor = torch.Tensor
 

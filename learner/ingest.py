@@ -35,11 +35,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from learner.batch import ListBatch
-from learner.featurize import FeatureError, transition_batch
 from learner.numeric import nonfinite_fields, nonfinite_rows
-from learner.ranker import RankerConfig
 from learner.replay_buffer import ReplayBuffer
+from model.batch import ListBatch
+from model.featurize import FeatureError, transition_batch
+from model.ranker import RankerConfig
 from schemas import SchemaError, Transition, decode_transition, encode, make_dead_letter
 
 log = logging.getLogger(__name__)

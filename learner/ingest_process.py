@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from learner.ingest import PreparedChunk, RawRecord, RecordSource, lower_priority, prepare
-from learner.ranker import RankerConfig
+from model.ranker import RankerConfig
 
 log = logging.getLogger(__name__)
 

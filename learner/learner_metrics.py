@@ -2,7 +2,7 @@
 
 Per training step the loop only adds floats into a dict (``observe``). Every
 ``interval_s`` the means since the last flush become rows of ``learner_metrics(ts, source, name,
-label, value)`` handed to :class:`paperec.metrics_writer.MetricsWriter`, whose own thread batches
+label, value)`` handed to :class:`base.metrics_writer.MetricsWriter`, whose own thread batches
 the inserts, retries while ClickHouse is down and drops the oldest rows when its bounded buffer is
 full: the training loop never waits for ClickHouse.
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from learner.batch import ListBatch
+from model.batch import ListBatch
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class LearnerMetrics:
 
     def flush(self) -> int:
         """Means since the last flush -> the writer. Returns the number of rows."""
-        from paperec.metrics_writer import now_utc
+        from base.metrics_writer import now_utc
 
         with self._lock:
             means = {k: self._sums[k] / self._counts[k] for k in self._sums if self._counts[k]}
@@ -99,8 +99,8 @@ class LearnerMetrics:
 
 def clickhouse_writer(settings: Any) -> Any:
     """A MetricsWriter for the learner_metrics table of ``settings``' ClickHouse database."""
-    from paperec.metrics_store import client
-    from paperec.metrics_writer import MetricsWriter
+    from base.metrics_store import client
+    from base.metrics_writer import MetricsWriter
 
     db = settings.clickhouse_database
     return MetricsWriter(lambda: client(settings, db), f"{db}.learner_metrics", COLUMNS, flush_interval_s=2.0)

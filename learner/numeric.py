@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from learner.batch import ListBatch
+from model.batch import ListBatch
 
 if TYPE_CHECKING:
-    from learner.paperec import Trainer
+    from learner.training import Trainer
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -111,7 +111,7 @@ class FiniteGuard:
         t = self.trainer
         num_steps, nonfinite_steps = t.num_steps, t.nonfinite_steps
         if self._last_good is None:
-            from learner.paperec import Trainer  # here: learner.paperec imports this module
+            from learner.training import Trainer  # here: learner.training imports this module
 
             state = Trainer(t.cfg).state_dict()  # the seeded initial model
         else:

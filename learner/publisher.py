@@ -1,7 +1,7 @@
 """Actor snapshots to the compacted ``actor-snapshots`` topic.
 
 Encoding (serving copy of ranker + weight generator -> safetensors -> signed header, see
-:mod:`learner.snapshot`) runs on the training thread: it must read a consistent model between two
+:mod:`model.snapshot`) runs on the training thread: it must read a consistent model between two
 steps and takes milliseconds. Sending and waiting for the broker's acknowledgement (acks=all)
 runs on a publisher thread, so a slow broker never stalls training. If a newer snapshot is ready
 while an older one still waits to be sent, the older one is dropped (the topic is compacted:
@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from learner.scoring import ActorModel
-from learner.snapshot import HEADER_NAME, encode_snapshot, to_record
+from model.scoring import ActorModel
+from model.snapshot import HEADER_NAME, encode_snapshot, to_record
 from schemas import SchemaError, SnapshotHeader, decode_snapshot_header, verify_snapshot
 
 log = logging.getLogger(__name__)

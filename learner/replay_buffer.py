@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from learner.batch import BatchDims, ListBatch
 from learner.numeric import nonfinite_rows
+from model.batch import BatchDims, ListBatch
 
 Tensor = torch.Tensor
 

@@ -37,19 +37,19 @@ from typing import Any
 
 import torch
 
+from base.settings import TOPIC_DEAD_LETTER, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
 from learner.checkpoint import CheckpointStore
-from learner.config import config_to_dict
 from learner.ingest import Ingestor, IngestStats, RecordSource
 from learner.ingest_process import ProcessSource
 from learner.kafka_io import CommitAfterFlush, KafkaDeadLetters, KafkaSource
 from learner.learner_metrics import LearnerMetrics, clickhouse_writer, weight_stats
 from learner.numeric import FiniteGuard
-from learner.paperec import PAPERecConfig, PAPERecStrategy, Trainer
 from learner.publisher import PublishResult, SnapshotPublisher, latest_version
 from learner.replay_buffer import ReplayBuffer
-from learner.runtime import default_device, training_threads
-from learner.snapshot_keys import snapshot_keys
-from paperec.settings import TOPIC_DEAD_LETTER, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
+from learner.training import PAPERecConfig, PAPERecStrategy, Trainer
+from model.config import config_to_dict
+from model.runtime import default_device, training_threads
+from model.snapshot_keys import snapshot_keys
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,15 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from paperec.settings import Settings
+from base.settings import Settings
 
 # name -> (module, help). The module exposes ``configure(parser)`` and ``run(args, settings) -> int``.
 # Imported lazily so that `paperec devstack status` does not pay for importing torch.
 COMMANDS: dict[str, tuple[str, str]] = {
     "devstack": ("paperec.devstack.cli", "start, stop or inspect the local Kafka + ClickHouse dev stack"),
-    "topics": ("paperec.topics", "create or describe the Kafka topics"),
-    "metrics": ("paperec.metrics_store", "create the ClickHouse metric tables"),
-    "dashboard": ("paperec.dashboard", "serve a local web dashboard of the metrics in ClickHouse"),
+    "topics": ("base.topics", "create or describe the Kafka topics"),
+    "metrics": ("base.metrics_store", "create the ClickHouse metric tables"),
+    "dashboard": ("paperec.dashboard.app", "serve a local web dashboard of the metrics in ClickHouse"),
     "demo": ("paperec.demo", "run the end-to-end demo"),
     # --- Streams
     "streams": ("streams.cli", "run a stream join worker (impressions + feedback -> transitions)"),

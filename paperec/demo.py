@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from base.settings import TOPIC_TRANSITIONS, Settings
 from paperec.demo_driver import DemoDriver, LocalStats, replay_log
 from paperec.services import ServiceProcess, Supervisor
-from paperec.settings import TOPIC_TRANSITIONS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +173,8 @@ def config_flags(cfg: object, prefix: str) -> list[str]:
 
 
 def _run(settings: Settings, opts: DemoOptions, supervisor: Supervisor) -> int:
-    from paperec.metrics_store import init_tables
-    from paperec.topics import create_topics
+    from base.metrics_store import init_tables
+    from base.topics import create_topics
 
     print(f"paperec demo: topic prefix {settings.topic_prefix}")
     problems = create_topics(settings)

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 from kafka import KafkaConsumer, TopicPartition
 
+from base.settings import TOPIC_TRANSITIONS, Settings
 from paperec.replay import KafkaSender, Pacer, replay
 from paperec.services import Supervisor
-from paperec.settings import TOPIC_TRANSITIONS, Settings
 from simulator import ListRequest, Ranking, Simulator, SimulatorConfig
 from simulator.logfile import LogLine, in_time_order, read_log
 
@@ -260,7 +260,7 @@ class DemoDriver:
 
 def clickhouse_per_snapshot(settings: Settings, since: float) -> dict[int, int]:
     """Rows of list_outcomes per snapshot version written since ``since`` (the join's view)."""
-    from paperec.metrics_store import client
+    from base.metrics_store import client
 
     try:
         ch = client(settings)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from base.settings import Settings
 from paperec.devstack.cli import SERVICES, _state_lock
 from paperec.devstack.cli import down as _down
 from paperec.devstack.cli import up as _up
-from paperec.settings import Settings
 
 
 def ensure_up(settings: Settings) -> bool:

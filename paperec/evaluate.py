@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from paperec.settings import Settings
+from base.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override a learner.paperec.PAPERecConfig field for every policy, e.g. grad_normalize=loss "
+        help="override a learner.training.PAPERecConfig field for every policy, e.g. grad_normalize=loss "
         "(repeatable; the value is parsed as JSON, else taken as a string)",
     )
     parser.add_argument(
@@ -56,7 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["grad_normalize=loss", "gamma=0.5"]`` -> {"grad_normalize": "loss", "gamma": 0.5}."""
-    from learner.paperec import PAPERecConfig
+    from learner.training import PAPERecConfig
 
     fields = {f.name: f for f in dataclasses.fields(PAPERecConfig)}
     known = set(fields) - {"ranker", "seed", "device", "strategy"}

@@ -26,8 +26,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from base.settings import TOPIC_CLICKS, TOPIC_DWELLS, TOPIC_IMPRESSIONS, Settings
 from paperec.replay_reader import EncodedEvent, EncodedLine, read_in_order, read_in_worker
-from paperec.settings import TOPIC_CLICKS, TOPIC_DWELLS, TOPIC_IMPRESSIONS, Settings
 from schemas import encode
 from simulator.logfile import BadLine, Event, LogLine, LogWriter
 

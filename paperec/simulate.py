@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from paperec.settings import Settings
+from base.settings import Settings
 from simulator.config import SimulatorConfig
 from simulator.logfile import EventSorter, LogWriter
 from simulator.policies import HeuristicPolicy, RandomPolicy

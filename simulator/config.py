@@ -2,7 +2,7 @@
 
 Every number of the user model lives here (docs/simulator.md gives the equations they enter).
 The feature widths are fixed by the config, and :meth:`SimulatorConfig.ranker_config` derives a
-matching :class:`learner.ranker.RankerConfig`, so a ranker always fits the simulator's lists.
+matching :class:`model.ranker.RankerConfig`, so a ranker always fits the simulator's lists.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is only needed by callers that build a ranker
-    from learner.ranker import RankerConfig
+    from model.ranker import RankerConfig
 
 OBJECTIVES = ("click", "dwell")
 CONTEXT_DIM = 3  # depth in the session, clicks and dwell of the previous list
@@ -148,7 +148,7 @@ class SimulatorConfig:
         ``list_gru`` is off: the model scores an unordered candidate set at serving time and the
         ranked top of it in training, so a GRU over input positions would see different orders.
         """
-        from learner.ranker import RankerConfig
+        from model.ranker import RankerConfig
 
         size = dict(d_model=32, n_heads=2, n_layers=1, ffn_mult=2)
         buckets = 1 << max(10, (4 * self.n_items - 1).bit_length())  # few id collisions

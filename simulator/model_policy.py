@@ -1,4 +1,4 @@
-"""A policy backed by a learner model: featurize requests, score with :func:`learner.scoring.score`
+"""A policy backed by a learner model: featurize requests, score with :func:`model.scoring.score`
 (the serving nodes' code path), rank by score.
 
 Every contender of the evaluation is served this way. Policies without a weight generator get
@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import torch
 
-from learner.featurize import ListView, list_inputs
-from learner.policy import Actor
-from learner.scoring import ActorModel, score
+from model.featurize import ListView, list_inputs
+from model.policy import Actor
+from model.scoring import ActorModel, score
 from simulator.session import ListRequest, Ranking
 
 # log(weight) of a zero weight: exp(-30) ~ 1e-13, far below anything noise of scale ~0.1 moves

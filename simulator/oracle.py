@@ -6,7 +6,7 @@ prints the oracle's fixed-weight front and the oracle with per-user weights (1 -
 
 Score of candidate i for user u with click weight w: w p_ui / max_j p_uj + (1 - w) e_ui / max_j e_uj,
 where p = P(click | examined) and e = p * expected dwell given a click (noise-free), i.e. the
-serving score with perfect predictions (same per-list normalization as learner.scoring).
+serving score with perfect predictions (same per-list normalization as model.scoring).
 """
 
 from __future__ import annotations

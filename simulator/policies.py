@@ -1,7 +1,7 @@
 """Model-free policies for logs and tests: random, and a heuristic on the observable proxies.
 
 Both log objective weights like a real serving node: a base weight vector perturbed by Gaussian
-noise in logit space (the same exploration scheme as :mod:`learner.policy`), noise logged too.
+noise in logit space (the same exploration scheme as :mod:`model.policy`), noise logged too.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from paperec.settings import Settings
+from base.settings import Settings
 from streams.worker import create_app
 
 worker = create_app(Settings.from_env())

@@ -1,7 +1,7 @@
 """``paperec streams``: run one streams worker (the Faust app of streams.worker).
 
 Every setting comes from flags or PAPEREC_* variables (``paperec streams --help``); the join
-window, lateness, session gap and the rest are in the "Streams" group of paperec.settings.
+window, lateness, session gap and the rest are in the "Streams" group of base.settings.
 
 By default the worker runs in a child process supervised by this one: a worker that exits
 abnormally (a Faust worker crashes on purpose when a delivery fails, e.g. during a broker outage)
@@ -17,7 +17,7 @@ import signal
 import threading
 from typing import Any
 
-from paperec.settings import Settings
+from base.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Stream metrics to ClickHouse: one ``list_outcomes`` row per closed list, and stream health
 samples (events in, dead letters by stage, duplicates, outputs, lag, state sizes) in the long
-``stream_metrics`` table. Both go through paperec.metrics_writer.MetricsWriter: ``add`` never
+``stream_metrics`` table. Both go through base.metrics_writer.MetricsWriter: ``add`` never
 blocks, a ClickHouse outage is retried in the background with a bounded buffer (oldest rows are
 dropped and counted), so the join never waits on ClickHouse.
 
@@ -16,10 +16,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
-from paperec.metrics_store import client as clickhouse_client
-from paperec.metrics_store import init_tables
-from paperec.metrics_writer import MetricsWriter
-from paperec.settings import Settings
+from base.metrics_store import client as clickhouse_client
+from base.metrics_store import init_tables
+from base.metrics_writer import MetricsWriter
+from base.settings import Settings
 from streams.join import ClosedList
 
 log = logging.getLogger(__name__)

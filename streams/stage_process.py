@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from paperec.settings import Settings
+from base.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from paperec.settings import (
+from base.settings import (
     TOPIC_CLICKS,
     TOPIC_DEAD_LETTER,
     TOPIC_DWELLS,
@@ -30,7 +30,7 @@ from paperec.settings import (
     TOPIC_TRANSITIONS,
     Settings,
 )
-from paperec.topics import EVENT_MAX_MESSAGE_BYTES, create_topics, streams_changelog_configs
+from base.topics import EVENT_MAX_MESSAGE_BYTES, create_topics, streams_changelog_configs
 from streams.batching import BatchingApp
 from streams.join import JoinConfig, RequestJoin
 from streams.link import LinkConfig, UserLinker
@@ -93,7 +93,7 @@ def partition_fetch_bytes(event_partitions: int) -> int:
 
 
 class PlannedTable(faust.Table):
-    """A Faust table whose changelog topic has the planned name (paperec.topics), whatever the
+    """A Faust table whose changelog topic has the planned name (base.topics), whatever the
     app id: the link stage's app has an id (consumer group) of its own."""
 
     def __init__(self, *args: Any, changelog_name: str, **kwargs: Any) -> None:

@@ -16,10 +16,10 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from base.settings import ENV_PREFIX, Settings
 from paperec.devstack.clickhouse import ClickHouse
 from paperec.devstack.kafka import Kafka
 from paperec.devstack.process import DevstackError, Service, pid_alive, port_in_use
-from paperec.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 

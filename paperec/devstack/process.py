@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from paperec.settings import ENV_PREFIX, Settings
+from base.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 

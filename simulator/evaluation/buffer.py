@@ -1,6 +1,6 @@
 """A FIFO replay buffer of featurized transitions, stored as preallocated tensors.
 
-Transitions are featurized once, when they arrive (with :func:`learner.featurize.transition_batch`,
+Transitions are featurized once, when they arrive (with :func:`model.featurize.transition_batch`,
 the learner's own schema -> tensor code), and a training batch is an index_select: re-featurizing
 every sampled transition would cost more than the training step itself on a CPU.
 """
@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from learner.batch import ListBatch
-from learner.featurize import transition_batch
-from learner.ranker import RankerConfig
 from learner.replay_buffer import LIST_FIELDS, fit_list_len
+from model.batch import ListBatch
+from model.featurize import transition_batch
+from model.ranker import RankerConfig
 from schemas import Transition
 
 

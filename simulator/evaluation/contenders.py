@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from learner.paperec import PAPERecConfig, PAPERecStrategy, Trainer
-from learner.policy import ActorConfig
-from learner.scoring import ActorModel
+from learner.training import PAPERecConfig, PAPERecStrategy, Trainer
+from model.policy import ActorConfig
+from model.scoring import ActorModel
 from simulator.model_policy import ModelPolicy, set_constant_weights
 
 PELTR_WEIGHT_MOMENTUM = 0.95
@@ -34,7 +34,7 @@ PELTR_WEIGHT_MOMENTUM = 0.95
 @dataclass(frozen=True)
 class PolicySpec:
     name: str
-    strategy: str  # learner.paperec strategy
+    strategy: str  # learner.training strategy
     weights: tuple[float, ...] | None = None  # constant serving weights (single, fixed)
     single_objective: str = "click"
     learner: tuple[tuple[str, Any], ...] = ()  # PAPERecConfig fields this policy always uses

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from learner.paperec import Trainer
+from learner.training import Trainer
 from simulator.evaluation.buffer import TensorReplay
 from simulator.evaluation.stats import pearson
 from simulator.world import user_index

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from learner.config import config_to_dict
-from learner.paperec import PAPERecConfig
+from learner.training import PAPERecConfig
+from model.config import config_to_dict
 from simulator.config import SimulatorConfig
 from simulator.evaluation.contenders import Contender, PolicySpec, default_specs
 from simulator.evaluation.online import Budget, EvalData, run_contender

@@ -18,10 +18,10 @@ import pytest
 from clickhouse_driver import Client
 from private_stack import PrivateClickHouse, PrivateKafka
 
+from base.settings import Settings
+from base.topics import delete_prefixed_topics
 from paperec.devstack.clickhouse import ClickHouse
 from paperec.devstack.kafka import Kafka
-from paperec.settings import Settings
-from paperec.topics import delete_prefixed_topics
 
 HERE = Path(__file__).parent
 SKIP_ENV = "PAPEREC_SKIP_INTEGRATION"

@@ -15,10 +15,10 @@ import socket
 import time
 from pathlib import Path
 
+from base.settings import Settings
 from paperec.devstack.clickhouse import ClickHouse
 from paperec.devstack.kafka import Kafka
 from paperec.devstack.process import Service, pid_alive, terminate
-from paperec.settings import Settings
 
 
 def free_port() -> int:

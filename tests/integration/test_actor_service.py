@@ -37,9 +37,9 @@ from actor_service.devtools import (
     truncated,
     wait_ready,
 )
-from paperec.metrics_store import init_tables
-from paperec.settings import TOPIC_CLICKS, TOPIC_IMPRESSIONS, Settings
-from paperec.topics import create_topics, delete_prefixed_topics, partition_counts
+from base.metrics_store import init_tables
+from base.settings import TOPIC_CLICKS, TOPIC_IMPRESSIONS, Settings
+from base.topics import create_topics, delete_prefixed_topics, partition_counts
 from schemas import decode_impression
 
 pytestmark = pytest.mark.integration

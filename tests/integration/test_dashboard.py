@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paperec.dashboard_grafana import PANELS as GRAFANA_PANELS
-from paperec.dashboard_queries import PANEL_TITLES
-from paperec.dashboard_svg import NO_DATA, PALETTE
-from paperec.metrics_store import client
-from paperec.settings import Settings
+from base.metrics_store import client
+from base.settings import Settings
+from paperec.dashboard.grafana import PANELS as GRAFANA_PANELS
+from paperec.dashboard.queries import PANEL_TITLES
+from paperec.dashboard.svg import NO_DATA, PALETTE
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from learner.snapshot import header_of
-from paperec.metrics_store import client
-from paperec.settings import TOPIC_SNAPSHOTS, Settings
+from base.metrics_store import client
+from base.settings import TOPIC_SNAPSHOTS, Settings
+from model.snapshot import header_of
 from schemas import decode_snapshot_header
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ import pytest
 from clickhouse_driver import Client
 from kafka.admin import KafkaAdminClient
 
+from base.settings import Settings
 from paperec.devstack.process import pid_alive, pids_with_marker
-from paperec.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -20,17 +20,17 @@ import torch
 from clickhouse_driver import Client
 from kafka import KafkaConsumer, TopicPartition
 
+from base.metrics_store import init_tables
+from base.settings import TOPIC_DEAD_LETTER, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
+from base.topics import create_topics
 from learner.checkpoint import CheckpointStore
 from learner.devtools import encoded, produce, synthetic_transitions
-from learner.featurize import ListView, list_inputs
-from learner.policy import ActorConfig
 from learner.publisher import SnapshotPublisher, latest_version
-from learner.ranker import RankerConfig
-from learner.scoring import ActorModel, score
-from learner.snapshot import SnapshotRejected, decode_snapshot, header_of
-from paperec.metrics_store import init_tables
-from paperec.settings import TOPIC_DEAD_LETTER, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
-from paperec.topics import create_topics
+from model.featurize import ListView, list_inputs
+from model.policy import ActorConfig
+from model.ranker import RankerConfig
+from model.scoring import ActorModel, score
+from model.snapshot import SnapshotRejected, decode_snapshot, header_of
 from schemas import SnapshotHeader, decode_dead_letter, encode
 
 KEY = "integration-test-key"

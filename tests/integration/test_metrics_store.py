@@ -9,9 +9,9 @@ from datetime import datetime
 
 import pytest
 
-from paperec.metrics_store import LIST_OUTCOMES_COLUMNS, QUERIES, TABLES, client, init_tables
-from paperec.metrics_writer import MetricsWriter
-from paperec.settings import Settings
+from base.metrics_store import LIST_OUTCOMES_COLUMNS, QUERIES, TABLES, client, init_tables
+from base.metrics_writer import MetricsWriter
+from base.settings import Settings
 from streams.metrics import outcome_row_id
 
 pytestmark = pytest.mark.integration

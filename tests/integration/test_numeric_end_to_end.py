@@ -16,16 +16,16 @@ from test_learner import RANKER, Learner, _read_all, _snapshots
 from test_streams_worker import Reader, Worker, producer, send, streams_settings
 
 from actor_service.devtools import example_request, start_node, wait_ready
-from learner.devtools import encoded, produce, synthetic_transitions
-from paperec.metrics_store import init_tables
-from paperec.settings import (
+from base.metrics_store import init_tables
+from base.settings import (
     TOPIC_DEAD_LETTER,
     TOPIC_IMPRESSIONS,
     TOPIC_SNAPSHOTS,
     TOPIC_TRANSITIONS,
     Settings,
 )
-from paperec.topics import create_topics
+from base.topics import create_topics
+from learner.devtools import encoded, produce, synthetic_transitions
 from schemas import decode_dead_letter
 from streams import fixtures as fx
 

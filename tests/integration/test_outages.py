@@ -14,9 +14,9 @@ import time
 import pytest
 from private_stack import PrivateKafka
 
+from base.settings import TOPIC_DEAD_LETTER
+from base.topics import create_topics
 from learner.kafka_io import KafkaDeadLetters
-from paperec.settings import TOPIC_DEAD_LETTER
-from paperec.topics import create_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from base.settings import Settings
+from base.topics import create_topics
 from paperec.cli import main
 from paperec.replay import TOPIC_OF
-from paperec.settings import Settings
 from paperec.simulate import simulate_log
-from paperec.topics import create_topics
 from schemas import encode
 from simulator import SimulatorConfig
 from simulator.logfile import LogLine, read_log

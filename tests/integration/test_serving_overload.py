@@ -15,8 +15,8 @@ from aiokafka import AIOKafkaConsumer
 
 from actor_service.devtools import example_request, metric_value, start_node, wait_ready
 from actor_service.overload import DEADLINE_EXCEEDED, OVERLOADED
-from paperec.settings import TOPIC_IMPRESSIONS, Settings
-from paperec.topics import create_topics
+from base.settings import TOPIC_IMPRESSIONS, Settings
+from base.topics import create_topics
 from schemas import decode_impression
 
 pytestmark = pytest.mark.integration

@@ -37,11 +37,11 @@ from actor_service.devtools import (
     start_node,
     wait_ready,
 )
+from base.settings import TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
+from base.topics import create_topics
 from learner.devtools import encoded, produce, synthetic_transitions
-from learner.ranker import RankerConfig
-from learner.snapshot import HEADER_NAME, SNAPSHOT_KEY
-from paperec.settings import TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
-from paperec.topics import create_topics
+from model.ranker import RankerConfig
+from model.snapshot import HEADER_NAME, SNAPSHOT_KEY
 from schemas import SchemaError, decode_snapshot_header, encode, make_header, verify_snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -27,7 +27,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 
-from paperec.settings import (
+from base.settings import (
     TOPIC_CLICKS,
     TOPIC_DEAD_LETTER,
     TOPIC_DWELLS,
@@ -36,7 +36,7 @@ from paperec.settings import (
     TOPIC_TRANSITIONS,
     Settings,
 )
-from paperec.topics import create_topics
+from base.topics import create_topics
 from schemas import DeadLetter, Transition, decode, transition_id
 from streams import fixtures as fx
 from streams.dedup import dedup_transitions

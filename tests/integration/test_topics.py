@@ -8,8 +8,8 @@ import time
 import pytest
 from kafka.admin import KafkaAdminClient
 
-from paperec.settings import Settings
-from paperec.topics import (
+from base.settings import Settings
+from base.topics import (
     create_topics,
     delete_prefixed_topics,
     partition_counts,

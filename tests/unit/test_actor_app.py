@@ -28,8 +28,8 @@ from actor_service.devtools import (
     snapshot_record,
 )
 from actor_service.node import Node
-from learner.ranker import RankerConfig
-from paperec.settings import TOPIC_SNAPSHOTS, Settings
+from base.settings import TOPIC_SNAPSHOTS, Settings
+from model.ranker import RankerConfig
 from schemas import decode_impression
 
 TINY = RankerConfig.tiny()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-TRAINING_MODULES = ("learner.paperec", "learner.ddpg", "learner.grads", "learner.mgda")
+TRAINING_MODULES = ("learner.training", "learner.ddpg", "learner.grads", "learner.mgda")
 
 
 def test_actor_service_does_not_import_training_code() -> None:
@@ -14,7 +14,7 @@ def test_actor_service_does_not_import_training_code() -> None:
         "actor_service.__main__\n"
         f"bad = [m for m in {TRAINING_MODULES!r} if m in sys.modules]\n"
         "assert not bad, bad\n"
-        "assert 'learner.scoring' in sys.modules and 'learner.snapshot' in sys.modules\n"
+        "assert 'model.scoring' in sys.modules and 'model.snapshot' in sys.modules\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -30,8 +30,8 @@ from actor_service.devtools import FakeProducer, FakeSnapshotConsumer, example_r
 from actor_service.node import Node
 from actor_service.overload import DEADLINE_EXCEEDED, OVERLOADED, Admission, Shed
 from actor_service.ranking import Job, Ranked
-from learner.ranker import RankerConfig
-from paperec.settings import TOPIC_SNAPSHOTS, Settings
+from base.settings import TOPIC_SNAPSHOTS, Settings
+from model.ranker import RankerConfig
 
 TINY = RankerConfig.tiny()
 DEV = {"dev_mode": True, "serve_metrics_clickhouse": False}  # the built-in snapshot key, no ClickHouse

@@ -11,10 +11,10 @@ from actor_service.api import RankRequest
 from actor_service.devtools import example_request, make_model
 from actor_service.model_slot import ModelSlot, Served, check_servable, cold_start_model
 from actor_service.ranking import Job, Ranked, rank, rank_batch
-from learner.featurize import FeatureError, ListView, list_inputs
-from learner.policy import ActorConfig
-from learner.ranker import RankerConfig
-from learner.scoring import ActorModel, score
+from model.featurize import FeatureError, ListView, list_inputs
+from model.policy import ActorConfig
+from model.ranker import RankerConfig
+from model.scoring import ActorModel, score
 from schemas import decode_impression
 
 TINY = RankerConfig.tiny()

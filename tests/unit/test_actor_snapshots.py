@@ -20,9 +20,9 @@ from actor_service.devtools import (
 from actor_service.instruments import Instruments
 from actor_service.model_slot import ModelSlot
 from actor_service.snapshots import SnapshotConsumer, SnapshotLoader, rejection_kind
-from learner.ranker import RankerConfig
-from learner.snapshot import SnapshotRecord
-from paperec.settings import Settings
+from base.settings import Settings
+from model.ranker import RankerConfig
+from model.snapshot import SnapshotRecord
 
 TINY = RankerConfig.tiny()
 SETTINGS = Settings()

@@ -14,9 +14,9 @@ import learner.checkpoint as checkpoint_mod
 from learner.checkpoint import CheckpointStore, load
 from learner.devtools import ListDeadLetters, MemorySource, encoded, synthetic_transitions
 from learner.ingest import Ingestor, IngestStats
-from learner.paperec import PAPERecConfig, Trainer
-from learner.ranker import RankerConfig
 from learner.replay_buffer import ReplayBuffer
+from learner.training import PAPERecConfig, Trainer
+from model.ranker import RankerConfig
 
 CFG = RankerConfig.tiny()
 

@@ -13,10 +13,10 @@ with warnings.catch_warnings():  # starlette's TestClient warns about its httpx 
     from fastapi.testclient import TestClient
 
 from paperec.cli import build_parser
-from paperec.dashboard import create_app
-from paperec.dashboard_model import Dashboard, LineChart, Series
-from paperec.dashboard_queries import PANEL_TITLES, build_dashboard
-from paperec.dashboard_svg import NO_DATA
+from paperec.dashboard.app import create_app
+from paperec.dashboard.model import Dashboard, LineChart, Series
+from paperec.dashboard.queries import PANEL_TITLES, build_dashboard
+from paperec.dashboard.svg import NO_DATA
 
 T0 = 1_800_000_000
 
@@ -97,4 +97,4 @@ def test_query_errors_show_on_their_panel() -> None:
 def test_cli_flags() -> None:
     args = build_parser(["dashboard"]).parse_args(["dashboard", "--port", "1234", "--minutes", "5"])
     assert (args.host, args.port, args.minutes, args.step, args.refresh) == ("127.0.0.1", 1234, 5, None, 10)
-    assert args._module == "paperec.dashboard"
+    assert args._module == "paperec.dashboard.app"

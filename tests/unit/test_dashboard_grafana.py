@@ -1,6 +1,6 @@
 """The provisioned Grafana dashboard: valid structure, the provisioned ClickHouse data source on
 every panel, SQL over existing tables with Grafana's time macros, and the file in sync with
-paperec.dashboard_grafana (which generates it)."""
+paperec.dashboard.grafana (which generates it)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from paperec.dashboard_grafana import render
-from paperec.dashboard_queries import PANEL_TITLES
-from paperec.metrics_store import TABLES
+from base.metrics_store import TABLES
+from paperec.dashboard.grafana import render
+from paperec.dashboard.queries import PANEL_TITLES
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy/grafana/dashboards/paperec.json"
@@ -28,7 +28,7 @@ def dashboard() -> dict[str, Any]:
 
 def test_file_is_generated_from_the_module() -> None:
     assert DASHBOARD.read_text() == render(), (
-        "regenerate: python -m paperec.dashboard_grafana > deploy/grafana/dashboards/paperec.json"
+        "regenerate: python -m paperec.dashboard.grafana > deploy/grafana/dashboards/paperec.json"
     )
 
 

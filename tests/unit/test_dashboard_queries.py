@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from paperec.dashboard_model import BarChart, LineChart
-from paperec.dashboard_queries import (
+from base.metrics_store import LIST_OUTCOMES_COLUMNS, SAMPLE_COLUMNS, TABLES
+from paperec.dashboard.model import BarChart, LineChart
+from paperec.dashboard.queries import (
     HIST_BINS,
     MAX_NODES,
     PANEL_QUERIES,
@@ -23,7 +24,6 @@ from paperec.dashboard_queries import (
     fetch,
     step_for,
 )
-from paperec.metrics_store import LIST_OUTCOMES_COLUMNS, SAMPLE_COLUMNS, TABLES
 
 T0 = 1_800_000_000  # a bucket start (multiple of 60)
 
@@ -210,8 +210,8 @@ def test_step_is_a_nice_bucket_of_about_a_sixtieth_of_the_window() -> None:
 
 def test_every_query_reads_the_metric_tables_deduplicated() -> None:
     """Inserts are at-least-once: a table read without FINAL counts a replayed row twice."""
-    from paperec.dashboard_grafana import dashboard
-    from paperec.metrics_store import QUERIES
+    from base.metrics_store import QUERIES
+    from paperec.dashboard.grafana import dashboard
 
     grafana = [t["rawSql"] for p in dashboard()["panels"] for t in p.get("targets", [])]
     sql = [*SQL.values(), *QUERIES.values(), *grafana]

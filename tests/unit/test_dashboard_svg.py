@@ -9,8 +9,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from paperec.dashboard_model import Bar, BarChart, LineChart, Series
-from paperec.dashboard_svg import (
+from paperec.dashboard.model import Bar, BarChart, LineChart, Series
+from paperec.dashboard.svg import (
     AXIS_BAND,
     HEIGHT,
     MARGIN_LEFT,

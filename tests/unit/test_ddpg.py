@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from learner.ddpg import DDPG, DDPGConfig
-from learner.policy import Actor, ActorConfig
-from learner.runtime import torch_threads
+from model.policy import Actor, ActorConfig
+from model.runtime import torch_threads
 
 
 @pytest.fixture(autouse=True)

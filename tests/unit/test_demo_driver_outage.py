@@ -7,9 +7,9 @@ from typing import Any
 
 from kafka.errors import KafkaTimeoutError
 
+from base.settings import Settings
 from paperec import demo_driver
 from paperec.demo_driver import DemoDriver
-from paperec.settings import Settings
 
 
 class StandInOffsets:

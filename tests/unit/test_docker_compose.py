@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from paperec.settings import ENV_PREFIX, Settings
+from base.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from learner.featurize import ListView, list_inputs, transition_batch
-from learner.policy import Actor, ActorConfig
+from model.featurize import ListView, list_inputs, transition_batch
+from model.policy import Actor, ActorConfig
 from simulator import Simulator, SimulatorConfig, TransitionLinker
 from simulator.evaluation.buffer import TensorReplay
 from simulator.evaluation.contenders import Contender, default_specs
@@ -38,7 +38,7 @@ def test_constant_weight_actor() -> None:
 
 def test_ranker_config_fits_the_simulator_and_policies_rank() -> None:
     rcfg = SIM.ranker_config()
-    from learner.paperec import PAPERecConfig
+    from learner.training import PAPERecConfig
 
     learner = PAPERecConfig(ranker=rcfg, device="cpu")
     for spec in default_specs((0.5,))[::2]:  # ctr_only, dwell_only, paperec
@@ -55,8 +55,8 @@ def test_ranker_config_fits_the_simulator_and_policies_rank() -> None:
 
 
 def test_model_policy_ranks_by_the_serving_score() -> None:
-    from learner.paperec import PAPERecConfig
-    from learner.scoring import score
+    from learner.training import PAPERecConfig
+    from model.scoring import score
 
     contender = Contender(default_specs(())[-1], PAPERecConfig(ranker=SIM.ranker_config(), device="cpu"))
     sim = Simulator(SIM)
@@ -123,8 +123,8 @@ def test_control_run_has_no_preference_correlation(tmp_path: Path) -> None:
 
 
 def test_contender_state_dict_round_trip() -> None:
-    from learner.batch import ListBatch
-    from learner.paperec import PAPERecConfig
+    from learner.training import PAPERecConfig
+    from model.batch import ListBatch
 
     learner = PAPERecConfig(ranker=SIM.ranker_config(), device="cpu")
     peltr = next(s for s in default_specs(()) if s.name == "peltr")

@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from learner.features import hash_id
-from learner.featurize import FeatureError, ListView, list_inputs, transition_batch
-from learner.policy import ActorConfig
-from learner.ranker import RankerConfig
-from learner.scoring import ActorModel, score
+from model.features import hash_id
+from model.featurize import FeatureError, ListView, list_inputs, transition_batch
+from model.policy import ActorConfig
+from model.ranker import RankerConfig
+from model.scoring import ActorModel, score
 from schemas.examples import TRANSITION
 
 CFG = RankerConfig(

@@ -15,8 +15,8 @@ import pytest
 from learner.devtools import ListDeadLetters, MemorySource, encoded, synthetic_transitions
 from learner.ingest import Ingestor, PreparedChunk, RawRecord, prepare
 from learner.ingest_process import ProcessSource
-from learner.ranker import RankerConfig
 from learner.replay_buffer import ReplayBuffer
+from model.ranker import RankerConfig
 from schemas import decode_dead_letter
 
 CFG = RankerConfig.tiny()

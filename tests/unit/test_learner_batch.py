@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 
-from learner.batch import ListBatch
-from learner.config import config_from_dict, config_to_dict
-from learner.features import hash_id, hash_ids
-from learner.paperec import PAPERecConfig
-from learner.ranker import RankerConfig
+from learner.training import PAPERecConfig
+from model.batch import ListBatch
+from model.config import config_from_dict, config_to_dict
+from model.features import hash_id, hash_ids
+from model.ranker import RankerConfig
 
 
 def test_hash_id_is_stable_and_in_range() -> None:
@@ -29,7 +29,7 @@ def test_hash_id_is_stable_and_in_range() -> None:
 
 
 def test_hash_id_does_not_depend_on_the_process() -> None:
-    code = "from learner.features import hash_id; print(hash_id('item-1', 65536))"
+    code = "from model.features import hash_id; print(hash_id('item-1', 65536))"
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert int(out.stdout) == hash_id("item-1", 65536)

@@ -12,15 +12,15 @@ import orjson
 import pytest
 import torch
 
-from learner.batch import ListBatch
 from learner.cli import add_config_flags, build_config, configure, field_docs
 from learner.devtools import ListDeadLetters, MemorySource, encoded, synthetic_transitions
 from learner.ingest import Ingestor, RawRecord
 from learner.learner_metrics import LearnerMetrics, split_name, weight_stats
-from learner.paperec import PAPERecConfig, Trainer
-from learner.ranker import RankerConfig
 from learner.replay_buffer import ReplayBuffer
 from learner.service import LearnerServiceConfig
+from learner.training import PAPERecConfig, Trainer
+from model.batch import ListBatch
+from model.ranker import RankerConfig
 from schemas import decode_dead_letter, encode
 
 CFG = RankerConfig.tiny()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from paperec.metrics_writer import MetricsWriter
+from base.metrics_writer import MetricsWriter
 
 
 class FlakyTarget:

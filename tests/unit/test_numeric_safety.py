@@ -12,15 +12,15 @@ import pytest
 import torch
 
 import schemas
-from learner.batch import ListBatch
 from learner.devtools import encoded, synthetic_transitions
-from learner.featurize import transition_batch
 from learner.ingest import RawRecord, prepare
 from learner.numeric import FiniteGuard, nonfinite_fields, nonfinite_rows
-from learner.paperec import PAPERecConfig, Trainer
-from learner.ranker import RankerConfig
 from learner.replay_buffer import ReplayBuffer
-from learner.runtime import torch_threads
+from learner.training import PAPERecConfig, Trainer
+from model.batch import ListBatch
+from model.featurize import transition_batch
+from model.ranker import RankerConfig
+from model.runtime import torch_threads
 from schemas import MAX_ABS_NUMBER, SchemaError, decode_dead_letter
 
 CFG = RankerConfig.tiny()

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from learner.batch import ListBatch
-from learner.paperec import STRATEGIES, PAPERecConfig, Trainer
-from learner.ranker import RankerConfig
-from learner.runtime import torch_threads
+from learner.training import STRATEGIES, PAPERecConfig, Trainer
+from model.batch import ListBatch
+from model.ranker import RankerConfig
+from model.runtime import torch_threads
 
 
 @pytest.fixture(autouse=True)
@@ -127,7 +127,7 @@ def test_bad_configs_are_rejected() -> None:
 
 def test_the_critic_also_learns_the_exact_reward_at_counterfactual_weights() -> None:
     from learner.mgda import weighted_norm
-    from learner.paperec import PAPERecStrategy
+    from learner.training import PAPERecStrategy
 
     cfg = config(counterfactual_actions=3, list_scaled_reward=True)
     trainer = Trainer(cfg)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from learner.batch import ListBatch
 from learner.grads import batch_grads, per_list_param_grads, per_list_repr_grads, shared_parameters
-from learner.ranker import Ranker, RankerConfig
+from model.batch import ListBatch
+from model.ranker import Ranker, RankerConfig
 
 B = 5
 

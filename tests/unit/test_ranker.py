@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learner.batch import ListBatch
-from learner.objectives import OBJECTIVES, Click, build_objective, register
-from learner.ranker import Ranker, RankerConfig
+from model.batch import ListBatch
+from model.objectives import OBJECTIVES, Click, build_objective, register
+from model.ranker import Ranker, RankerConfig
 
 if "click_copy" not in OBJECTIVES:
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from paperec.settings import markdown_table
+from base.settings import markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -12,7 +12,7 @@ def test_readme_settings_table_matches_settings_module() -> None:
     start = readme.index("<!-- settings-table:start -->") + len("<!-- settings-table:start -->")
     end = readme.index("<!-- settings-table:end -->")
     assert readme[start:end].strip() == markdown_table(), (
-        "README configuration table is stale: regenerate with `python -m paperec.settings --markdown`"
+        "README configuration table is stale: regenerate with `python -m base.settings --markdown`"
     )
 
 

@@ -8,9 +8,9 @@ import threading
 import pytest
 import torch
 
-from learner.batch import ListBatch
-from learner.ranker import RankerConfig
 from learner.replay_buffer import FIELDS, ReplayBuffer
+from model.batch import ListBatch
+from model.ranker import RankerConfig
 
 CFG = RankerConfig.tiny()  # max_list_len 6
 

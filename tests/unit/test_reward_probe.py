@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from learner.mgda import min_norm
-from learner.paperec import PAPERecConfig, Trainer
+from learner.training import PAPERecConfig, Trainer
 from simulator import RandomPolicy, Simulator, SimulatorConfig, TransitionLinker
 from simulator.evaluation.buffer import TensorReplay
 from simulator.evaluation.reward_probe import GRID, reward_optimal_dwell_weight

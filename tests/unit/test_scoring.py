@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from learner.batch import ListBatch
-from learner.paperec import PAPERecConfig, Trainer
-from learner.policy import ActorConfig
-from learner.ranker import RankerConfig
-from learner.scoring import ActorModel, normalized_values, score
+from learner.training import PAPERecConfig, Trainer
+from model.batch import ListBatch
+from model.policy import ActorConfig
+from model.ranker import RankerConfig
+from model.scoring import ActorModel, normalized_values, score
 
 
 def model_and_inputs() -> tuple[ActorModel, ListBatch]:
@@ -103,8 +103,8 @@ def test_trainer_exports_the_serving_model() -> None:
 
 def test_scoring_imports_no_training_code() -> None:
     code = (
-        "import sys, learner.scoring; "
-        "bad = [m for m in ('learner.paperec', 'learner.ddpg', 'learner.grads', 'learner.mgda') "
+        "import sys, model.scoring; "
+        "bad = [m for m in ('learner.training', 'learner.ddpg', 'learner.grads', 'learner.mgda') "
         "if m in sys.modules]; print(bad)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""paperec.settings: defaults, PAPEREC_* parsing, flag > env > default priority, errors, topics."""
+"""base.settings: defaults, PAPEREC_* parsing, flag > env > default priority, errors, topics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from paperec.settings import (
+from base.settings import (
     ALL_TOPICS,
     CO_PARTITIONED_TOPICS,
     DEV_HMAC_KEY,

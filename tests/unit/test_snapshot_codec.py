@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 import torch
 
-from learner.policy import ActorConfig
-from learner.ranker import RankerConfig
-from learner.scoring import ActorModel
-from learner.snapshot import (
+from model.policy import ActorConfig
+from model.ranker import RankerConfig
+from model.scoring import ActorModel
+from model.snapshot import (
     HEADER_NAME,
     SnapshotRejected,
     decode_snapshot,

@@ -17,11 +17,11 @@ from actor_service.model_slot import ModelSlot
 from actor_service.node import Node
 from actor_service.snapshot_store import FILE_NAME, MAGIC, SnapshotStore, StoredSnapshot, pack, unpack
 from actor_service.snapshots import SnapshotLoader
+from base.settings import DEV_HMAC_KEY, TOPIC_SNAPSHOTS, Settings
 from learner.publisher import scan_versions
-from learner.ranker import RankerConfig
-from learner.snapshot import HEADER_NAME, SnapshotRecord, SnapshotRejected, decode_snapshot, header_of
-from learner.snapshot_keys import parse_keys, snapshot_keys
-from paperec.settings import DEV_HMAC_KEY, TOPIC_SNAPSHOTS, Settings
+from model.ranker import RankerConfig
+from model.snapshot import HEADER_NAME, SnapshotRecord, SnapshotRejected, decode_snapshot, header_of
+from model.snapshot_keys import parse_keys, snapshot_keys
 from schemas import SchemaError, decode_snapshot_header, encode, make_header, verify_snapshot
 from schemas.examples import EXAMPLE_HMAC_KEY, SNAPSHOT_HEADER
 
@@ -121,8 +121,8 @@ def test_dev_key_is_refused_outside_dev_mode_naming_the_settings() -> None:
 def test_node_and_learner_refuse_the_dev_key_at_start(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from learner.paperec import PAPERecConfig
     from learner.service import LearnerService, LearnerServiceConfig
+    from learner.training import PAPERecConfig
     from paperec.cli import main
 
     with pytest.raises(ValueError, match="PAPEREC_DEV_MODE"):

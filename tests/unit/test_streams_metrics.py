@@ -6,7 +6,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from paperec.metrics_store import LIST_OUTCOMES_COLUMNS
+from base.metrics_store import LIST_OUTCOMES_COLUMNS
 from streams import fixtures as fx
 from streams.decoding import decode_impression
 from streams.join import ClosedList

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from paperec.settings import Settings
+from base.settings import Settings
 from streams.stage_process import STAGE_LINK, Backoff, StageProcess, supervise
 
 

@@ -1,7 +1,7 @@
 """The topic plan and the co-partitioning check, without a broker."""
 
-from paperec.settings import ALL_TOPICS, Settings
-from paperec.topics import check_copartitioned, topic_plan
+from base.settings import ALL_TOPICS, Settings
+from base.topics import check_copartitioned, topic_plan
 
 
 def test_plan_covers_every_topic_behind_the_prefix() -> None:

@@ -1,6 +1,6 @@
 """The deterministic policy (DDPG actor) and its action heads: model code, safe to serve.
 
-The serving node imports this module (and :mod:`learner.ranker`) but never the trainer.
+The serving node imports this module (and :mod:`model.ranker`) but never the trainer.
 Exploration noise is applied here, and :meth:`Actor.explore` returns the noise beside the
 action, because serving logs both.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from learner.runtime import randn
+from model.runtime import randn
 
 Tensor = torch.Tensor
 

@@ -12,7 +12,7 @@ Size policy: a snapshot is one message. The topic's ``max.message.bytes``, the b
 ``Settings.max_message_bytes`` (16 MiB by default; the default model is ~4.7 MiB); ``encode_snapshot``
 refuses a payload over that limit instead of chunking.
 
-This module imports model code only (``learner.scoring``), so serving can use it without the
+This module imports model code only (``model.scoring``), so serving can use it without the
 trainer.
 """
 
@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from learner.scoring import ActorModel
+from model.scoring import ActorModel
 from schemas import (
     PAYLOAD_FORMAT,
     SUPPORTED_SCHEMA_VERSIONS,

@@ -35,15 +35,15 @@ from typing import Any, ClassVar
 
 import torch
 
-from learner.batch import ListBatch
-from learner.config import config_to_dict, sub_config
 from learner.ddpg import DDPG, DDPGConfig
 from learner.grads import batch_grads, per_list_param_grads, per_list_repr_grads, shared_parameters
 from learner.mgda import Normalize, RunningGradScale, min_norm, normalize_grads, weighted_norm
 from learner.numeric import all_finite, nonfinite_rows
-from learner.ranker import Ranker, RankerConfig
-from learner.runtime import default_device, seeded
-from learner.scoring import ActorModel
+from model.batch import ListBatch
+from model.config import config_to_dict, sub_config
+from model.ranker import Ranker, RankerConfig
+from model.runtime import default_device, seeded
+from model.scoring import ActorModel
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor

@@ -5,7 +5,7 @@
 - ``/api/panels.json``: the same data as JSON;
 - ``/healthz``: liveness.
 
-Every request re-runs the queries (paperec.dashboard_queries) over the last ``--minutes``; they
+Every request re-runs the queries (paperec.dashboard.queries) over the last ``--minutes``; they
 are cheap aggregates, and a page that is always current needs no cache to invalidate. The Grafana
 dashboard in deploy/grafana/dashboards/paperec.json shows the same panels for docker-compose.
 """
@@ -22,10 +22,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from paperec.dashboard_model import Dashboard
-from paperec.dashboard_page import render_page
-from paperec.dashboard_queries import build_dashboard, fetch, step_for
-from paperec.settings import Settings
+from base.settings import Settings
+from paperec.dashboard.model import Dashboard
+from paperec.dashboard.page import render_page
+from paperec.dashboard.queries import build_dashboard, fetch, step_for
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ DashboardSource = Callable[[], Dashboard]
 def clickhouse_source(settings: Settings, window_minutes: int, step_s: int) -> DashboardSource:
     """A function that queries ClickHouse afresh on every call. A client per call: the driver's
     client is not thread-safe, and FastAPI runs these handlers on a thread pool."""
-    from paperec.metrics_store import client
+    from base.metrics_store import client
 
     database = settings.clickhouse_database
 

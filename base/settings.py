@@ -285,5 +285,5 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--markdown"]:
         print(markdown_table())
     else:
-        print("usage: python -m paperec.settings --markdown", file=sys.stderr)
+        print("usage: python -m base.settings --markdown", file=sys.stderr)
         sys.exit(2)

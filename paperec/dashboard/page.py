@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from html import escape
 
-from paperec.dashboard_model import Dashboard, Panel
-from paperec.dashboard_svg import chart_svg
+from paperec.dashboard.model import Dashboard, Panel
+from paperec.dashboard.svg import chart_svg
 
 CSS = """
 body { font: 14px/1.4 "DejaVu Sans", "Liberation Sans", Arial, sans-serif; margin: 16px 20px;

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from learner.batch import ListInputs
-from learner.config import config_from_dict, config_to_dict
-from learner.policy import Actor, ActorConfig
-from learner.ranker import Ranker, RankerConfig
+from model.batch import ListInputs
+from model.config import config_from_dict, config_to_dict
+from model.policy import Actor, ActorConfig
+from model.ranker import Ranker, RankerConfig
 
 Tensor = torch.Tensor
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from learner.batch import ListBatch, ListInputsBatch
-from learner.features import PADDING_ID, hash_id
-from learner.ranker import RankerConfig
+from model.batch import ListBatch, ListInputsBatch
+from model.features import PADDING_ID, hash_id
+from model.ranker import RankerConfig
 from schemas import ListState, Transition
 
 

@@ -27,7 +27,7 @@ import logging
 
 from clickhouse_driver import Client
 
-from paperec.settings import Settings
+from base.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from learner.batch import ListInputs
-from learner.objectives import Objective, build_objective
+from model.batch import ListInputs
+from model.objectives import Objective, build_objective
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -54,7 +54,7 @@ class RankerConfig:
     list_gru: bool = True
     """GRU over list positions: item i sees the items above it (top-down browsing)"""
     objectives: tuple[str, ...] = ("click", "dwell")
-    """objective names (see learner.objectives); one head and one loss each, K = len"""
+    """objective names (see model.objectives); one head and one loss each, K = len"""
     dropout: float = 0.0
     """dropout of the field transformer (0: streamed data is rarely seen twice, and CPU dropout is slow)"""
     dwell_scale: float = 30.0

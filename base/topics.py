@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-from paperec.settings import (
+from base.settings import (
     CO_PARTITIONED_TOPICS,
     TOPIC_CLICKS,
     TOPIC_DEAD_LETTER,

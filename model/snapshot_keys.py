@@ -1,7 +1,7 @@
 """The HMAC keys of actor snapshots, from the settings: one key the learner signs with, a set of
 keys (by id) the serving nodes accept.
 
-Two forms of configuration (``paperec/settings.py``):
+Two forms of configuration (``base/settings.py``):
 
 * one key: ``snapshot_hmac_key`` (secret) under the id ``snapshot_hmac_key_id`` ("default");
 * several: ``snapshot_hmac_keys = "id1:secret1,id2:secret2"`` replaces the one-key form; the
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from paperec.settings import DEV_HMAC_KEY, Settings
+from base.settings import DEV_HMAC_KEY, Settings
 from schemas import SchemaError
 from schemas.snapshot import v_key_id
 

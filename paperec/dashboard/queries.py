@@ -7,7 +7,7 @@ ClickHouse (docker-compose): time buckets are ``intDiv(toUInt32(ts), step) * ste
 (no toStartOfInterval / WITH FILL), and no alias reuses a column name (18.16 would resolve
 ``sum(clicks)`` to an alias ``clicks``). Ratios are computed here, not in SQL, so a bucket without
 impressions is a gap instead of a division by zero. Every table is read with ``FINAL``: rows are
-inserted at least once and deduplicated by row id (paperec.metrics_store), so without it a
+inserted at least once and deduplicated by row id (base.metrics_store), so without it a
 replayed or retried insert would count twice until a background merge collapsed it.
 """
 
@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from paperec.dashboard_model import Bar, BarChart, Dashboard, LineChart, Panel, Series
+from paperec.dashboard.model import Bar, BarChart, Dashboard, LineChart, Panel, Series
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ bounded during an outage and the hot path never waits on ClickHouse.
 Inserts are therefore at-least-once: an insert that timed out may have landed and is sent again.
 So every row gets a ``row_id`` column when it is added (``row_id(row)`` when the caller knows a
 natural key, else this writer's random run id and the row's number), the same on every retry;
-the tables deduplicate on it (paperec.metrics_store).
+the tables deduplicate on it (base.metrics_store).
 """
 
 from __future__ import annotations

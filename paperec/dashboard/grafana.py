@@ -6,7 +6,7 @@ Grafana talks to the docker-compose ClickHouse (current version), but the SQL al
 stack's 18.16 once the macros are expanded (buckets by ``intDiv`` instead of ``toStartOfInterval``,
 no alias reusing a column name), so the integration tests check every query on a real server.
 
-Regenerate after editing: ``python -m paperec.dashboard_grafana > deploy/grafana/dashboards/paperec.json``
+Regenerate after editing: ``python -m paperec.dashboard.grafana > deploy/grafana/dashboards/paperec.json``
 (a unit test fails while the file and this module disagree).
 """
 
@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Any
 
-from paperec.dashboard_queries import (
+from paperec.dashboard.queries import (
     HIST_BINS,
     PANEL_TITLES,
     SERVING_AGE,

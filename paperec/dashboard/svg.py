@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from html import escape
 
-from paperec.dashboard_model import BarChart, Chart, LineChart, Series
+from paperec.dashboard.model import BarChart, Chart, LineChart, Series
 
 WIDTH = 620
 HEIGHT = 270

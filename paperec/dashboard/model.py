@@ -1,7 +1,7 @@
 """What the built-in dashboard shows, as plain data: panels of line and bar charts.
 
-The queries (paperec.dashboard_queries) build these, the SVG renderer (paperec.dashboard_svg)
-and the page (paperec.dashboard_page) draw them, and ``/api/panels.json`` serves them as JSON
+The queries (paperec.dashboard.queries) build these, the SVG renderer (paperec.dashboard.svg)
+and the page (paperec.dashboard.page) draw them, and ``/api/panels.json`` serves them as JSON
 (``dataclasses.asdict``), so the three never share more than these classes.
 """
 
