@@ -1,7 +1,7 @@
 """``python -m actor_service``: the same as ``paperec serve`` (same flags, same settings).
 
-Builds only this command's parser, so a node starts without importing the other subcommands'
-modules (the test and benchmark harnesses start nodes this way).
+Builds only this command's parser, without importing the application or the other commands
+(the test and benchmark harnesses start nodes this way).
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from base import command
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``paperec serve`` (the CLI imports only the chosen command's module)."""
-    from paperec.cli import main as paperec_main
+    from actor_service import cli
 
-    return paperec_main(["serve", *(sys.argv[1:] if argv is None else argv)])
+    return command.main("python -m actor_service", cli, argv, description=cli.__doc__)
 
 
 if __name__ == "__main__":

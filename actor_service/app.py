@@ -4,7 +4,8 @@ the OpenAPI schema at ``/openapi.json`` (and ``/docs``).
 Errors name the field: 422 ``{"detail": [{"field": "items[3].features", "msg": ..., "type": ...}]}``
 for validation and feature-width errors, 413 for a body over ``serve_max_body_bytes``, 503
 while no model may serve (see the cold-start policy) and 503 + ``Retry-After`` for a request shed
-under overload (past ``serve_max_in_flight``, or still queued at its deadline; see
+under overload (over the admission's wait budget or ``serve_max_in_flight``, or still queued at
+its deadline; see
 :mod:`actor_service.overload`).
 """
 
@@ -91,7 +92,8 @@ class ServingMiddleware:
         try:
             if route == "/rank" and scope["method"] == "POST":
                 if not self.admission.try_enter():
-                    await _overloaded(self.admission.limit, self.m)(scope, receive, send_status)
+                    reason = self.admission.refusal() or "overloaded"  # same state: same reason
+                    await _overloaded(reason, self.m)(scope, receive, send_status)
                     return
                 admitted = True
                 self.m.in_flight.set(self.admission.in_flight)
@@ -109,7 +111,7 @@ class ServingMiddleware:
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > limit:
-                        self.m.errors.inc(labels=("too_large",))
+                        self.m.errors.labels("too_large").inc()
                         raise HTTPException(413, f"request body over {limit} bytes")
                 return message
 
@@ -118,9 +120,9 @@ class ServingMiddleware:
             if admitted:
                 self.admission.leave()
                 self.m.in_flight.set(self.admission.in_flight)
-            self.m.requests.inc(labels=(route, str(status)))
+            self.m.requests.labels(route, str(status)).inc()
             if route == "/rank":
-                self.m.latency.observe(time.perf_counter() - started, labels=(route,))
+                self.m.latency.labels(route).observe(time.perf_counter() - started)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -133,9 +135,9 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _overloaded(limit: int, m: Instruments) -> Response:
-    m.errors.inc(labels=(OVERLOADED,))
-    return _shed_response(Shed(OVERLOADED, f"{limit} requests in flight (serve_max_in_flight); retry later"))
+def _overloaded(reason: str, m: Instruments) -> Response:
+    m.errors.labels(OVERLOADED).inc()
+    return _shed_response(Shed(OVERLOADED, reason))
 
 
 def _shed_response(exc: Shed) -> Response:
@@ -143,7 +145,7 @@ def _shed_response(exc: Shed) -> Response:
 
 
 def _too_large(limit: int, m: Instruments) -> Response:
-    m.errors.inc(labels=("too_large",))
+    m.errors.labels("too_large").inc()
     return _error(413, "$", f"request body over {limit} bytes (serve_max_body_bytes)", "body_too_large")
 
 
@@ -181,7 +183,7 @@ def create_app(node: Node) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
-        node.m.errors.inc(labels=("validation",))
+        node.m.errors.labels("validation").inc()
         return Response(
             orjson.dumps({"detail": field_errors(exc.errors())}),
             status_code=422,
@@ -217,7 +219,7 @@ def create_app(node: Node) -> FastAPI:
         try:
             req = RankRequest.model_validate_json(await request.body())
         except ValidationError as exc:
-            node.m.errors.inc(labels=("validation",))
+            node.m.errors.labels("validation").inc()
             return Response(
                 orjson.dumps({"detail": field_errors(exc.errors())}),
                 status_code=422,
@@ -226,10 +228,10 @@ def create_app(node: Node) -> FastAPI:
         ts_ms = int(time.time() * 1000)
         served = node.slot.current  # captured once: this request uses this model to the end
         if served is None or not node.ready():
-            node.m.errors.inc(labels=("not_ready",))
+            node.m.errors.labels("not_ready").inc()
             return _error(503, "$", "no actor snapshot loaded yet", "not_ready", headers={"Retry-After": "1"})
         if len(req.items) > s.serve_max_items:
-            node.m.errors.inc(labels=("validation",))
+            node.m.errors.labels("validation").inc()
             return _error(
                 422, "items", f"{len(req.items)} items, at most {s.serve_max_items} allowed", "too_long"
             )
@@ -237,13 +239,13 @@ def create_app(node: Node) -> FastAPI:
         try:
             ranked = await node.batcher.rank(served, req, request_id, ts_ms, request.scope.get(ARRIVED_KEY))
         except Shed as exc:  # not scored, so no impression either
-            node.m.errors.inc(labels=(exc.kind,))
+            node.m.errors.labels(exc.kind).inc()
             return _shed_response(exc)
         except (FeatureError, SchemaError) as exc:
-            node.m.errors.inc(labels=("validation",))
+            node.m.errors.labels("validation").inc()
             return _error(422, exc.field, exc.reason, "feature_error")
         except Exception:
-            node.m.errors.inc(labels=("internal",))
+            node.m.errors.labels("internal").inc()
             log.exception("ranking request %s failed", request_id)
             return _error(500, "$", "internal error while ranking", "internal")
         node.impressions.submit(request_id.encode(), ranked.impression)
@@ -269,7 +271,7 @@ def create_app(node: Node) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics (text format 0.0.4)")
     async def metrics() -> Response:
-        return Response(node.m.registry.render(), media_type=CONTENT_TYPE)
+        return Response(node.m.render(), media_type=CONTENT_TYPE)
 
     def openapi() -> dict[str, Any]:
         # The /rank body is parsed by hand (see rank_endpoint), so its schema is added here.

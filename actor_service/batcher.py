@@ -19,13 +19,19 @@ the queue unscored and fails with :class:`actor_service.overload.Shed` right the
 the next batch, answers it), so the scoring thread spends its time only on requests that can
 still be answered in time. A request already in a batch is always scored to the end.
 
-Adaptive LIFO: first come, first served while the queue keeps up; once it falls behind (its
-oldest request was already waiting when the previous batch was taken, i.e. one batch did not
-drain it), batches take the NEWEST requests first. In a queue that stays full,
-first-come-first-served makes every accepted request wait about the whole deadline;
-newest-first answers the accepted ones in about two batch times and lets the oldest, which
-would have been late anyway, run into their deadline. Without a deadline the order stays FIFO
-(nothing would ever end an old request's wait).
+Scoring cost: every batch is timed on the scoring thread (``clock``, injectable) and fed to a
+:class:`actor_service.overload.ScoringCost`, which admission uses to bound the expected wait of
+a new request (see :mod:`actor_service.overload`).
+
+Adaptive LIFO: first come, first served while the queue keeps its promise; once the oldest
+queued request has waited longer than ``lifo_after_s`` (the node's wait budget), batches take the
+NEWEST requests first. In a queue that stays full, first-come-first-served makes every accepted
+request wait about the whole deadline; newest-first answers the accepted ones in about two batch
+times and lets the oldest, which would have been late anyway, run into their deadline. The
+switch is on the age of the oldest request, not on "a batch did not drain the queue": that rule
+also fired at plain saturation (8-16 closed-loop clients, waits far under the budget) and let a
+few old requests starve into their 2 s deadline while newer ones went first (measured with
+benchmarks/overload.py). Without ``lifo_after_s`` the order stays FIFO.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -41,12 +48,14 @@ import torch
 
 from actor_service.api import RankRequest
 from actor_service.model_slot import Served
-from actor_service.overload import DEADLINE_EXCEEDED, OVERLOADED, Shed
+from actor_service.overload import DEADLINE_EXCEEDED, OVERLOADED, ScoringCost, Shed
 from actor_service.ranking import Job, Ranked, rank_batch
 from model.featurize import FeatureError
 from schemas import SchemaError
 
 log = logging.getLogger(__name__)
+
+Results = list[Ranked | FeatureError | SchemaError]
 
 
 @dataclass(eq=False)  # identity: the queue removes exactly this entry
@@ -72,26 +81,29 @@ class MicroBatcher:
     def __init__(
         self,
         executor: Executor,
-        noise_std: float,
         generator: torch.Generator,
         max_lists: int = 16,
         max_item_slots: int = 512,
         max_queue: int = 1024,
         deadline_s: float | None = None,
+        lifo_after_s: float | None = None,
+        cost: ScoringCost | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.executor = executor
-        self.noise_std = noise_std
         self.generator = generator  # used only on the (single) scoring thread
         self.max_lists = max(1, max_lists)
         self.max_item_slots = max_item_slots
         self.max_queue = max(1, max_queue)
         self.deadline_s = deadline_s
+        self.lifo_after_s = lifo_after_s
+        self.cost = cost if cost is not None else ScoringCost()  # shared with admission
+        self.clock = clock  # times batches on the scoring thread
         self._pending: deque[_Pending] = deque()
         self._running = False
         self.batches = 0
         self.lists = 0
         self.expired = 0  # requests dropped from the queue at their deadline
-        self._taken_at = float("-inf")  # when the last batch was taken from the queue
 
     @property
     def queued(self) -> int:
@@ -142,10 +154,10 @@ class MicroBatcher:
             )
 
     def behind(self) -> bool:
-        """The oldest queued request was passed over by the last batch (with a deadline only)."""
-        if self.deadline_s is None or not self._pending:
+        """The oldest queued request has waited longer than ``lifo_after_s``."""
+        if self.lifo_after_s is None or not self._pending:
             return False
-        return self._pending[0].queued_at <= self._taken_at
+        return time.monotonic() - self._pending[0].queued_at > self.lifo_after_s
 
     def _take(self) -> list[_Pending]:
         """The oldest request (the newest when behind) and the queued ones that share its model
@@ -162,7 +174,6 @@ class MicroBatcher:
                 longest = longest_if
         taken = set(batch)
         self._pending = deque(p for p in self._pending if p not in taken)
-        self._taken_at = time.monotonic()
         for p in batch:
             if p.expiry is not None:
                 p.expiry.cancel()
@@ -177,19 +188,17 @@ class MicroBatcher:
         self.batches += 1
         self.lists += len(batch)
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(
-            self.executor,
-            rank_batch,
-            batch[0].served,
-            [p.job for p in batch],
-            self.noise_std,
-            self.generator,
-        )
+        fut = loop.run_in_executor(self.executor, self._score, batch[0].served, [p.job for p in batch])
         fut.add_done_callback(lambda f: self._finished(batch, f))
 
-    def _finished(
-        self, batch: list[_Pending], fut: asyncio.Future[list[Ranked | FeatureError | SchemaError]]
-    ) -> None:
+    def _score(self, served: Served, jobs: list[Job]) -> tuple[Results, float]:
+        """On the scoring thread: the results and how long scoring took (the scorer's own cost,
+        without the executor hand-off or the event loop's delay in seeing the batch done)."""
+        started = self.clock()
+        results = rank_batch(served, jobs, self.generator)
+        return results, self.clock() - started
+
+    def _finished(self, batch: list[_Pending], fut: asyncio.Future[tuple[Results, float]]) -> None:
         self._running = False
         try:
             if fut.cancelled():
@@ -201,7 +210,9 @@ class MicroBatcher:
                     if not p.future.done():
                         p.future.set_exception(exc)
             else:
-                for p, result in zip(batch, fut.result(), strict=True):
+                results, seconds = fut.result()
+                self.cost.observe(seconds, len(batch))
+                for p, result in zip(batch, results, strict=True):
                     if p.future.done():  # the client went away
                         continue
                     if isinstance(result, Ranked):

@@ -26,6 +26,7 @@ from model.ranker import RankerConfig
 from model.scoring import ActorModel
 from model.snapshot import SnapshotRecord, encode_snapshot, to_record
 from model.snapshot_keys import snapshot_keys
+from schemas import Exploration
 
 
 def small_ranker(**overrides: Any) -> RankerConfig:
@@ -42,16 +43,23 @@ def make_model(seed: int, ranker: RankerConfig | None = None) -> ActorModel:
 
 
 def snapshot_record(
-    model: ActorModel, version: int, settings: Settings, *, created_at_ms: int | None = None
+    model: ActorModel,
+    version: int,
+    settings: Settings,
+    *,
+    created_at_ms: int | None = None,
+    noise_std: float = 0.1,
 ) -> SnapshotRecord:
     """A record signed as the learner on ``settings`` would sign it (its signing key and id; the
-    dev key is allowed here: test and benchmark helper)."""
+    dev key is allowed here: test and benchmark helper), recording exploration ``noise_std``
+    (0.1: the learner's default)."""
     key_id, key = snapshot_keys(settings.replace(dev_mode=True)).signing()
     header, payload = encode_snapshot(
         model,
         snapshot_version=version,
         training_step=version * 100,
         watermark_ms=int(time.time() * 1000),
+        exploration=Exploration(noise_std=noise_std),
         key=key,
         key_id=key_id,
         max_message_bytes=settings.max_message_bytes,
@@ -95,10 +103,10 @@ class SnapshotPublisher:
         self._producer = self._call(self._start(settings))
 
     async def _start(self, settings: Settings) -> Any:
-        from aiokafka import AIOKafkaProducer
+        from base import kafka as kafka_clients
 
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+        producer = kafka_clients.aio_producer(
+            settings,
             acks="all",
             max_request_size=settings.max_message_bytes,
         )

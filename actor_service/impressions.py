@@ -84,7 +84,7 @@ class ImpressionLogger:
     def submit(self, key: bytes, value: bytes) -> None:
         """Queue one impression. O(1), never blocks, never raises."""
         if len(value) > self.max_message_bytes:
-            self.m.impressions.inc(labels=("dropped_too_large",))
+            self.m.impressions.labels("dropped_too_large").inc()
             log.warning(
                 "impression %r is %d bytes, over the %d-byte message limit: dropped",
                 key,
@@ -101,7 +101,7 @@ class ImpressionLogger:
         while len(self._buffer) > self.max_records or self._bytes > self.max_bytes:
             _, value = self._buffer.popleft()
             self._bytes -= len(value)
-            self.m.impressions.inc(labels=("dropped_buffer_full",))
+            self.m.impressions.labels("dropped_buffer_full").inc()
         self._gauges()
 
     def _gauges(self) -> None:
@@ -131,7 +131,7 @@ class ImpressionLogger:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # KafkaError, timeout: the broker does not answer
-                if self.m.producer_connected.get():
+                if self.m.value("paperec_serving_impression_producer_connected"):
                     log.warning("impression producer lost the broker (%r); buffering", exc)
                 self.m.producer_connected.set(0)
             else:
@@ -196,7 +196,7 @@ class ImpressionLogger:
         if fut.cancelled():
             exc = asyncio.CancelledError()
         if exc is None:
-            self.m.impressions.inc(labels=("sent",))
+            self.m.impressions.labels("sent").inc()
             self.m.producer_connected.set(1)
         else:
             self._failed(record, exc)
@@ -207,12 +207,12 @@ class ImpressionLogger:
         if retriable(exc) and len(self._buffer) < self.max_records:
             self._buffer.appendleft(record)
             self._bytes += len(record[1])
-            self.m.impressions.inc(labels=("retried",))
+            self.m.impressions.labels("retried").inc()
             self._trim()
             self._wake.set()
             self._warn(f"impression delivery failed ({exc!r}); retrying")
         else:
-            self.m.impressions.inc(labels=("dropped_failed",))
+            self.m.impressions.labels("dropped_failed").inc()
             log.warning("impression %r dropped: %r", record[0], exc)
 
     async def close(self, timeout_s: float = 5.0) -> None:

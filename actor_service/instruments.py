@@ -1,7 +1,8 @@
 """The serving node's metrics, and their export in batches to ClickHouse ``serving_metrics``.
 
-One :class:`Instruments` object per node; the HTTP layer, the impression logger and the
-snapshot consumer update it, ``GET /metrics`` renders it, and :class:`ClickHouseExporter`
+One :class:`Instruments` object per node, ``prometheus_client`` metrics in a registry of its
+own; the HTTP layer, the impression logger and the snapshot consumer update it,
+``GET /metrics`` renders it (``generate_latest``), and :class:`ClickHouseExporter`
 copies a sample of every series to ClickHouse every few seconds through the bounded,
 non-blocking :class:`base.metrics_writer.MetricsWriter` (ClickHouse being down never slows
 a request).
@@ -16,7 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from actor_service.metrics import Histogram, Registry, quantile
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from actor_service.metrics import (
+    LATENCY_BUCKETS,
+    HistogramSeries,
+    ScrapeGauge,
+    ScrapeGauges,
+    histograms,
+    label_text,
+    quantile,
+    samples,
+)
+from base.metrics_store import METRIC_COLUMNS, MetricRow
 from base.metrics_writer import InsertClient, MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -38,57 +51,101 @@ class NodeState:
 
 
 class Instruments:
+    """The node's metrics, in a registry of its own (never ``prometheus_client``'s global one:
+    tests and benchmarks run several nodes in one process). Update them with the
+    ``prometheus_client`` API (``m.errors.labels("validation").inc()``); read them back with
+    :meth:`value`."""
+
     def __init__(self, state: NodeState | None = None) -> None:
         st = state or NodeState()
-        r = self.registry = Registry()
-        self.requests = r.counter(
-            P + "requests_total", "HTTP requests by route and status", ["route", "status"]
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            P + "requests_total", "HTTP requests by route and status", ["route", "status"], registry=r
         )
-        self.errors = r.counter(P + "errors_total", "failed /rank requests by kind", ["kind"])
-        self.latency = r.histogram(
-            P + "request_latency_seconds", "end-to-end HTTP latency (request in to response out)", ["route"]
+        self.errors = Counter(P + "errors_total", "failed /rank requests by kind", ["kind"], registry=r)
+        self.latency = Histogram(
+            P + "request_latency_seconds",
+            "end-to-end HTTP latency (request in to response out)",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
-        self.candidates = r.counter(P + "candidates_total", "candidate items ranked")
-        self.in_flight = r.gauge(P + "rank_in_flight", "/rank requests admitted and not yet answered")
-        self.snapshot_version = r.gauge(
-            P + "snapshot_version",
-            "version of the served snapshot (0: cold-start model)",
-            fn=lambda: _float(st.snapshot_version()),
+        self.candidates = Counter(P + "candidates_total", "candidate items ranked", registry=r)
+        self.in_flight = Gauge(
+            P + "rank_in_flight", "/rank requests admitted and not yet answered", registry=r
         )
-        self.snapshot_age = r.gauge(
-            P + "snapshot_age_seconds",
-            "seconds since the served snapshot was created by the learner",
-            fn=lambda: _age_s(st.snapshot_created_at_ms()),
+        self.snapshots_loaded = Counter(
+            P + "snapshots_loaded_total", "snapshots verified and swapped in", registry=r
         )
-        self.snapshots_loaded = r.counter(P + "snapshots_loaded_total", "snapshots verified and swapped in")
-        self.snapshots_rejected = r.counter(
-            P + "snapshots_rejected_total", "invalid snapshots ignored, by reason", ["reason"]
+        self.snapshots_rejected = Counter(
+            P + "snapshots_rejected_total", "invalid snapshots ignored, by reason", ["reason"], registry=r
         )
-        self.snapshots_skipped = r.counter(
-            P + "snapshots_skipped_total", "snapshots not newer than the served one (replays, duplicates)"
+        self.snapshots_skipped = Counter(
+            P + "snapshots_skipped_total",
+            "snapshots not newer than the served one (replays, duplicates)",
+            registry=r,
         )
-        self.snapshot_load_seconds = r.gauge(
-            P + "snapshot_load_seconds", "time to verify and build the last loaded snapshot"
+        self.snapshot_load_seconds = Gauge(
+            P + "snapshot_load_seconds", "time to verify and build the last loaded snapshot", registry=r
         )
-        self.publish_to_served = r.histogram(
+        self.publish_to_served = Histogram(
             P + "snapshot_publish_to_served_seconds",
             "Kafka record timestamp of a snapshot to the moment this node serves it",
             buckets=PUBLISH_BUCKETS,
+            registry=r,
         )
-        self.ready = r.gauge(
-            P + "ready",
-            "1 when /rank serves (snapshot loaded, or cold-start policy)",
-            fn=lambda: float(st.ready()),
+        self.impressions = Counter(
+            P + "impressions_total",
+            "impressions by outcome (sent, retried, dropped_*)",
+            ["outcome"],
+            registry=r,
         )
-        self.cold_start = r.gauge(
-            P + "cold_start", "1 while the cold-start model serves", fn=lambda: _float(st.cold_start())
+        self.impressions_buffered = Gauge(
+            P + "impressions_buffered", "impressions waiting for Kafka", registry=r
         )
-        self.impressions = r.counter(
-            P + "impressions_total", "impressions by outcome (sent, retried, dropped_*)", ["outcome"]
+        self.impressions_buffered_bytes = Gauge(
+            P + "impressions_buffered_bytes", "bytes waiting for Kafka", registry=r
         )
-        self.impressions_buffered = r.gauge(P + "impressions_buffered", "impressions waiting for Kafka")
-        self.impressions_buffered_bytes = r.gauge(P + "impressions_buffered_bytes", "bytes waiting for Kafka")
-        self.producer_connected = r.gauge(P + "impression_producer_connected", "1 when the producer is up")
+        self.producer_connected = Gauge(
+            P + "impression_producer_connected", "1 when the producer is up", registry=r
+        )
+        r.register(
+            ScrapeGauges(
+                [
+                    ScrapeGauge(
+                        P + "snapshot_version",
+                        "version of the served snapshot (0: cold-start model)",
+                        lambda: _float(st.snapshot_version()),
+                    ),
+                    ScrapeGauge(
+                        P + "snapshot_age_seconds",
+                        "seconds since the served snapshot was created by the learner",
+                        lambda: _age_s(st.snapshot_created_at_ms()),
+                    ),
+                    ScrapeGauge(
+                        P + "ready",
+                        "1 when /rank serves (snapshot loaded, or cold-start policy)",
+                        lambda: float(st.ready()),
+                    ),
+                    ScrapeGauge(
+                        P + "cold_start",
+                        "1 while the cold-start model serves",
+                        lambda: _float(st.cold_start()),
+                    ),
+                ]
+            )
+        )
+
+    def value(self, sample: str, **labels: str) -> float:
+        """One sample's current value, e.g. ``value("paperec_serving_impressions_total",
+        outcome="sent")``; 0.0 when there is no such sample (a label value never counted, a
+        scrape-time gauge without a value), as ``devtools.metric_value`` reads ``/metrics``."""
+        found = self.registry.get_sample_value(sample, labels)
+        return 0.0 if found is None else found
+
+    def render(self) -> bytes:
+        """``GET /metrics``: the Prometheus text format (``actor_service.metrics.CONTENT_TYPE``)."""
+        return generate_latest(self.registry)
 
 
 def _float(value: float | bool | None) -> float | None:
@@ -106,7 +163,7 @@ class ClickHouseExporter:
     value)``, plus interval p50/p99 of each latency histogram (from the bucket deltas, so the
     dashboard does not need to difference cumulative buckets)."""
 
-    COLUMNS = ("ts", "source", "name", "label", "value")
+    COLUMNS = METRIC_COLUMNS  # rows are base.metrics_store.MetricRow
 
     def __init__(
         self,
@@ -120,33 +177,28 @@ class ClickHouseExporter:
         self.source = source
         self.interval_s = interval_s
         self.writer = MetricsWriter(connect, table, list(self.COLUMNS), flush_interval_s=min(1.0, interval_s))
-        self._previous: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        # cumulative bucket counts at the last export, per series: quantiles are of the interval
+        self._previous: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[int, ...]] = {}
 
     def rows(self, now: datetime) -> list[tuple[object, ...]]:
-        out: list[tuple[object, ...]] = []
-        for s in self.instruments.registry.samples():
-            if s.name.endswith("_bucket"):
-                continue  # buckets are summarized below; keep the table small
-            out.append((now, self.source, s.name, s.labels, float(s.value)))
-        for m in self.instruments.registry.metrics:
-            if isinstance(m, Histogram):
-                out.extend(self._interval_quantiles(m, now))
+        registry = self.instruments.registry
+        out: list[tuple[object, ...]] = [
+            MetricRow(now, self.source, s.name, s.labels, s.value) for s in samples(registry)
+        ]
+        for h in histograms(registry):
+            out.extend(self._interval_quantiles(h, now))
         return out
 
-    def _interval_quantiles(self, h: Histogram, now: datetime) -> list[tuple[object, ...]]:
+    def _interval_quantiles(self, h: HistogramSeries, now: datetime) -> list[tuple[object, ...]]:
+        prev = self._previous.get((h.name, h.labels), (0,) * len(h.cumulative))
+        self._previous[(h.name, h.labels)] = h.cumulative
+        delta = [c - p for c, p in zip(h.cumulative, prev, strict=True)]
+        label = label_text(dict(h.labels))
         out: list[tuple[object, ...]] = []
-        with h.lock:
-            keys = sorted(h.states)
-        for labels in keys:
-            cum, _, _ = h.cumulative(labels)
-            prev = self._previous.get((h.name, labels), [0] * len(cum))
-            self._previous[(h.name, labels)] = cum
-            delta = [c - p for c, p in zip(cum, prev, strict=True)]
-            label = ",".join(f'{n}="{v}"' for n, v in zip(h.labelnames, labels, strict=True))
-            for q, suffix in ((0.5, "_p50"), (0.99, "_p99")):
-                v = quantile(h.buckets, delta, q)
-                if v is not None:
-                    out.append((now, self.source, h.name + suffix, label, float(v)))
+        for q, suffix in ((0.5, "_p50"), (0.99, "_p99")):
+            v = quantile(h.bounds, delta, q)
+            if v is not None:
+                out.append(MetricRow(now, self.source, h.name + suffix, label, float(v)))
         return out
 
     def export_once(self) -> int:

@@ -1,21 +1,30 @@
-"""A small, thread-safe metrics registry that renders the Prometheus text format (0.0.4).
+"""What the serving node needs from ``prometheus_client`` beyond its metric types.
 
-Hand-written rather than ``prometheus_client``: the serving node needs counters, gauges (some
-computed at scrape time, e.g. the age of the snapshot) and one latency histogram, plus a flat
-list of samples for the ClickHouse exporter; that is a hundred lines, not a dependency.
+``prometheus_client`` keeps the metrics (thread-safe: request handlers run on the event loop,
+the snapshot loader and the scoring worker are threads) and renders ``/metrics``. Three things
+it does not do are here:
 
-Every update takes one registry lock: request handlers run on the event loop, but the snapshot
-loader and the scoring worker are threads, and ``d[k] += 1`` is not atomic across threads.
+- :class:`ScrapeGauges`: gauges computed when scraped (the age of the served snapshot) whose
+  sample is left out while there is no value (no snapshot yet), not reported as 0;
+- :func:`samples`: the registry as flat ``(name, label text, value)`` rows for the ClickHouse
+  exporter (``serving_metrics``);
+- :func:`histograms` and :func:`quantile`: cumulative bucket counts read back from the
+  registry, and a quantile estimate from them (Prometheus' ``histogram_quantile``).
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
-Labels = tuple[str, ...]
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# ``generate_latest`` writes the text format 0.0.4 (the format a scraper gets without asking for
+# another); CONTENT_TYPE_LATEST names 1.0.0.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 # Request latency buckets (seconds): sub-millisecond to seconds, dense where /rank lives.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -23,150 +32,87 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class ScrapeGauge:
+    """A gauge read from ``fn`` at each scrape; ``fn`` returns None while there is no value."""
+
+    name: str
+    help: str
+    fn: Callable[[], float | None]
+
+
+class ScrapeGauges(Collector):
+    """Unlabelled gauges computed when scraped, never stale; one without a value has no sample."""
+
+    def __init__(self, gauges: Iterable[ScrapeGauge]) -> None:
+        self.gauges = tuple(gauges)
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, so that registering does not call every ``fn`` (the node is not built yet).
+        return [GaugeMetricFamily(g.name, g.help) for g in self.gauges]
+
+    def collect(self) -> Iterable[Metric]:
+        for g in self.gauges:
+            family = GaugeMetricFamily(g.name, g.help)
+            value = g.fn()
+            if value is not None:
+                family.add_metric([], float(value))
+            yield family
+
+
+def label_text(labels: Mapping[str, str]) -> str:
+    """``a="1",b="x"`` (no braces), in the metric's label order; empty for no labels."""
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def label_text(names: Sequence[str], values: Sequence[str]) -> str:
-    """``a="1",b="x"`` (no braces); empty for no labels."""
-    return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
-
-
-def _fmt(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-@dataclass
+@dataclass(frozen=True)
 class Sample:
-    """One flat sample: metric name (with _bucket/_sum/_count suffix), label text, value."""
+    """One flat sample: name (with its ``_total``/``_sum``/``_count`` suffix), label text, value."""
 
     name: str
     labels: str
     value: float
 
 
-@dataclass
-class _Metric:
+def samples(registry: CollectorRegistry) -> Iterator[Sample]:
+    """Every sample but histogram buckets (summarized as quantiles instead) and the ``_created``
+    timestamps ``prometheus_client`` adds to counters and histograms."""
+    for family in registry.collect():
+        for s in family.samples:
+            if s.name.endswith(("_bucket", "_created")):
+                continue
+            yield Sample(s.name, label_text(s.labels), float(s.value))
+
+
+@dataclass(frozen=True)
+class HistogramSeries:
+    """One labelled series of a histogram: finite bucket bounds and cumulative counts (one more,
+    the +Inf bucket, which is the count)."""
+
     name: str
-    help: str
-    labelnames: tuple[str, ...]
-    lock: threading.Lock
-
-    kind = "untyped"
-
-    def _check(self, labels: Labels) -> None:
-        if len(labels) != len(self.labelnames):
-            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {labels}")
-
-    def samples(self) -> Iterator[Sample]:
-        raise NotImplementedError
+    labels: tuple[tuple[str, str], ...]  # without ``le``
+    bounds: tuple[float, ...]
+    cumulative: tuple[int, ...]
 
 
-@dataclass
-class Counter(_Metric):
-    kind = "counter"
-    values: dict[Labels, float] = field(default_factory=dict)
-
-    def inc(self, amount: float = 1.0, labels: Labels = ()) -> None:
-        self._check(labels)
-        with self.lock:
-            self.values[labels] = self.values.get(labels, 0.0) + amount
-
-    def get(self, labels: Labels = ()) -> float:
-        with self.lock:
-            return self.values.get(labels, 0.0)
-
-    def samples(self) -> Iterator[Sample]:
-        with self.lock:
-            items = sorted(self.values.items())
-        for labels, value in items:
-            yield Sample(self.name, label_text(self.labelnames, labels), value)
-
-
-@dataclass
-class Gauge(_Metric):
-    """A set value, or (``fn``) a value computed at each scrape."""
-
-    kind = "gauge"
-    values: dict[Labels, float] = field(default_factory=dict)
-    fn: Callable[[], float | None] | None = None
-
-    def set(self, value: float, labels: Labels = ()) -> None:
-        self._check(labels)
-        with self.lock:
-            self.values[labels] = float(value)
-
-    def get(self, labels: Labels = ()) -> float:
-        if self.fn is not None:
-            v = self.fn()
-            return math.nan if v is None else float(v)
-        with self.lock:
-            return self.values.get(labels, math.nan)
-
-    def samples(self) -> Iterator[Sample]:
-        if self.fn is not None:
-            v = self.fn()
-            if v is not None:  # None: no value yet (e.g. no snapshot): omit the sample
-                yield Sample(self.name, "", float(v))
-            return
-        with self.lock:
-            items = sorted(self.values.items())
-        for labels, value in items:
-            yield Sample(self.name, label_text(self.labelnames, labels), value)
-
-
-@dataclass
-class HistogramState:
-    bucket_counts: list[int]  # per bucket, not cumulative; last is +Inf
-    total: float = 0.0
-    count: int = 0
-
-
-@dataclass
-class Histogram(_Metric):
-    kind = "histogram"
-    buckets: tuple[float, ...] = LATENCY_BUCKETS
-    states: dict[Labels, HistogramState] = field(default_factory=dict)
-
-    def observe(self, value: float, labels: Labels = ()) -> None:
-        self._check(labels)
-        i = next((i for i, b in enumerate(self.buckets) if value <= b), len(self.buckets))
-        with self.lock:
-            st = self.states.get(labels)
-            if st is None:
-                st = self.states[labels] = HistogramState([0] * (len(self.buckets) + 1))
-            st.bucket_counts[i] += 1
-            st.total += value
-            st.count += 1
-
-    def cumulative(self, labels: Labels = ()) -> tuple[list[int], float, int]:
-        """(cumulative counts per bucket incl. +Inf, sum, count)."""
-        with self.lock:
-            st = self.states.get(labels)
-            if st is None:
-                return [0] * (len(self.buckets) + 1), 0.0, 0
-            counts, total, count = list(st.bucket_counts), st.total, st.count
-        acc, out = 0, []
-        for c in counts:
-            acc += c
-            out.append(acc)
-        return out, total, count
-
-    def samples(self) -> Iterator[Sample]:
-        with self.lock:
-            keys = sorted(self.states)
-        for labels in keys:
-            cum, total, count = self.cumulative(labels)
-            base = label_text(self.labelnames, labels)
-            for bound, c in zip((*self.buckets, math.inf), cum, strict=True):
-                le = f'le="{_fmt(bound)}"'
-                yield Sample(f"{self.name}_bucket", f"{base},{le}" if base else le, c)
-            yield Sample(f"{self.name}_sum", base, total)
-            yield Sample(f"{self.name}_count", base, count)
+def histograms(registry: CollectorRegistry) -> Iterator[HistogramSeries]:
+    """The histogram series of the registry, read back through ``collect``."""
+    for family in registry.collect():
+        if family.type != "histogram":
+            continue
+        series: dict[tuple[tuple[str, str], ...], list[tuple[float, int]]] = {}
+        for s in family.samples:
+            if s.name == family.name + "_bucket":
+                key = tuple((k, v) for k, v in s.labels.items() if k != "le")
+                series.setdefault(key, []).append((float(s.labels["le"]), int(s.value)))
+        for key, buckets in series.items():
+            buckets.sort()
+            bounds = tuple(b for b, _ in buckets if not math.isinf(b))
+            yield HistogramSeries(family.name, key, bounds, tuple(c for _, c in buckets))
 
 
 def quantile(buckets: Sequence[float], cumulative: Sequence[int], q: float) -> float | None:
@@ -184,60 +130,3 @@ def quantile(buckets: Sequence[float], cumulative: Sequence[int], q: float) -> f
             return lower_bound + (bound - lower_bound) * (rank - lower_count) / (c - lower_count)
         lower_bound, lower_count = bound, c
     return buckets[-1] if buckets else None  # in the +Inf bucket: the highest finite bound
-
-
-class Registry:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._metrics: list[_Metric] = []
-
-    def _add(self, metric: _Metric) -> _Metric:
-        if any(m.name == metric.name for m in self._metrics):
-            raise ValueError(f"duplicate metric {metric.name}")
-        self._metrics.append(metric)
-        return metric
-
-    def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Counter:
-        c = Counter(name, help, tuple(labelnames), self._lock)
-        self._add(c)
-        return c
-
-    def gauge(
-        self,
-        name: str,
-        help: str,
-        labelnames: Sequence[str] = (),
-        fn: Callable[[], float | None] | None = None,
-    ) -> Gauge:
-        g = Gauge(name, help, tuple(labelnames), self._lock, fn=fn)
-        self._add(g)
-        return g
-
-    def histogram(
-        self, name: str, help: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
-    ) -> Histogram:
-        h = Histogram(name, help, tuple(labelnames), self._lock, buckets=tuple(buckets))
-        self._add(h)
-        return h
-
-    @property
-    def metrics(self) -> list[_Metric]:
-        return list(self._metrics)
-
-    def samples(self) -> list[Sample]:
-        return [s for m in self._metrics for s in m.samples()]
-
-    def render(self) -> str:
-        """The Prometheus text exposition format."""
-        lines: list[str] = []
-        for m in self._metrics:
-            lines.append(f"# HELP {m.name} {m.help}")
-            lines.append(f"# TYPE {m.name} {m.kind}")
-            for s in m.samples():
-                lines.append(
-                    f"{s.name}{{{s.labels}}} {_fmt(s.value)}" if s.labels else f"{s.name} {_fmt(s.value)}"
-                )
-        return "\n".join(lines) + "\n"
-
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

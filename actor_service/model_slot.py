@@ -5,6 +5,11 @@ sees half of a swap; the snapshot consumer builds the next model completely (off
 path) before replacing the reference, which is a single atomic store in CPython. Only a newer
 snapshot version replaces the served one, so replaying the compacted topic (or a duplicate
 publication) never rolls a node back.
+
+A :class:`Served` carries the exploration it is ranked with, fixed when it is built: a snapshot's
+is the one its header records (the learner's setting); the cold-start model's, and that of a
+snapshot whose header predates the field, is the node's ``serve_noise_std``
+(:func:`model.snapshot.exploration_of`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from model.policy import ActorConfig
 from model.ranker import RankerConfig
 from model.runtime import seeded
 from model.scoring import ActorModel
+from model.snapshot import exploration_of
+from schemas import Exploration, SnapshotHeader
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,7 @@ class Served:
     model: ActorModel
     version: int
     objectives: tuple[str, ...]
+    exploration: Exploration  # what rank_batch explores with (see the module docstring)
     created_at_ms: int | None = None  # the learner's creation time; None for the cold-start model
     training_step: int = 0
     loaded_at: float = field(default_factory=time.time)
@@ -97,11 +105,30 @@ def cold_start_config(raw_json: str) -> dict[str, Any]:
     return cfg
 
 
-def cold_start_model(seed: int, raw_json: str = "") -> Served:
+def cold_start_model(seed: int, exploration: Exploration, raw_json: str = "") -> Served:
     """The deterministic initial model: same seed and config give the same weights on every node,
-    so all nodes rank alike before the first snapshot. Served with snapshot_version 0."""
+    so all nodes rank alike before the first snapshot. Served with snapshot_version 0 and
+    ``exploration`` (the node's setting: no learner has recorded one yet)."""
     cfg = cold_start_config(raw_json)
     with seeded(seed):
         model = ActorModel.from_config(cfg)
     check_servable(model)
-    return Served(model=model, version=COLD_START_VERSION, objectives=tuple(model.ranker.cfg.objectives))
+    return Served(
+        model=model,
+        version=COLD_START_VERSION,
+        objectives=tuple(model.ranker.cfg.objectives),
+        exploration=exploration,
+    )
+
+
+def served_snapshot(header: SnapshotHeader, model: ActorModel, fallback: Exploration) -> Served:
+    """A verified snapshot, served with its header's exploration (``fallback``, the node's
+    setting, for a header from before the field existed)."""
+    return Served(
+        model=model,
+        version=header.snapshot_version,
+        objectives=tuple(model.ranker.cfg.objectives),
+        exploration=exploration_of(header, fallback),
+        created_at_ms=header.created_at_ms,
+        training_step=header.training_step,
+    )

@@ -23,13 +23,14 @@ from actor_service.batcher import MicroBatcher
 from actor_service.impressions import ImpressionLogger, Producer
 from actor_service.instruments import ClickHouseExporter, Instruments, NodeState
 from actor_service.model_slot import ModelSlot, cold_start_model
-from actor_service.overload import Admission
+from actor_service.overload import Admission, ScoringCost
 from actor_service.snapshot_store import SnapshotStore
 from actor_service.snapshots import FETCH_HEADROOM_BYTES, SnapshotConsumer, SnapshotLoader
+from base import kafka as kafka_clients
 from base.settings import TOPIC_IMPRESSIONS, TOPIC_SNAPSHOTS, Settings
 from base.topics import EVENT_MAX_MESSAGE_BYTES
 from model.snapshot_keys import snapshot_keys
-from schemas import MAX_ITEMS
+from schemas import MAX_ITEMS, Exploration
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,10 @@ def check_settings(s: Settings) -> None:
         raise ValueError("serve_torch_threads and serve_max_batch must be >= 1")
     if s.serve_impression_buffer < 1 or s.serve_impression_buffer_bytes < 1:
         raise ValueError("serve_impression_buffer and serve_impression_buffer_bytes must be >= 1")
-    if s.serve_max_in_flight < 1 or s.serve_request_deadline_ms < 0:
-        raise ValueError("serve_max_in_flight must be >= 1 and serve_request_deadline_ms >= 0")
+    if s.serve_max_in_flight < 1 or s.serve_request_deadline_ms < 0 or s.serve_max_queue_wait_ms < 0:
+        raise ValueError(
+            "serve_max_in_flight must be >= 1, serve_request_deadline_ms and serve_max_queue_wait_ms >= 0"
+        )
 
 
 def node_id(s: Settings) -> str:
@@ -84,15 +87,21 @@ class Node:
         self.generator = torch.Generator().manual_seed(
             int.from_bytes(os.urandom(8), "little") if seed is None else seed
         )
+        cost = ScoringCost()  # measured by the batcher, read by admission
+        # Snapshots explore as their header says; this is for the cold-start model and old headers.
+        self.default_exploration = Exploration(noise_std=settings.serve_noise_std)
         self.batcher = MicroBatcher(
             self.scorer,
-            settings.serve_noise_std,
             self.generator,
             max_lists=settings.serve_max_batch,
             max_queue=settings.serve_max_in_flight,  # admission already bounds it; bounded here too
             deadline_s=settings.serve_request_deadline_ms / 1000 or None,  # 0: no deadline
+            lifo_after_s=settings.serve_max_queue_wait_ms / 1000,  # newest first past the budget
+            cost=cost,
         )
-        self.admission = Admission(settings.serve_max_in_flight)
+        self.admission = Admission(
+            settings.serve_max_in_flight, settings.serve_max_queue_wait_ms / 1000, cost
+        )
         self.impressions = ImpressionLogger(
             make_producer or self._producer,
             settings.topic(TOPIC_IMPRESSIONS),
@@ -107,6 +116,7 @@ class Node:
             snapshot_keys(settings).accepted,
             self.m,
             store=SnapshotStore(settings.serve_snapshot_path(self.node_id)),
+            default_exploration=self.default_exploration,
         )
         self.snapshots = SnapshotConsumer(
             self.loader, make_consumer or self._consumer, settings.topic(TOPIC_SNAPSHOTS)
@@ -117,10 +127,8 @@ class Node:
 
     # ------------------------------------------------------------------ Kafka clients
     def _producer(self) -> Producer:
-        from aiokafka import AIOKafkaProducer
-
-        return AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+        return kafka_clients.aio_producer(
+            self.settings,
             client_id=f"paperec-serve-{self.node_id}",
             acks="all",
             linger_ms=5,
@@ -130,11 +138,9 @@ class Node:
         )
 
     def _consumer(self) -> Any:
-        from aiokafka import AIOKafkaConsumer
-
         fetch = self.settings.max_message_bytes + FETCH_HEADROOM_BYTES
-        return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+        return kafka_clients.aio_consumer(
+            self.settings,
             client_id=f"paperec-serve-{self.node_id}",
             group_id=None,  # every node reads every snapshot
             enable_auto_commit=False,
@@ -159,7 +165,11 @@ class Node:
         loop = asyncio.get_running_loop()
         if s.serve_cold_start == "random":
             served = await loop.run_in_executor(
-                self.scorer, cold_start_model, s.serve_cold_start_seed, s.serve_cold_start_config
+                self.scorer,
+                cold_start_model,
+                s.serve_cold_start_seed,
+                self.default_exploration,
+                s.serve_cold_start_config,
             )
             self.slot.offer(served)
         # The last snapshot this node verified, before the topic: the topic's newest record may be
@@ -180,7 +190,8 @@ class Node:
             )
             self._export_task = asyncio.create_task(self.exporter.run(), name="metrics-export")
         log.info(
-            "node %s: cold start %s, noise std %g, max %d items, topics %s / %s",
+            "node %s: cold start %s, exploration noise std: the snapshot header's (%g for the cold-start "
+            "model and headers without one), max %d items, topics %s / %s",
             self.node_id,
             s.serve_cold_start,
             s.serve_noise_std,

@@ -10,6 +10,10 @@ not results.
 The impression lists the items in SERVED order (position 0 = top) with their features, and
 user features/history/context as the request gave them: the stream join and the learner then
 featurize the very list the user saw.
+
+Exploration is the served model's (``Served.exploration``: the snapshot header's, see
+:mod:`actor_service.model_slot`), so a micro-batch, which never mixes two models, explores with
+one setting; the noise actually drawn is logged on every impression.
 """
 
 from __future__ import annotations
@@ -55,7 +59,6 @@ def _view(req: RankRequest) -> ListView:
 def rank_batch(
     served: Served,
     jobs: Sequence[Job],
-    noise_std: float,
     generator: torch.Generator | None,
 ) -> list[Ranked | FeatureError | SchemaError]:
     """One result per job: a Ranked, or the error that names the offending field (feature widths
@@ -70,9 +73,9 @@ def rank_batch(
         # Only some lists are bad: score each alone so the others are served.
         out: list[Ranked | FeatureError | SchemaError] = []
         for job in jobs:
-            out.extend(rank_batch(served, [job], noise_std, generator))
+            out.extend(rank_batch(served, [job], generator))
         return out
-    result = score(served.model, inputs, noise_std, generator)
+    result = score(served.model, inputs, served.exploration.noise_std, generator)
     results: list[Ranked | FeatureError | SchemaError] = []
     for b, job in enumerate(jobs):
         try:
@@ -144,11 +147,10 @@ def rank(
     req: RankRequest,
     request_id: str,
     ts_ms: int,
-    noise_std: float,
     generator: torch.Generator | None,
 ) -> Ranked:
     """Rank one request; raises FeatureError/SchemaError naming the field."""
-    (out,) = rank_batch(served, [Job(req, request_id, ts_ms)], noise_std, generator)
+    (out,) = rank_batch(served, [Job(req, request_id, ts_ms)], generator)
     if isinstance(out, Exception):
         raise out
     return out

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from actor_service.instruments import Instruments
-from actor_service.model_slot import ModelSlot, Served, check_servable
+from actor_service.model_slot import ModelSlot, Served, check_servable, served_snapshot
 from actor_service.snapshot_store import SnapshotStore, StoredSnapshot
 from model.scoring import ActorModel
 from model.snapshot import SNAPSHOT_KEY, SnapshotRejected, decode_snapshot, header_of
-from schemas import SchemaError, SnapshotHeader, decode_snapshot_header
+from schemas import Exploration, SchemaError, SnapshotHeader, decode_snapshot_header
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,12 @@ class SnapshotLoader:
         instruments: Instruments,
         clock: Callable[[], float] = time.time,
         store: SnapshotStore | None = None,
+        *,
+        default_exploration: Exploration,
     ) -> None:
         self.slot = slot
+        # the node's serve_noise_std: for headers from before they recorded the learner's exploration
+        self.default_exploration = default_exploration
         self.keys = hmac_keys  # one key, or the accepted keys by id
         self.m = instruments
         self.clock = clock
@@ -102,7 +106,7 @@ class SnapshotLoader:
             header, model = decode_snapshot(stored.header, stored.payload, self.keys)
             check_servable(model)
         except (SnapshotRejected, ValueError) as exc:
-            self.m.snapshots_rejected.inc(labels=("stored",))
+            self.m.snapshots_rejected.labels("stored").inc()
             self.store.set_aside(f"does not verify with the current keys: {exc}")
             return None
         if not self.slot.offer(self._served(header, model)):
@@ -117,15 +121,8 @@ class SnapshotLoader:
         )
         return header.snapshot_version
 
-    @staticmethod
-    def _served(header: SnapshotHeader, model: ActorModel) -> Served:
-        return Served(
-            model=model,
-            version=header.snapshot_version,
-            objectives=tuple(model.ranker.cfg.objectives),
-            created_at_ms=header.created_at_ms,
-            training_step=header.training_step,
-        )
+    def _served(self, header: SnapshotHeader, model: ActorModel) -> Served:
+        return served_snapshot(header, model, self.default_exploration)
 
     def _store(self, header_bytes: bytes, payload: bytes, version: int) -> None:
         if self.store is None:
@@ -180,11 +177,13 @@ class SnapshotLoader:
         self.m.snapshot_load_seconds.set(load_s)
         self.m.publish_to_served.observe(publish_to_served)
         log.info(
-            "serving snapshot %d (offset %d, training step %d): verified and built in %.0f ms, "
-            "%.0f ms after publication",
+            "serving snapshot %d (offset %d, training step %d, exploration noise std %g%s): verified "
+            "and built in %.0f ms, %.0f ms after publication",
             served.version,
             rec.offset,
             served.training_step,
+            served.exploration.noise_std,
+            "" if header.exploration is not None else " from serve_noise_std: the header records none",
             load_s * 1e3,
             publish_to_served * 1e3,
         )
@@ -192,7 +191,7 @@ class SnapshotLoader:
         return Outcome(rec.offset, "loaded", served.version)
 
     def _reject(self, rec: RecordLike, version: int | None, reason: str, kind: str) -> Outcome:
-        self.m.snapshots_rejected.inc(labels=(kind,))
+        self.m.snapshots_rejected.labels(kind).inc()
         log.error(
             "rejected snapshot at offset %d (version %s): %s; still serving version %s",
             rec.offset,

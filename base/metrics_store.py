@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from clickhouse_driver import Client
 
+from base.metrics_writer import MetricsWriter
 from base.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,24 @@ LIST_OUTCOMES_COLUMNS = """
     complete UInt8,
     row_id String DEFAULT request_id
 """
+
+
+class MetricRow(NamedTuple):
+    """One sample of a service metric table (stream_metrics, learner_metrics, serving_metrics):
+    the one row shape every writer adds (a tuple, so MetricsWriter takes it as it is)."""
+
+    ts: datetime
+    """second resolution (DateTime column); base.metrics_writer.now_utc()"""
+    source: str
+    """the writing process, e.g. ``streams:<app id>``, ``learner``, the serving node's id"""
+    name: str
+    label: str
+    """the sample's label (an objective, a stage, Prometheus-style ``k="v"`` pairs), or empty"""
+    value: float
+
+
+# The columns a writer inserts (row_id is added by the writer, see below).
+METRIC_COLUMNS: tuple[str, ...] = MetricRow._fields
 
 # One shape serves the three service metric tables: name/label/value samples from one source.
 SAMPLE_COLUMNS = """
@@ -99,6 +120,23 @@ def client(settings: Settings, database: str | None = None) -> Client:
         database=database or "default",
         connect_timeout=5,
         send_receive_timeout=30,
+    )
+
+
+def sample_writer(
+    settings: Settings, table: str, flush_interval_s: float = 1.0, **options: Any
+) -> MetricsWriter:
+    """A MetricsWriter of :class:`MetricRow` rows into ``table`` (one of the sample tables) of the
+    settings' ClickHouse database (``options``: the writer's batch size, buffer bound ...)."""
+    if TABLES[table][0] is not SAMPLE_COLUMNS:
+        raise ValueError(f"{table} is not a metric sample table")
+    db = settings.clickhouse_database
+    return MetricsWriter(
+        lambda: client(settings, db),
+        f"{db}.{table}",
+        METRIC_COLUMNS,
+        flush_interval_s=flush_interval_s,
+        **options,
     )
 
 

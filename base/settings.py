@@ -95,12 +95,27 @@ class Settings:
     serve_cold_start: str = _opt("random", "serve: before any snapshot: 'random' (seeded model) or 'refuse'")
     serve_cold_start_seed: int = _opt(0, "serve: seed of the cold-start model (same on every node)")
     serve_cold_start_config: str = _opt("", "serve: cold-start model config as JSON (empty = defaults)")
-    serve_noise_std: float = _opt(0.1, "serve: exploration noise std on the weight logits (0 = exploit only)")
+    serve_noise_std: float = _opt(
+        0.1,
+        "serve: exploration noise std on the weight logits of the cold-start model and of snapshots "
+        "whose header records none (a snapshot's header value wins; 0 = exploit only)",
+    )
     serve_torch_threads: int = _opt(1, "serve: torch intra-op threads of the scoring worker")
     serve_max_batch: int = _opt(16, "serve: most concurrent lists scored as one batch (1 = no batching)")
     serve_max_in_flight: int = _opt(32, "serve: most /rank requests in the node at once (more: 503 at once)")
+    # Admission bounds the expected wait, not the count (actor_service/overload.py): set this to
+    # your p99 latency SLO minus the unloaded /rank p99, and the deadline to the SLO. The defaults
+    # only guard against collapse (a queue that grows without bound), they are no SLO: on a loaded
+    # 2-core machine 200 candidates cost 20-50 ms a list, so 500 ms still admits 10-25 at once
+    # (and a 10x cost spike during a snapshot swap) and sheds only a flood; the deadline, 4x the
+    # budget for a wrong cost estimate, stays well below clients' 5-10 s timeouts.
+    serve_max_queue_wait_ms: float = _opt(
+        500.0,
+        "serve: admit a /rank request only while in-flight requests x recent scoring cost per list "
+        "<= this (more: 503 at once)",
+    )
     serve_request_deadline_ms: int = _opt(
-        250, "serve: a /rank request still queued this long after arrival is shed with 503 (0 = never)"
+        2000, "serve: a /rank request still queued this long after arrival is shed with 503 (0 = never)"
     )
     serve_startup_timeout_s: float = _opt(30.0, "serve: longest wait for the snapshot topic on start")
     serve_snapshot_dir: str = _opt(

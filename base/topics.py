@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
+from base import kafka as kafka_clients
 from base.settings import (
     CO_PARTITIONED_TOPICS,
     TOPIC_CLICKS,
@@ -142,7 +143,7 @@ def check_copartitioned(partition_counts: dict[str, int], settings: Settings) ->
 
 
 def _admin(settings: Settings) -> KafkaAdminClient:
-    return KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="paperec-topics")
+    return kafka_clients.admin(settings, client_id="paperec-topics")
 
 
 def partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:

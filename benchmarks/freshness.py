@@ -22,8 +22,9 @@ import threading
 import time
 from pathlib import Path
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
+from base import kafka as kafka_clients
 from base.metrics_store import init_tables
 from base.settings import TOPIC_SNAPSHOTS, Settings
 from base.topics import create_topics
@@ -38,8 +39,8 @@ from schemas import decode_snapshot_header
 def watermarks(settings: Settings) -> dict[int, int]:
     """snapshot version -> input watermark (ms), from every header on the snapshot topic."""
     tp = TopicPartition(settings.topic(TOPIC_SNAPSHOTS), 0)
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+    consumer = kafka_clients.consumer(
+        settings,
         enable_auto_commit=False,
         fetch_max_bytes=settings.max_message_bytes * 2,
         max_partition_fetch_bytes=settings.max_message_bytes * 2,

@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from base.settings import TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings  # noqa: E402
 from base.topics import delete_prefixed_topics  # noqa: E402
 from learner.devtools import ListDeadLetters, MemorySource, encoded, produce, synthetic_transitions  # noqa: E402
-from learner.ingest import Ingestor, RecordSource  # noqa: E402
+from learner.ingest import ChunkSource, Ingestor, PreparingSource, RecordSource  # noqa: E402
 from learner.ingest_process import ProcessSource  # noqa: E402
 from learner.kafka_io import KafkaSource  # noqa: E402
 from learner.publisher import PublishResult, SnapshotPublisher  # noqa: E402
@@ -131,19 +131,22 @@ def main() -> None:
         return factory()(start)
 
     # prefill (and the ingestion rate alone)
-    ingestor = Ingestor(source(), buffer, ranker, ListDeadLetters(), chunk_size=args.ingest_chunk)
+    prefill = source()
+    ingestor = Ingestor(
+        PreparingSource(prefill, ranker), buffer, ranker, ListDeadLetters(), chunk_size=args.ingest_chunk
+    )
     start = time.perf_counter()
     while len(buffer) < min(args.records, buffer.capacity):
-        ingestor.ingest(ingestor.source.poll(1.0, args.ingest_chunk))
+        ingestor.ingest(prefill.poll(1.0, args.ingest_chunk))
     alone = ingestor.stats.records / (time.perf_counter() - start)
     ingestor.close()
     train_for(trainer, buffer, args.batch_size, 2.0)  # warm up
 
     prefilled, positions = ingestor.stats.records, dict(ingestor.positions)
-    busy_source = (  # on from where the prefill stopped
+    busy_source: ChunkSource = (  # on from where the prefill stopped
         ProcessSource(factory(), ranker, positions, chunk_size=args.ingest_chunk, nice=args.ingest_nice)
         if args.ingest_process
-        else source(positions)
+        else PreparingSource(source(positions), ranker, buffer.unseen)
     )
 
     def pause() -> None:
@@ -196,6 +199,7 @@ def main() -> None:
             snapshot_version=v,
             training_step=v,
             watermark_ms=0,
+            exploration=trainer.cfg.exploration(),
             key=key,
             max_message_bytes=settings.max_message_bytes,
         )
@@ -206,6 +210,7 @@ def main() -> None:
             snapshot_version=1,
             training_step=1,
             watermark_ms=0,
+            exploration=trainer.cfg.exploration(),
             key=key,
             max_message_bytes=settings.max_message_bytes,
         )[1]
@@ -219,6 +224,7 @@ def main() -> None:
             settings.max_message_bytes,
             1,
             results.append,
+            exploration=trainer.cfg.exploration(),
         )
         for _ in range(args.snapshots):
             pub.publish(trainer.actor_model, training_step=trainer.num_steps, watermark_ms=0)

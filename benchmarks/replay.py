@@ -48,8 +48,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 
+from base import kafka as kafka_clients
 from base.settings import Settings
 from base.topics import create_topics, delete_prefixed_topics
 from paperec import replay as replay_cmd
@@ -92,7 +93,7 @@ def make_workload(args: argparse.Namespace, out_dir: Path) -> Workload:
 
 def end_offsets(settings: Settings) -> int:
     """Records on the three event topics behind ``settings.topic_prefix``."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = kafka_clients.consumer(settings, enable_auto_commit=False)
     try:
         tps = [
             TopicPartition(topic, p)

@@ -283,7 +283,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="HTTP requests in flight")
     parser.add_argument("--swaps", type=int, default=20, help="snapshots published for hot-load timing")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads (node and bare)")
-    parser.add_argument("--noise-std", type=float, default=0.1, help="exploration noise (node and bare)")
+    parser.add_argument(
+        "--noise-std", type=float, default=0.1, help="exploration noise (snapshot header, so node; and bare)"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.torch_threads)
@@ -294,14 +296,13 @@ def main() -> None:
     if problems:
         raise SystemExit(f"topics: {problems}")
     publisher = SnapshotPublisher(settings)
-    rec = snapshot_record(make_model(1), 1, settings)
+    rec = snapshot_record(make_model(1), 1, settings, noise_std=args.noise_std)  # the nodes explore so
     publisher.publish(rec)
     _, model = decode_snapshot(header_of(rec.headers), rec.value, snapshot_keys(settings).accepted)
 
     node_args = [
         "--serve-cold-start", "refuse",
         "--serve-torch-threads", str(args.torch_threads),
-        "--serve-noise-std", str(args.noise_std),
         "--log-level", "WARNING",
     ]  # fmt: skip
     nodes: list[NodeProcess] = []

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from base import kafka as kafka_clients
 from base.settings import (
     TOPIC_CLICKS,
     TOPIC_DWELLS,
@@ -142,8 +142,8 @@ def make_workload(args: argparse.Namespace, t0_ms: int) -> Workload:
 
 
 async def produce(settings: Settings, workload: Workload) -> float:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+    producer = kafka_clients.aio_producer(
+        settings,
         linger_ms=20,
         max_batch_size=512 * 1024,
         max_request_size=8 * 1024 * 1024,
@@ -170,9 +170,9 @@ async def bare_consumer(settings: Settings, n_events: int) -> float:
         settings.topic(TOPIC_CLICKS): Click,
         settings.topic(TOPIC_DWELLS): Dwell,
     }
-    consumer = AIOKafkaConsumer(
+    consumer = kafka_clients.aio_consumer(
+        settings,
         *expect,
-        bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -232,8 +232,8 @@ def run_join(
     )
     inputs = {settings.topic(t) for t in (TOPIC_IMPRESSIONS, TOPIC_CLICKS, TOPIC_DWELLS)}
     outcomes = settings.topic(TOPIC_LIST_OUTCOMES)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    ends = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
+    admin = kafka_clients.admin(settings)
+    ends = kafka_clients.consumer(settings, group_id=None)
     out_tps, outcome_tps = (
         [TopicPartition(t, p) for p in sorted(ends.partitions_for_topic(t) or ())]
         for t in (settings.topic(TOPIC_TRANSITIONS), outcomes)
@@ -336,9 +336,9 @@ def _crossing(samples: list[tuple[float, int]], level: float) -> float:
 
 
 def count_transitions(settings: Settings, expected: set[str], deadline: float) -> bool:
-    consumer = KafkaConsumer(
+    consumer = kafka_clients.consumer(
+        settings,
         settings.topic(TOPIC_TRANSITIONS),
-        bootstrap_servers=settings.kafka_bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,

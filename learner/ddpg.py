@@ -46,8 +46,6 @@ class DDPGConfig:
     """discount factor"""
     tau: float = 0.005
     """target smoothing: target <- (1 - tau) target + tau online"""
-    exploration_noise: float = 0.1
-    """default std of the exploration noise of ``act`` (action or logit units)"""
     policy_frequency: int = 1
     """actor and target updates every this many critic updates"""
 
@@ -89,14 +87,6 @@ class DDPG:
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.q_optimizer = torch.optim.Adam(self.qf.parameters(), lr=cfg.critic_lr)
         self.num_updates = 0
-
-    @torch.no_grad()
-    def act(
-        self, obs: Tensor, noise_std: float | None = None, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Exploratory (action, noise) for ``obs`` (B, S); std defaults to cfg.exploration_noise."""
-        std = self.cfg.exploration_noise if noise_std is None else noise_std
-        return self.actor.explore(obs, std, generator)
 
     def update(
         self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor, dones: Tensor

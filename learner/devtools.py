@@ -9,6 +9,7 @@ import math
 import random
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -186,3 +187,50 @@ def produce(
         producer.flush(timeout=60)
     finally:
         producer.close()
+
+
+class _Sent:
+    """What ``FakeProducer.send`` returns: kafka-python's future, already resolved."""
+
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+
+    def get(self, timeout: float | None = None) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def add_errback(self, fn: Any) -> _Sent:
+        if self.error is not None:
+            fn(self.error)
+        return self
+
+
+class FakeProducer:
+    """A kafka-python ``KafkaProducer`` stand-in that keeps what it is sent (``sent``: topic,
+    key, value, headers); while ``down`` every send fails, as with the broker away."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]] = []
+        self.down = False
+        self.closed = False
+        self._lock = threading.Lock()  # the snapshot publisher sends from its own thread
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None = None,
+        value: bytes = b"",
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> _Sent:
+        if self.down:
+            return _Sent(ConnectionError("broker down"))
+        with self._lock:
+            self.sent.append((topic, key, value, headers))
+        return _Sent(None)
+
+    def flush(self, timeout: float | None = None) -> None:
+        if self.down:
+            raise TimeoutError("broker down")
+
+    def close(self, timeout: float | None = None) -> None:
+        self.closed = True

@@ -7,10 +7,12 @@ writes them into the ring in one slice assignment under the buffer's short lock
 decoding or featurizing; and ingestion never waits for training (the ring overwrites its oldest
 rows).
 
-Decoding and featurizing are CPU-bound Python: in the training process they hold the GIL the
-training loop needs between torch ops. The service therefore polls and prepares in a worker
-process (:class:`learner.ingest_process.ProcessSource`, whose ``poll`` returns a
-:class:`PreparedChunk`), and this thread only stores chunks.
+The thread reads a :class:`ChunkSource`: chunks already decoded and featurized. Decoding and
+featurizing are CPU-bound Python: in the training process they hold the GIL the training loop
+needs between torch ops. The service therefore polls and prepares in a worker process
+(:class:`learner.ingest_process.ProcessSource`), and this thread only stores chunks;
+:class:`PreparingSource` prepares on this thread instead (``--no-ingest-process``, tests).
+Either reads raw records from a :class:`RecordSource` (Kafka, or memory).
 
 Bad records never stop the thread: a SchemaError (undecodable, or a number beyond the schemas'
 float32-safe bound) or FeatureError (widths or objectives the model does not have, a non-finite
@@ -57,15 +59,14 @@ class RawRecord:
 
 
 class RecordSource(Protocol):
-    """Where transitions come from: Kafka in the service, memory in tests and benchmarks."""
+    """Where raw records come from: Kafka in the service, memory in tests and benchmarks."""
 
     def start_positions(self) -> dict[int, int]:
         """Next offset per partition this source reads from (after any seek)."""
         ...
 
-    def poll(self, timeout_s: float, max_records: int) -> Sequence[RawRecord] | PreparedChunk:
-        """Up to ``max_records`` records; a source backed by a worker process returns them
-        already decoded and featurized (see learner/ingest_process.py)."""
+    def poll(self, timeout_s: float, max_records: int) -> Sequence[RawRecord]:
+        """Up to ``max_records`` records (none after ``timeout_s``)."""
         ...
 
     def lag(self) -> int | None:
@@ -79,6 +80,57 @@ class RecordSource(Protocol):
     def commit(self, offsets: dict[int, int]) -> None: ...
 
     def close(self) -> None: ...
+
+
+class ChunkSource(Protocol):
+    """What the :class:`Ingestor` reads: a :class:`RecordSource`'s records decoded and featurized
+    (by a worker process: ``ProcessSource``; on the ingest thread: :class:`PreparingSource`)."""
+
+    def start_positions(self) -> dict[int, int]: ...
+
+    def poll(self, timeout_s: float, max_records: int) -> PreparedChunk | None:
+        """The next chunk of up to ``max_records`` records; None when none came in ``timeout_s``."""
+        ...
+
+    def lag(self) -> int | None: ...
+
+    def seek(self, offsets: dict[int, int]) -> None: ...
+
+    def commit(self, offsets: dict[int, int]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PreparingSource:
+    """A :class:`ChunkSource` that prepares a :class:`RecordSource`'s records on the polling
+    thread; ``unseen`` (the buffer's) drops seen ids before featurizing them."""
+
+    def __init__(
+        self,
+        records: RecordSource,
+        ranker_cfg: RankerConfig,
+        unseen: Callable[[Iterable[str]], list[bool]] | None = None,
+    ) -> None:
+        self.records, self.ranker_cfg, self.unseen = records, ranker_cfg, unseen
+
+    def start_positions(self) -> dict[int, int]:
+        return self.records.start_positions()
+
+    def poll(self, timeout_s: float, max_records: int) -> PreparedChunk | None:
+        records = self.records.poll(timeout_s, max_records)
+        return prepare(records, self.ranker_cfg, self.unseen) if records else None
+
+    def lag(self) -> int | None:
+        return self.records.lag()
+
+    def seek(self, offsets: dict[int, int]) -> None:
+        self.records.seek(offsets)
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        self.records.commit(offsets)
+
+    def close(self) -> None:
+        self.records.close()
 
 
 class DeadLetterSink(Protocol):
@@ -101,7 +153,7 @@ class IngestStats:
 class Ingestor:
     def __init__(
         self,
-        source: RecordSource,
+        source: ChunkSource,
         buffer: ReplayBuffer,
         ranker_cfg: RankerConfig,
         dead_letters: DeadLetterSink,
@@ -193,10 +245,10 @@ class Ingestor:
                     self._running.wait(0.1)
                     continue
                 try:
-                    records = self.source.poll(0.2, self.chunk_size)
-                    if records:
-                        self.ingest(records)
-                        self._throttle(len(records))
+                    chunk = self.source.poll(0.2, self.chunk_size)
+                    if chunk is not None:
+                        self.store(chunk)
+                        self._throttle(len(chunk))
                     self.last_lag = self.source.lag()
                     backoff = 0.5
                 except Exception as exc:  # the thread must survive a broker outage or a bug
@@ -239,12 +291,9 @@ class Ingestor:
                 log.warning("offset commit failed (checkpoint still has them): %s", exc)
 
     # ------------------------------------------------------------------ one chunk
-    def ingest(self, records: Sequence[RawRecord] | PreparedChunk) -> None:
-        """Store ``records`` (decoded and featurized here unless a worker process did it)."""
-        if isinstance(records, PreparedChunk):
-            self.store(records)
-        else:
-            self.store(prepare(records, self.ranker_cfg, self.buffer.unseen))
+    def ingest(self, records: Sequence[RawRecord]) -> None:
+        """Prepare ``records`` here (dropping ids the buffer has seen first) and store them."""
+        self.store(prepare(records, self.ranker_cfg, self.buffer.unseen))
 
     def store(self, chunk: PreparedChunk) -> None:
         """Write a prepared chunk into the buffer and move the positions past its records.

@@ -33,7 +33,6 @@ from model.batch import ListBatch
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("ts", "source", "name", "label", "value")
 # the trainer's names -> the names the dashboards use
 RENAMES = {"qf_loss": "critic_loss"}
 
@@ -77,6 +76,7 @@ class LearnerMetrics:
 
     def flush(self) -> int:
         """Means since the last flush -> the writer. Returns the number of rows."""
+        from base.metrics_store import MetricRow
         from base.metrics_writer import now_utc
 
         with self._lock:
@@ -88,7 +88,7 @@ class LearnerMetrics:
         if self.writer is not None and means:
             ts = now_utc()
             for (name, label), value in means.items():
-                self.writer.add((ts, self.source, name, label, value))
+                self.writer.add(MetricRow(ts, self.source, name, label, value))
         return len(means)
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -99,11 +99,9 @@ class LearnerMetrics:
 
 def clickhouse_writer(settings: Any) -> Any:
     """A MetricsWriter for the learner_metrics table of ``settings``' ClickHouse database."""
-    from base.metrics_store import client
-    from base.metrics_writer import MetricsWriter
+    from base.metrics_store import sample_writer
 
-    db = settings.clickhouse_database
-    return MetricsWriter(lambda: client(settings, db), f"{db}.learner_metrics", COLUMNS, flush_interval_s=2.0)
+    return sample_writer(settings, "learner_metrics", flush_interval_s=2.0)
 
 
 @torch.no_grad()

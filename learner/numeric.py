@@ -19,14 +19,11 @@ import copy
 import dataclasses
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from model.batch import ListBatch
-
-if TYPE_CHECKING:
-    from learner.training import Trainer
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -63,6 +60,23 @@ def grads_finite(params: Iterable[torch.nn.Parameter]) -> bool:
     return all_finite(p.grad for p in params)
 
 
+class GuardedTrainer(Protocol):
+    """What :class:`FiniteGuard` needs of ``learner.training.Trainer`` (which imports this
+    module, so it is named here by what it does, not imported)."""
+
+    cfg: Any
+    num_steps: int
+    nonfinite_steps: int
+
+    def __init__(self, cfg: Any) -> None: ...
+
+    def weights_finite(self) -> bool: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class FiniteGuard:
     """Keeps a copy of the trainer's last finite state and restores it when the weights go bad.
 
@@ -77,7 +91,7 @@ class FiniteGuard:
     never go back.
     """
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: GuardedTrainer) -> None:
         self.trainer = trainer
         self.refused = 0  # checks that found non-finite weights (each one restored)
         self._last_good: dict[str, Any] | None = None
@@ -110,11 +124,8 @@ class FiniteGuard:
     def _restore(self) -> None:
         t = self.trainer
         num_steps, nonfinite_steps = t.num_steps, t.nonfinite_steps
-        if self._last_good is None:
-            from learner.training import Trainer  # here: learner.training imports this module
-
-            state = Trainer(t.cfg).state_dict()  # the seeded initial model
-        else:
-            state = copy.deepcopy(self._last_good)  # loading must not alias the copy
+        # nothing good yet: the seeded initial model; else a copy (loading must not alias it)
+        good = self._last_good
+        state = type(t)(t.cfg).state_dict() if good is None else copy.deepcopy(good)
         t.load_state_dict(state)
         t.num_steps, t.nonfinite_steps = num_steps, nonfinite_steps

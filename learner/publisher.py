@@ -25,10 +25,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from model.scoring import ActorModel
 from model.snapshot import HEADER_NAME, encode_snapshot, to_record
-from schemas import SchemaError, SnapshotHeader, decode_snapshot_header, verify_snapshot
+from schemas import Exploration, SchemaError, SnapshotHeader, decode_snapshot_header, verify_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +137,16 @@ class SnapshotPublisher:
         on_result: Callable[[PublishResult], None] | None = None,
         send_timeout_s: float = 30.0,
         key_id: str | None = None,
+        *,
+        exploration: Exploration,
+        producer: Any = None,
     ) -> None:
-        from kafka import KafkaProducer
-
+        """``producer``: a kafka-python ``KafkaProducer`` or a stand-in (tests); None: one for
+        ``bootstrap`` whose request size limit is ``max_message_bytes``."""
         self.topic = topic
         self.key = key
         self.key_id = key_id  # recorded in every header, so nodes pick the right key while rotating
+        self.exploration = exploration  # recorded in every header: the nodes serve with it
         self.max_message_bytes = max_message_bytes
         self.next_version = first_version
         self.on_result = on_result
@@ -150,14 +155,18 @@ class SnapshotPublisher:
         self.failed = 0
         self.superseded = 0
         self.last_header: SnapshotHeader | None = None
-        self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id="paperec-learner-snapshots",
-            acks="all",
-            linger_ms=0,
-            max_request_size=max_message_bytes,
-            request_timeout_ms=int(send_timeout_s * 1000),
-        )
+        if producer is None:
+            from kafka import KafkaProducer
+
+            producer = KafkaProducer(
+                bootstrap_servers=bootstrap,
+                client_id="paperec-learner-snapshots",
+                acks="all",
+                linger_ms=0,
+                max_request_size=max_message_bytes,
+                request_timeout_ms=int(send_timeout_s * 1000),
+            )
+        self.producer = producer
         self._pending: tuple[SnapshotHeader, bytes, float] | None = None
         self._cond = threading.Condition()
         self._stop = False
@@ -183,6 +192,7 @@ class SnapshotPublisher:
                 snapshot_version=version,
                 training_step=training_step,
                 watermark_ms=watermark_ms,
+                exploration=self.exploration,
                 key=self.key,
                 key_id=self.key_id,
                 max_message_bytes=self.max_message_bytes,

@@ -44,6 +44,7 @@ from model.config import config_to_dict, sub_config
 from model.ranker import Ranker, RankerConfig
 from model.runtime import default_device, seeded
 from model.scoring import ActorModel
+from schemas import Exploration
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -85,7 +86,8 @@ class PAPERecConfig:
     tau: float = 0.005
     """target network smoothing"""
     exploration_noise: float = 0.1
-    """std of the logit-space exploration noise serving adds (recorded for the snapshot)"""
+    """std of the logit-space exploration noise serving adds (recorded in every snapshot header,
+    which the serving nodes follow; the simulator's evaluation trains with it too)"""
     list_scaled_reward: bool = False
     """divide each list's reward by sum_k ||g_k|| (after grad_normalize): every list counts the
     same in the critic's expectation, whatever its gradient magnitudes; the list's optimum is kept"""
@@ -104,6 +106,10 @@ class PAPERecConfig:
     """seeds model init and the per-step randomness"""
     device: str = ""
     """"" = CUDA when available, else CPU"""
+
+    def exploration(self) -> Exploration:
+        """How serving is to explore around this learner's weights: what its snapshots record."""
+        return Exploration(noise_std=self.exploration_noise)
 
     def ddpg_config(self) -> DDPGConfig:
         return sub_config(

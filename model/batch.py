@@ -6,7 +6,7 @@ the objective weights the serving node used (the action), and the user's next st
 Layout conventions:
 - ``history`` is left-padded with 0 (most recent item last, at index H-1).
 - ``item_ids``/``item_feats`` are right-padded: valid positions first, ``mask`` marks them.
-- ids are hashed with :func:`model.features.hash_id`; 0 is padding.
+- ids are hashed with :func:`model.featurize.hash_id`; 0 is padding.
 - ``next_*`` are zeros where ``done`` is 1.
 """
 

@@ -1,4 +1,5 @@
-"""Schema records -> model tensors: the one place where lists become (B, L, ...) tensors.
+"""Schema records -> model tensors: the one place where lists become (B, L, ...) tensors, and
+where item ids become embedding indices (:func:`hash_id`).
 
 The serving node featurizes the list it is asked to rank and the learner featurizes logged
 transitions with the same code, so both see identical inputs for the same list (same hashing,
@@ -12,15 +13,30 @@ the offending field so the caller (HTTP 422, dead letter, dropped transition) ca
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from model.batch import ListBatch, ListInputsBatch
-from model.features import PADDING_ID, hash_id
 from model.ranker import RankerConfig
 from schemas import ListState, Transition
+
+PADDING_ID = 0
+"""Embedding index of padding (history slots, list positions); no item hashes to it."""
+
+
+def hash_id(item_id: str, buckets: int) -> int:
+    """Stable hash of ``item_id`` into ``1..buckets-1`` (0 is reserved for padding).
+
+    blake2b, not Python's ``hash()``: the latter is salted per process, and the streams, the
+    learner and every serving node must agree on the index of an item.
+    """
+    if buckets < 2:
+        raise ValueError("buckets must be >= 2 (index 0 is padding)")
+    digest = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
+    return 1 + int.from_bytes(digest, "little") % (buckets - 1)
 
 
 class FeatureError(ValueError):

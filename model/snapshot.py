@@ -4,8 +4,14 @@ A snapshot is one Kafka record on the compacted ``actor-snapshots`` topic:
 - key ``actor`` (compaction keeps only the newest snapshot),
 - value: the safetensors payload of ``ActorModel.state_dict()`` (tensors only, never pickle),
 - record header ``paperec-snapshot-header``: the JSON ``SnapshotHeader`` (schema version,
-  snapshot version, created_at, training step, input watermark, model config, SHA-256 of the
-  payload, the id of the signing key and an HMAC-SHA256 signature).
+  snapshot version, created_at, training step, input watermark, model config, the exploration
+  serving applies to the snapshot, SHA-256 of the payload, the id of the signing key and an
+  HMAC-SHA256 signature).
+
+Exploration has one source of truth: the learner's configuration, recorded (signed) in every
+header by :func:`encode_snapshot`, which requires it; the serving nodes explore with the header's
+value (:func:`exploration_of`), the node's setting only where no header says (cold start, and
+headers written before the field existed).
 
 Size policy: a snapshot is one message. The topic's ``max.message.bytes``, the broker's
 ``message.max.bytes`` and the producer's ``max_request_size`` are all raised together from
@@ -31,6 +37,7 @@ from model.scoring import ActorModel
 from schemas import (
     PAYLOAD_FORMAT,
     SUPPORTED_SCHEMA_VERSIONS,
+    Exploration,
     SchemaError,
     SnapshotHeader,
     decode_snapshot_header,
@@ -62,13 +69,14 @@ def encode_snapshot(
     snapshot_version: int,
     training_step: int,
     watermark_ms: int,
+    exploration: Exploration,
     key: bytes,
     max_message_bytes: int,
     key_id: str | None = None,
     created_at_ms: int | None = None,
 ) -> tuple[SnapshotHeader, bytes]:
-    """Serialize and sign the serving model with ``key`` (whose id ``key_id`` the header records).
-    Returns (header, safetensors payload)."""
+    """Serialize and sign the serving model with ``key`` (whose id ``key_id`` the header records),
+    with the ``exploration`` serving is to apply to it. Returns (header, safetensors payload)."""
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     payload = save_safetensors(tensors)
     if len(payload) + HEADER_HEADROOM_BYTES > max_message_bytes:
@@ -85,6 +93,7 @@ def encode_snapshot(
         payload=payload,
         key=key,
         key_id=key_id,
+        exploration=exploration,
     )
     return header, payload
 
@@ -137,6 +146,15 @@ def decode_snapshot(
     return header, model.eval()
 
 
+def exploration_of(header: SnapshotHeader | None, fallback: Exploration) -> Exploration:
+    """The exploration to serve a model with: its snapshot header's; ``fallback`` (the serving
+    node's setting) for the cold-start model (``header`` None) and for headers written before
+    headers recorded it, which were served with that setting too."""
+    if header is None or header.exploration is None:
+        return fallback
+    return header.exploration
+
+
 def snapshot_age_s(header: SnapshotHeader, now_ms: int | None = None) -> float:
     now = int(time.time() * 1000) if now_ms is None else now_ms
     return max(0.0, (now - header.created_at_ms) / 1000.0)
@@ -153,6 +171,7 @@ __all__ = [
     "SnapshotRejected",
     "decode_snapshot",
     "encode_snapshot",
+    "exploration_of",
     "header_of",
     "is_newer",
     "snapshot_age_s",

@@ -1,22 +1,24 @@
 """The ``paperec`` command line: one subcommand per service or operation.
 
-Subcommands register themselves in ``COMMANDS``; each gets the shared settings flags, so every
-endpoint can be given as ``--flag`` or ``PAPEREC_*`` environment variable.
+The application floor: it dispatches to the entry point modules of the packages below it
+(:class:`base.command.Command`: ``configure(parser)`` and ``run(args, settings) -> int``); they
+never import it (``python -m streams`` and friends run through :func:`base.command.main`). Each
+subcommand gets the shared settings flags, so every endpoint can be given as ``--flag`` or
+``PAPEREC_*`` environment variable.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
-from collections.abc import Callable, Sequence
-from types import ModuleType
+from collections.abc import Sequence
+from typing import cast
 
-from base.settings import Settings
+from base.command import Command, add_settings, run_parsed
 
-# name -> (module, help). The module exposes ``configure(parser)`` and ``run(args, settings) -> int``.
-# Imported lazily so that `paperec devstack status` does not pay for importing torch.
+# name -> (module, help): the arrows from the CLI down to each command's module (the layering
+# test reads this table). Imported lazily so that `paperec devstack status` does not pay for torch.
 COMMANDS: dict[str, tuple[str, str]] = {
     "devstack": ("paperec.devstack.cli", "start, stop or inspect the local Kafka + ClickHouse dev stack"),
     "topics": ("base.topics", "create or describe the Kafka topics"),
@@ -41,38 +43,25 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     its own flags: ``paperec devstack status`` does not pay for torch, and a subcommand whose
     module fails to import breaks only itself."""
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = argparse.ArgumentParser(prog="paperec", description=__doc__)
+    parser = argparse.ArgumentParser(prog="paperec", description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        Settings.add_arguments(p)
+        add_settings(p, command(module_name) if name == chosen else None)
         p.set_defaults(_module=module_name)
-        if name == chosen:
-            _module(module_name).configure(p)
     return parser
 
 
-def _module(name: str) -> ModuleType:
-    return importlib.import_module(name)
+def command(module_name: str) -> Command:
+    """The entry point module named in COMMANDS (imported now)."""
+    return cast(Command, importlib.import_module(module_name))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # kafka-python and aiokafka log every connection at INFO: keep the CLI output readable.
-    for noisy in ("kafka", "aiokafka", "httpx"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    run: Callable[[argparse.Namespace, Settings], int] = _module(args._module).run
-    return run(args, settings)
+    return run_parsed(command(args._module), parser, args)
 
 
 if __name__ == "__main__":

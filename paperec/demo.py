@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from base.config_flags import to_flags
 from base.settings import TOPIC_TRANSITIONS, Settings
 from paperec.demo_driver import DemoDriver, LocalStats, replay_log
 from paperec.services import ServiceProcess, Supervisor
@@ -128,7 +129,7 @@ def demo_services(
         *("--metrics-source", "demo-learner"),
         # one checkpoint directory per run (prefix): a rerun with the same --out starts afresh
         *("--learner-checkpoint-dir", str(log_dir.parent / "checkpoints" / settings.topic_prefix.strip("."))),
-        *config_flags(ranker, "ranker-"),
+        *to_flags(ranker, "ranker-"),
     ]
     ports = [settings.serve_port + 1, settings.serve_port + 2]
     services = [
@@ -156,20 +157,6 @@ def demo_services(
         ),
     ]
     return services, [f"http://{settings.serve_host}:{p}" for p in ports]
-
-
-def config_flags(cfg: object, prefix: str) -> list[str]:
-    """The CLI flags that rebuild dataclass ``cfg`` (the inverse of learner.cli.add_config_flags)."""
-    flags: list[str] = []
-    for name, value in vars(cfg).items():
-        flag = f"{prefix}{name}".replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(f"--{flag}" if value else f"--no-{flag}")
-        elif isinstance(value, tuple):
-            flags += [f"--{flag}", *map(str, value)]
-        else:
-            flags += [f"--{flag}", str(value)]
-    return flags
 
 
 def _run(settings: Settings, opts: DemoOptions, supervisor: Supervisor) -> int:
@@ -210,6 +197,9 @@ def _run(settings: Settings, opts: DemoOptions, supervisor: Supervisor) -> int:
     if dead:
         print(f"services that exited early: {', '.join(dead)} (logs in {log_dir})")
         return 1
+    if summary.get("rank_failures"):
+        print(f"lists still refused (503) after every retry: {summary['rank_failures']} (logs in {log_dir})")
+        return 1
     return 0
 
 
@@ -220,6 +210,8 @@ def render_summary(summary: dict[str, object], settings: Settings) -> str:
         f"lists served: {summary['lists']}, events sent: {summary['events']}, "
         f"transitions: {summary['transitions']} (topic {settings.topic(TOPIC_TRANSITIONS)})",
         f"snapshot versions served at the end: {summary['served_versions']}",
+        f"/rank 503s retried after Retry-After: {summary.get('rank_retries', 0)}, "
+        f"lists failed after every retry: {summary.get('rank_failures', 0)}",
         "",
         "per snapshot (simulated outcome of the lists each snapshot ranked):",
         "  version  lists   CTR      dwell s / impression",

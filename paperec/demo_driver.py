@@ -11,17 +11,20 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
+from base import kafka as kafka_clients
 from base.settings import TOPIC_TRANSITIONS, Settings
 from paperec.replay import KafkaSender, Pacer, replay
 from paperec.services import Supervisor
@@ -37,13 +40,83 @@ OFFSETS_RETRY_S = 10.0
 """After a failed offsets query the last known count is shown for this long before retrying."""
 
 
+RANK_RETRIES = 5
+"""How often one list is sent again after a 503 with ``Retry-After`` (shed for load, or no model
+yet) before it counts as failed. With its default settings a node sheds only a flood, so a 503
+that outlasts five ``Retry-After: 1`` waits is a real failure, not a blip."""
+RETRY_AFTER_MAX_S = 10.0
+"""A longer ``Retry-After`` is clipped: the simulated users run in lock step, so one list's wait
+holds up its whole round."""
+
+
+class RankFailed(RuntimeError):
+    """A /rank that still answered 503 after :data:`RANK_RETRIES` retries."""
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` value asks to wait (delay-seconds or an HTTP-date, RFC 9110
+    10.2.3), or None when absent or unreadable (then the 503 is not retried)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
 class HttpPolicy:
-    def __init__(self, urls: Sequence[str], list_len: int, parallel: int) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        list_len: int,
+        parallel: int,
+        *,
+        retries: int = RANK_RETRIES,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.urls = list(urls)
         self.list_len = list_len
-        self.client = httpx.Client(timeout=10.0, limits=httpx.Limits(max_connections=2 * parallel))
+        self.client = httpx.Client(
+            timeout=10.0, limits=httpx.Limits(max_connections=2 * parallel), transport=transport
+        )
         self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="rank")
         self._next = itertools.count()
+        self.max_retries = retries
+        self.sleep = sleep  # injectable: the retry tests do not wait
+        self._lock = threading.Lock()  # the counters are updated from the pool's threads
+        self.retries = 0  # 503s answered by waiting Retry-After and sending again
+        self.failures = 0  # lists that got a 503 after every retry
+
+    def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
+        """POST /rank; a 503 with ``Retry-After`` is sent again after that delay, at most
+        ``max_retries`` times, then raises :class:`RankFailed`. Any other non-200 raises at once
+        (a bad request does not get better by sending it again)."""
+        for attempt in range(self.max_retries + 1):
+            resp = self.client.post(f"{url}/rank", json=body)
+            delay = retry_after_s(resp.headers.get("retry-after")) if resp.status_code == 503 else None
+            if delay is None:
+                resp.raise_for_status()
+                return resp
+            if attempt == self.max_retries:
+                with self._lock:
+                    self.failures += 1
+                raise RankFailed(
+                    f"{url}/rank still answered 503 after {self.max_retries} retries: {resp.text[:200]}"
+                )
+            with self._lock:
+                self.retries += 1
+            wait = min(delay, RETRY_AFTER_MAX_S)
+            log.warning(
+                "%s/rank answered 503 (%s); retry %d of %d in %.1f s",
+                url, resp.text[:120], attempt + 1, self.max_retries, wait,
+            )  # fmt: skip
+            self.sleep(wait)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _rank_one(self, req: ListRequest) -> Ranking:
         url = self.urls[next(self._next) % len(self.urls)]
@@ -56,9 +129,7 @@ class HttpPolicy:
             "items": [{"item_id": c.item_id, "features": list(c.features)} for c in req.candidates],
             "top_k": self.list_len,
         }
-        resp = self.client.post(f"{url}/rank", json=body)
-        resp.raise_for_status()
-        out = resp.json()
+        out = self._post(url, body).json()
         index = {c.item_id: k for k, c in enumerate(req.candidates)}
         return Ranking(
             order=tuple(index[it["item_id"]] for it in out["items"]),
@@ -82,6 +153,8 @@ class LocalStats:
 
     lists: int = 0
     events: int = 0
+    rank_retries: int = 0  # 503s with Retry-After answered by waiting and sending again
+    rank_failures: int = 0  # lists still answered 503 after every retry (the traffic stopped)
     per_version: dict[int, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0.0]))
 
     def add(self, version: int, shown: int, clicks: int, dwell_s: float) -> None:
@@ -115,7 +188,7 @@ class DemoDriver:
         self.click_times_ms: list[int] = []  # event (= send) time of every click sent
         self.sender = KafkaSender(settings)
         self.http = httpx.Client(timeout=5.0)
-        self._offsets = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, client_id="paperec-demo")
+        self._offsets = kafka_clients.consumer(settings, client_id="paperec-demo")
         self._transitions = 0  # last known count (shown while the broker does not answer)
         self._offsets_failed_at = -OFFSETS_RETRY_S
 
@@ -214,7 +287,12 @@ class DemoDriver:
                         )
                 if time.time() - started >= duration_s:
                     break
+        except RankFailed as exc:
+            # A node that keeps shedding is reported in the summary (and the demo's exit code)
+            # instead of ending the run without one.
+            log.error("stopping the simulated traffic: %s", exc)
         finally:
+            self.stats.rank_retries, self.stats.rank_failures = policy.retries, policy.failures
             policy.close()
             self.sender.producer.flush()
         return self.stats
@@ -239,6 +317,8 @@ class DemoDriver:
             "transitions": self.transitions(),
             "served_versions": self.served_versions(),
             "per_snapshot": rows,
+            "rank_retries": stats.rank_retries,
+            "rank_failures": stats.rank_failures,
             "duration_s": round(time.time() - started, 1),
         }
         measured = [r for r in rows if r["lists"] >= 20]

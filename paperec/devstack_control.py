@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from base.settings import Settings
-from paperec.devstack.cli import SERVICES, _state_lock
+from paperec.devstack.cli import SERVICES, state_lock
 from paperec.devstack.cli import down as _down
 from paperec.devstack.cli import up as _up
 
@@ -13,12 +13,12 @@ def ensure_up(settings: Settings) -> bool:
     services = [cls(settings) for cls in SERVICES.values()]
     if all(svc.probe() for svc in services):
         return False
-    with _state_lock(settings.state_path):
+    with state_lock(settings.state_path):
         _up(services)
     return True
 
 
 def down(settings: Settings) -> None:
     services = [cls(settings) for cls in SERVICES.values()]
-    with _state_lock(settings.state_path):
+    with state_lock(settings.state_path):
         _down(services, wipe=False)

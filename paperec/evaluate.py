@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from base.config_flags import parse_assignments
 from base.settings import Settings
 
 
@@ -55,29 +55,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["grad_normalize=loss", "gamma=0.5"]`` -> {"grad_normalize": "loss", "gamma": 0.5}."""
+    """``["grad_normalize=loss", "gamma=0.5"]`` -> {"grad_normalize": "loss", "gamma": 0.5}.
+
+    A patch of PAPERecConfig fields, not generated ``--learner-*`` flags: each policy of the
+    evaluation starts from its own config (strategy, fixed weights, ranker of the simulator), and
+    the patch applies to all of them; the policy-defining fields cannot be patched."""
     from learner.training import PAPERecConfig
 
-    fields = {f.name: f for f in dataclasses.fields(PAPERecConfig)}
-    known = set(fields) - {"ranker", "seed", "device", "strategy"}
-    out: dict[str, Any] = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        if not sep or name not in known:
-            raise ValueError(f"--learner {item!r}: expected FIELD=VALUE with FIELD one of {sorted(known)}")
-        try:
-            value = json.loads(raw.lower() if isinstance(fields[name].default, bool) else raw)
-        except json.JSONDecodeError:
-            value = raw
-        if isinstance(fields[name].default, bool) and not isinstance(value, bool):
-            raise ValueError(f"--learner {item!r}: {name} is true or false")
-        out[name] = tuple(value) if isinstance(value, list) else value
-    return out
+    return parse_assignments(
+        PAPERecConfig, items, "--learner", exclude={"ranker", "seed", "device", "strategy"}
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     # imported here: torch is heavy, and `paperec --help` should stay fast
-    from simulator.evaluation.runner import EvaluationSpec, run_evaluation
+    from paperec.evaluation.runner import EvaluationSpec, run_evaluation
 
     try:
         overrides = parse_overrides(args.learner)

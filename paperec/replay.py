@@ -26,6 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from base import kafka as kafka_clients
 from base.settings import TOPIC_CLICKS, TOPIC_DWELLS, TOPIC_IMPRESSIONS, Settings
 from paperec.replay_reader import EncodedEvent, EncodedLine, read_in_order, read_in_worker
 from schemas import encode
@@ -121,8 +122,8 @@ def replay(
 
 def producer_config(settings: Settings) -> dict[str, Any]:
     """kafka-python ``KafkaProducer`` options of ``paperec replay`` (also the benchmark's)."""
-    return dict(
-        bootstrap_servers=settings.kafka_bootstrap,
+    return kafka_clients.producer_options(
+        settings,
         client_id="paperec-replay",
         acks="all",
         enable_idempotence=True,

@@ -6,17 +6,17 @@ process, reading, validation and time ordering run beside the producer; the repl
 receives batches of plain tuples (cheap to pickle, unlike event objects) and only sends.
 
 The worker does exactly what the in-process reader does (``read_lines`` then ``in_time_order``),
-so the order, the line numbers and the reasons of bad lines are the same.
+so the order, the line numbers and the reasons of bad lines are the same. The process is
+:class:`base.worker_process.WorkerProcess` (a file it cannot open is its start-up error).
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import queue
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from base.worker_process import WorkerFailed, WorkerLink, WorkerProcess
 from schemas import encode
 from simulator.logfile import BadLine, LogLine, in_time_order, read_lines
 
@@ -53,63 +53,56 @@ def read_in_order(
         yield from in_time_order(read_lines(lines()), window)
 
 
-def _worker(path: str, window: int, out: Any) -> None:
-    try:
-        done = 0
-        batch: list[tuple[Any, ...]] = []
+def _read_worker(link: WorkerLink, path: str, window: int) -> None:
+    """In the worker: ``(bytes read so far, items as plain tuples)`` batches, then ``(bytes, None)``."""
+    open(path, "rb").close()  # a file it cannot open: the start-up error the parent raises
+    link.ready()
+    done = 0
+    batch: list[tuple[Any, ...]] = []
 
-        def count(n: int) -> None:
-            nonlocal done
-            done += n
+    def count(n: int) -> None:
+        nonlocal done
+        done += n
 
-        for item in read_in_order(path, window, count):
-            if isinstance(item, BadLine):
-                batch.append((item.line_no, None, item.reason))
-            else:
-                e = item.event
-                batch.append((item.line_no, e.type, e.ts_ms, e.request_id, encode(e)))
-            if len(batch) >= BATCH:
-                out.put(("items", done, batch))
-                batch = []
-        out.put(("items", done, batch))
-        out.put(("end", done, None))
-    except Exception as exc:  # e.g. the file vanished: the replaying process reports it
-        out.put(("error", 0, f"{type(exc).__name__}: {exc}"))
+    for item in read_in_order(path, window, count):
+        if isinstance(item, BadLine):
+            batch.append((item.line_no, None, item.reason))
+        else:
+            e = item.event
+            batch.append((item.line_no, e.type, e.ts_ms, e.request_id, encode(e)))
+        if len(batch) >= BATCH:
+            link.send((done, batch))
+            batch = []
+    link.send((done, batch))
+    link.send((done, None))  # the end
 
 
 def read_in_worker(
     path: Path, window: int, progress: Callable[[int], None] | None = None
 ) -> Iterator[EncodedLine | BadLine]:
     """The log's items in time order, parsed in a worker process. ``progress(n)``: n more bytes read."""
-    ctx = mp.get_context("spawn")  # fork would copy the producer's thread state
-    out = ctx.Queue(maxsize=PREFETCH)
-    worker = ctx.Process(
-        target=_worker, args=(str(path), window, out), name="paperec-replay-reader", daemon=True
-    )
+    worker = WorkerProcess(_read_worker, str(path), window, name="log reader", backlog=PREFETCH)
     worker.start()
     seen = 0
     try:
-        while True:
-            exited = not worker.is_alive()
-            try:  # after an exit, once more: what it wrote before exiting is in the pipe
-                kind, done, payload = out.get(timeout=0 if exited else 1.0)
-            except queue.Empty:
-                if exited:
-                    raise RuntimeError(f"log reader exited (code {worker.exitcode})") from None
-                continue
-            if progress is not None and done > seen:
-                progress(done - seen)
-                seen = done
-            if kind == "end":
-                return
-            if kind == "error":
-                raise OSError(f"reading {path}: {payload}")
-            for t in payload:
-                if t[1] is None:
-                    yield BadLine(t[0], t[2])
-                else:
-                    yield EncodedLine(t[0], EncodedEvent(t[1], t[2], t[3], t[4]))
+        try:
+            worker.wait_ready(timeout_s=300)
+            while True:
+                message = worker.receive(1.0)
+                if message is None:  # nothing yet
+                    continue
+                done, payload = message
+                if progress is not None and done > seen:
+                    progress(done - seen)
+                    seen = done
+                if payload is None:  # the end
+                    return
+                for t in payload:
+                    if t[1] is None:
+                        yield BadLine(t[0], t[2])
+                    else:
+                        yield EncodedLine(t[0], EncodedEvent(t[1], t[2], t[3], t[4]))
+        except WorkerFailed as exc:  # e.g. the file vanished: its error, or the reader's exit
+            raise OSError(f"reading {path}: {exc}") from exc
     finally:
-        if worker.is_alive():
-            worker.kill()
-        worker.join(5)
+        worker.kill()

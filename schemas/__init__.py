@@ -41,6 +41,7 @@ from schemas.events import (
 )
 from schemas.snapshot import (
     PAYLOAD_FORMAT,
+    Exploration,
     SnapshotHeader,
     canonical_header_bytes,
     make_header,
@@ -69,6 +70,7 @@ __all__ = [
     "Click",
     "DeadLetter",
     "Dwell",
+    "Exploration",
     "Impression",
     "Item",
     "Labels",

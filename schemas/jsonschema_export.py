@@ -116,9 +116,9 @@ def _record(record_type: str, properties: JSON, description: str, **extra: Any) 
     return _object({**envelope, **properties}, description, **extra)
 
 
-def _optional(name: str, schema: JSON) -> JSON:
-    """``schema`` with property ``name`` no longer required (an optional field)."""
-    return {**schema, "required": [r for r in schema["required"] if r != name]}
+def _optional(schema: JSON, *names: str) -> JSON:
+    """``schema`` with the properties ``names`` no longer required (optional fields)."""
+    return {**schema, "required": [r for r in schema["required"] if r not in names]}
 
 
 # -------------------------------------------------------------------------------------- records
@@ -200,6 +200,59 @@ _LABELS: Final = _object(
         "dwell_ms": _ints("per position of state.items: dwell time in ms", 0, MAX_DWELL_MS),
     },
     "per-position feedback of the state's list",
+)
+
+_EXPLORATION: Final = _object(
+    {
+        "noise_std": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": MAX_ABS_NUMBER,
+            "description": "std of the Gaussian noise on the weight generator's logits (0 = exploit only)",
+        },
+    },
+    "the learner's exploration settings, which serving applies to this snapshot",
+)
+
+_SNAPSHOT_HEADER: Final = _optional(
+    _record(
+        "snapshot_header",
+        {
+            "snapshot_version": _int("snapshot version, increasing", 1),
+            "created_at_ms": _ms("creation time"),
+            "training_step": _int("learner step the snapshot was taken at"),
+            "watermark_ms": _ms("latest event time trained on"),
+            "model_config": {
+                "type": "object",
+                "description": f"model configuration (free JSON object, nesting <= {MAX_JSON_DEPTH})",
+            },
+            "payload_format": {"const": PAYLOAD_FORMAT, "description": "payload encoding"},
+            "payload_size": _int("payload size in bytes"),
+            "payload_sha256": {
+                "type": "string",
+                "pattern": "^[0-9a-f]{64}$",
+                "description": "hex SHA-256 of the payload",
+            },
+            "chunk_count": _int("number of chunks the payload is sent in", 1),
+            "signature": {
+                "type": "string",
+                "pattern": "^[0-9a-f]{64}$",
+                "description": "hex HMAC-SHA256 of the canonical header (see docs/schemas.md)",
+            },
+            "key_id": {
+                "type": "string",
+                "pattern": KEY_ID_PATTERN,
+                "description": "id of the key that signed the header (signed; absent in old headers)",
+            },
+            "exploration": _ref(
+                "exploration",
+                "how serving explores around the snapshot's weights (signed; absent in old headers)",
+            ),
+        },
+        "header of one actor snapshot",
+    ),
+    "key_id",
+    "exploration",
 )
 
 RECORD_SCHEMAS: Final[dict[str, tuple[JSON, dict[str, JSON]]]] = {
@@ -291,44 +344,7 @@ RECORD_SCHEMAS: Final[dict[str, tuple[JSON, dict[str, JSON]]]] = {
         ),
         {"list_state": _LIST_STATE, "labels": _LABELS, "item": _ITEM},
     ),
-    "snapshot_header": (
-        _optional(
-            "key_id",
-            _record(
-                "snapshot_header",
-                {
-                    "snapshot_version": _int("snapshot version, increasing", 1),
-                    "created_at_ms": _ms("creation time"),
-                    "training_step": _int("learner step the snapshot was taken at"),
-                    "watermark_ms": _ms("latest event time trained on"),
-                    "model_config": {
-                        "type": "object",
-                        "description": f"model configuration (free JSON object, nesting <= {MAX_JSON_DEPTH})",
-                    },
-                    "payload_format": {"const": PAYLOAD_FORMAT, "description": "payload encoding"},
-                    "payload_size": _int("payload size in bytes"),
-                    "payload_sha256": {
-                        "type": "string",
-                        "pattern": "^[0-9a-f]{64}$",
-                        "description": "hex SHA-256 of the payload",
-                    },
-                    "chunk_count": _int("number of chunks the payload is sent in", 1),
-                    "signature": {
-                        "type": "string",
-                        "pattern": "^[0-9a-f]{64}$",
-                        "description": "hex HMAC-SHA256 of the canonical header (see docs/schemas.md)",
-                    },
-                    "key_id": {
-                        "type": "string",
-                        "pattern": KEY_ID_PATTERN,
-                        "description": "id of the key that signed the header (signed; absent in old headers)",
-                    },
-                },
-                "header of one actor snapshot",
-            ),
-        ),
-        {},
-    ),
+    "snapshot_header": (_SNAPSHOT_HEADER, {"exploration": _EXPLORATION}),
     "dead_letter": (
         _record(
             "dead_letter",

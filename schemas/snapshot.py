@@ -11,6 +11,11 @@ by size and SHA-256, so verifying both authenticates the payload:
 ``key_id`` (optional, signed) names the key that signed the header, so serving nodes can accept a
 set of keys while one is rotated. Headers written before it existed have no ``key_id``: they are
 encoded, canonicalized and signed exactly as before, and verified against every accepted key.
+
+``exploration`` (optional, signed) is how serving explores around the snapshot's weights: the
+learner records its configured exploration here, and the nodes serve the snapshot with it (one
+source of truth for training, evaluation and production). Added the way ``key_id`` was: absent
+is left out of the JSON, so older headers re-encode and verify byte for byte.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import orjson
 
 from schemas._model import SCHEMA_VERSION, Model, child_prefix
 from schemas.errors import SchemaError
-from schemas.validate import MISSING, v_const, v_hex64, v_int, v_json_object
+from schemas.validate import MISSING, v_const, v_hex64, v_int, v_json_object, v_number
 
 PAYLOAD_FORMAT: Final = "safetensors"
 _PLACEHOLDER_SIGNATURE: Final = "0" * 64
@@ -41,6 +46,22 @@ def v_key_id(value: object, path: str) -> str:
     if type(value) is not str or not _KEY_ID_RE.match(value):
         raise SchemaError(path, f"key id must match {KEY_ID_PATTERN}, got {value!r}")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class Exploration(Model):
+    """How serving explores around a snapshot's objective weights (the learner's setting)."""
+
+    noise_std: float
+    """std of the Gaussian noise added to the weight generator's logits (0 = exploit only)"""
+
+    @staticmethod
+    def _check(src: Mapping[str, Any], path: str) -> dict[str, Any]:
+        p = child_prefix(path)
+        noise_std = v_number(src.get("noise_std", MISSING), p + "noise_std")
+        if noise_std < 0.0:
+            raise SchemaError(p + "noise_std", f"must be >= 0, got {noise_std!r}")
+        return {"noise_std": noise_std}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +82,17 @@ class SnapshotHeader(Model):
     chunk_count: int
     signature: str
     key_id: str | None = None  # absent in headers from before key rotation
+    exploration: Exploration | None = None  # absent in headers from before it was recorded
+
+    _NESTED: ClassVar[tuple[str, ...]] = ("exploration",)
 
     def _json(self) -> dict[str, Any]:
-        # An absent key_id is left out (not written as null): old headers re-encode, and
-        # canonicalize, byte for byte as they were signed.
+        # An absent key_id or exploration is left out (not written as null): old headers
+        # re-encode, and canonicalize, byte for byte as they were signed.
         out = Model._json(self)  # not super(): zero-argument super() fails in slots dataclasses
-        if out["key_id"] is None:
-            del out["key_id"]
+        for optional in ("key_id", "exploration"):
+            if out[optional] is None:
+                del out[optional]
         return out
 
     @staticmethod
@@ -75,6 +100,7 @@ class SnapshotHeader(Model):
         p = child_prefix(path)
         g = src.get
         key_id = g("key_id")
+        exploration = g("exploration")
         return {
             "snapshot_version": v_int(g("snapshot_version", MISSING), p + "snapshot_version", 1),
             "created_at_ms": v_int(g("created_at_ms", MISSING), p + "created_at_ms"),
@@ -87,6 +113,9 @@ class SnapshotHeader(Model):
             "chunk_count": v_int(g("chunk_count", MISSING), p + "chunk_count", 1),
             "signature": v_hex64(g("signature", MISSING), p + "signature"),
             "key_id": None if key_id is None else v_key_id(key_id, p + "key_id"),
+            "exploration": None
+            if exploration is None
+            else Exploration.nested(exploration, p + "exploration"),
         }
 
 
@@ -98,7 +127,7 @@ def canonical_header_bytes(header: SnapshotHeader | Mapping[str, Any]) -> bytes:
         data = {"type": SnapshotHeader.TYPE, "schema_version": SCHEMA_VERSION, **header}
         data["signature"] = _PLACEHOLDER_SIGNATURE
         header = SnapshotHeader.from_dict(data)
-    d = header.to_dict()  # without key_id when it is absent (see SnapshotHeader._json)
+    d = header.to_dict()  # without key_id, exploration when absent (see SnapshotHeader._json)
     del d["signature"]
     return orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
 
@@ -159,10 +188,12 @@ def make_header(
     payload: bytes | bytearray | memoryview,
     key: bytes,
     key_id: str | None = None,
+    exploration: Exploration | None = None,
     chunk_count: int = 1,
 ) -> SnapshotHeader:
     """Build a signed header for ``payload``: computes payload_size, payload_sha256 and signature
-    (which also covers ``key_id``, the id of ``key``; None writes a header without one)."""
+    (which also covers ``key_id``, the id of ``key``, and ``exploration``; None writes a header
+    without the field)."""
     unsigned = SnapshotHeader(
         snapshot_version=snapshot_version,
         created_at_ms=created_at_ms,
@@ -175,6 +206,7 @@ def make_header(
         chunk_count=chunk_count,
         signature=_PLACEHOLDER_SIGNATURE,
         key_id=key_id,
+        exploration=exploration,
     )
     return replace(unsigned, signature=sign(unsigned, key))
 
@@ -182,6 +214,7 @@ def make_header(
 __all__ = [
     "KEY_ID_PATTERN",
     "PAYLOAD_FORMAT",
+    "Exploration",
     "SnapshotHeader",
     "canonical_header_bytes",
     "make_header",

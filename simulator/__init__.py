@@ -3,7 +3,7 @@ click appeal and long reads, a catalog whose clickbait and quality partly confli
 sessions with position bias, limited clicks, dwell given a click and a leave model.
 
 See docs/simulator.md for the equations. The core (config, world, behaviour, sessions, logs)
-needs numpy only; ``simulator.model_policy`` and ``simulator.evaluation`` add torch.
+needs numpy only; ``simulator.model_policy`` and ``paperec.evaluation`` add torch.
 """
 
 from simulator.behaviour import Response, respond

@@ -1,4 +1,4 @@
-"""``paperec streams``: run one streams worker (the Faust app of streams.worker).
+"""``paperec streams`` (and ``python -m streams``): run one streams worker (streams.worker).
 
 Every setting comes from flags or PAPEREC_* variables (``paperec streams --help``); the join
 window, lateness, session gap and the rest are in the "Streams" group of base.settings.
@@ -18,13 +18,14 @@ import threading
 from typing import Any
 
 from base.settings import Settings
+from streams.metrics import StreamMetrics
+from streams.stage_process import StageProcess, child_process, supervise
+from streams.worker import STAGE_ALL, STAGES, app_id_of, run_worker
 
 log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from streams.stage_process import STAGE_ALL, STAGES
-
     parser.add_argument("--quiet", action="store_true", help="no Faust startup banner")
     parser.add_argument(
         "--stage",
@@ -48,10 +49,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_supervised(settings: Settings, stage: str, quiet: bool = False) -> int:
     """The worker of ``stage`` in a child process, restarted when it exits abnormally."""
-    from streams.metrics import StreamMetrics
-    from streams.stage_process import StageProcess, supervise
-    from streams.worker import app_id_of
-
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -67,35 +64,7 @@ def run_supervised(settings: Settings, stage: str, quiet: bool = False) -> int:
         metrics.flush()
 
     try:
-        return supervise(StageProcess(settings, stage, quiet=quiet), stop, on_restart)
+        proc = StageProcess(stage, child_process(stage, run_worker, settings, stage, quiet))
+        return supervise(proc, stop, on_restart)
     finally:
         metrics.close()
-
-
-def run_worker(settings: Settings, stage: str, quiet: bool = False) -> int:
-    """Run the Faust worker of ``stage`` until it stops; its exit status."""
-    from faust.worker import Worker
-
-    from streams.worker import app_id_of, create_app
-
-    worker = create_app(settings, stage)
-    ours = ("join_", "session_", "link_", "streams_")
-    config = {k: v for k, v in settings.public_dict().items() if k.startswith(ours)}
-    log.info(
-        "streams worker %s (stage %s) on %s: %s",
-        app_id_of(settings, stage),
-        stage,
-        settings.kafka_bootstrap,
-        config,
-    )
-    faust_worker = Worker(
-        worker.app, loglevel=settings.log_level.lower(), quiet=quiet, redirect_stdouts=False
-    )
-    try:
-        faust_worker.execute_from_commandline()
-    except SystemExit as exc:
-        crashed = worker.app._crash_reason is not None
-        return 1 if crashed else int(exc.code or 0)
-    finally:
-        worker.metrics.close()
-    return 0

@@ -16,15 +16,15 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
+from base.metrics_store import METRIC_COLUMNS, MetricRow, init_tables, sample_writer
 from base.metrics_store import client as clickhouse_client
-from base.metrics_store import init_tables
 from base.metrics_writer import MetricsWriter
 from base.settings import Settings
 from streams.join import ClosedList
 
 log = logging.getLogger(__name__)
 
-SAMPLE_COLUMNS = ("ts", "source", "name", "label", "value")
+SAMPLE_COLUMNS = METRIC_COLUMNS  # stream_metrics rows are base.metrics_store.MetricRow
 OUTCOME_COLUMNS = (
     "ts",
     "request_id",
@@ -81,7 +81,7 @@ class StreamMetrics:
         def connect() -> Any:
             return clickhouse_client(settings, database=db)
 
-        samples = MetricsWriter(connect, f"{db}.stream_metrics", SAMPLE_COLUMNS)
+        samples = sample_writer(settings, "stream_metrics")
         # A list outcome re-emitted after a restart (the uncommitted tail is replayed) has the
         # same request id: it is the row id, so the table keeps one copy.
         outcomes = MetricsWriter(connect, f"{db}.list_outcomes", OUTCOME_COLUMNS, row_id=outcome_row_id)
@@ -128,9 +128,9 @@ class StreamMetrics:
         if self._samples is not None:
             ts = datetime.fromtimestamp(int(now))
             for (name, label), n in self.counters.items():
-                self._samples.add((ts, self.source, name, label, float(n)))
+                self._samples.add(MetricRow(ts, self.source, name, label, float(n)))
             for (name, label), value in self.gauges.items():
-                self._samples.add((ts, self.source, name, label, float(value)))
+                self._samples.add(MetricRow(ts, self.source, name, label, float(value)))
         self.counters.clear()
 
     def close(self) -> None:

@@ -1,4 +1,6 @@
-"""The two stages as Faust agent bodies: batches in, pure state step, durable outputs, acks.
+"""The two stages: batches in, pure state step, durable outputs, acks. A stage sees the stream
+processor only through ``streams.stage_io.StageIO`` (Faust in production: streams.faust_io;
+in-memory fakes in the tests) and reads its input from a ``BatchSink``.
 
 One step of a stage, always in this order (the at-least-once argument in docs/streams.md rests
 on it):
@@ -43,10 +45,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from faust.types import Message
 
 from schemas import Click, Dwell, SchemaError
-from streams.batching import BatchingApp, BatchSink
+from streams.batching import BatchSink
 from streams.decoding import ImpressionView, decode_feedback, decode_impression
 from streams.join import RequestJoin
 from streams.link import UserLinker
@@ -58,6 +59,7 @@ from streams.records import (
     encode_transition,
     read_outcome,
 )
+from streams.stage_io import InputRecord, StageIO, StageState, TopicPartition
 from streams.types import (
     STAGE_BAD_KEY,
     STAGE_DECODE,
@@ -84,7 +86,7 @@ class _Durable:
 
     outputs: list[asyncio.Future[Any]]
     changes: list[tuple[bytes, int, bytes | None]] | None  # None: not a flush step
-    messages: list[Message]
+    messages: list[InputRecord]
     now_ms: int
 
 
@@ -101,21 +103,21 @@ def _header(headers: Any, name: str) -> bytes | None:
     return next((v for k, v in headers if k == name), None)
 
 
-def source_of(m: Message) -> Source:
+def source_of(m: InputRecord) -> Source:
     return Source(m.topic, m.partition, m.offset, m.key)
 
 
 class Stage(ABC):
-    """Shared loop of the join and the link stage."""
+    """Shared loop of the join and the link stage: ``run`` takes steps of at most ``max_batch``
+    records from ``sink`` (waiting at most ``tick_s``), ``step`` applies one to the pure
+    ``state`` and queues its outputs, the committer task makes them durable and acks."""
 
     name: str
     input_topics: list[str]
 
     def __init__(
         self,
-        app: BatchingApp,
-        table: Any,
-        publisher: Callable[[], BatchPublisher],
+        io: StageIO,
         metrics: StreamMetrics,
         dead_letter_topic: str,
         tick_s: float,
@@ -124,10 +126,9 @@ class Stage(ABC):
         flush_interval_s: float = 0.0,
         clock: Callable[[], int] = wall_ms,
     ) -> None:
-        self.app = app
-        self.table = table
-        self.publisher = publisher()  # outputs and dead letters
-        self._changelog = publisher()  # state changes, sent by the committer task
+        self.io = io
+        self.publisher = BatchPublisher(io.producer)  # outputs and dead letters
+        self._changelog = BatchPublisher(io.producer)  # state changes, sent by the committer task
         self.metrics = metrics
         self.dead_letter_topic = dead_letter_topic
         self.tick_s = tick_s
@@ -144,19 +145,20 @@ class Stage(ABC):
         self.steps = 0
         self.waited_input_s = 0.0  # in the loop, waiting for input records
         self.waited_durable_s = 0.0  # in the loop, waiting for earlier steps to become durable
-        self._processed: dict[Any, int] = {}  # input partition -> offset after the last record stepped
+        # input partition -> offset after the last record stepped
+        self._processed: dict[TopicPartition, int] = {}
         self._durable: asyncio.Queue[_Durable] = asyncio.Queue(PIPELINE)
         self._committer: asyncio.Task[None] | None = None
 
     @property
     @abstractmethod
-    def state(self) -> RequestJoin | UserLinker: ...
+    def state(self) -> StageState: ...
 
     def prepare(self, now_ms: int) -> None:  # noqa: B027 - an optional hook
         """Hook run at the start of every step, with or without input."""
 
     @abstractmethod
-    def consume(self, messages: list[Message], now_ms: int) -> list[Rejected]:
+    def consume(self, messages: list[InputRecord], now_ms: int) -> list[Rejected]:
         """Feed valid records to the pure state; return the rejected ones."""
 
     @abstractmethod
@@ -180,9 +182,9 @@ class Stage(ABC):
         finally:
             self._committer.cancel()
 
-    async def step(self, messages: list[Message]) -> None:
+    async def step(self, messages: list[InputRecord]) -> None:
         now = self.clock()
-        current = [m for m in messages if self.app.is_current(m)]
+        current = [m for m in messages if self.io.is_current(m)]
         self.prepare(now)
         processed = self._processed
         for m in current:
@@ -213,7 +215,7 @@ class Stage(ABC):
         table does not hold (created and deleted since the last flush, so never written) is
         dropped."""
         self._last_flush_ms = now_ms
-        data = self.table.data
+        data = self.io.table
         out = []
         for change in self.state.take_changes():
             key, _, value = change
@@ -226,8 +228,8 @@ class Stage(ABC):
         return out
 
     async def _commit_loop(self) -> None:
-        changelog = self.table.changelog_topic.get_topic_name()
-        unacked: list[Message] = []  # inputs of steps whose changes wait for the next flush
+        changelog = self.io.changelog_topic
+        unacked: list[InputRecord] = []  # inputs of steps whose changes wait for the next flush
         while True:
             d = await self._durable.get()
             try:
@@ -245,9 +247,9 @@ class Stage(ABC):
                 # replays the unacked input.
                 log.exception("%s: could not make a step durable; stopping the worker", self.name)
                 self._durable.task_done()
-                await self.app.crash(exc)
+                await self.io.crash(exc)
                 raise
-            self.app.ack([m for m in unacked if self.app.is_current(m)])
+            self.io.ack([m for m in unacked if self.io.is_current(m)])
             unacked = []
             self._durable.task_done()
 
@@ -281,13 +283,13 @@ class Stage(ABC):
 
     # ------------------------------------------------------------------------- rebalancing
     def assigned_partitions(self) -> set[int]:
-        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.input_topics}
+        return {tp.partition for tp in self.io.assignment() if tp.topic in self.input_topics}
 
     async def on_recover(self) -> None:
         """After Faust restored the table from its changelog: rebuild the pure state from it."""
         async with self.lock:
             mine = self.assigned_partitions()
-            entries = dict(self.table.data.items())
+            entries = dict(self.io.table.items())
             self.state.load_state_dict(entries, self.clock(), mine)
             self.sink.clear()
             self.on_assigned()
@@ -306,32 +308,32 @@ class Stage(ABC):
             self.sink.clear()
             self.state.forget_partitions(partitions)
 
-    def backlogged(self) -> list[Any]:
+    def position(self, tp: TopicPartition) -> int:
+        """The offset of the next input record of ``tp`` not processed yet."""
+        return max(self._processed.get(tp, 0), self.io.committed(tp) or 0)
+
+    def backlogged(self) -> list[TopicPartition]:
         """Assigned input partitions with records not processed yet (on the broker or fetched
         and queued here), or whose end is not known yet."""
-        consumer = self.app.consumer
-        committed = consumer._committed_offset  # type: ignore[attr-defined]
         out = []
-        for tp in consumer.assignment():
+        for tp in self.io.assignment():
             if tp.topic not in self.input_topics:
                 continue
-            high = consumer.highwater(tp)
-            position = max(self._processed.get(tp, 0), committed[tp] or 0)
+            high = self.io.highwater(tp)
+            position = self.position(tp)
             if high is None or high > position:
                 out.append(tp)
         return out
 
     def sample(self) -> str:
         """Set the stage's gauges (lag per input partition, state sizes); a summary for logs."""
-        consumer = self.app.consumer
-        committed = consumer._committed_offset  # type: ignore[attr-defined]
         lag_total = 0
-        for tp in consumer.assignment():
+        for tp in self.io.assignment():
             if tp.topic not in self.input_topics:
                 continue
-            high = consumer.highwater(tp)
+            high = self.io.highwater(tp)
             if high is not None:
-                lag = max(0, high - max(self._processed.get(tp, 0), committed[tp] or 0))
+                lag = max(0, high - self.position(tp))
                 lag_total += lag
                 self.metrics.gauge("lag", f"{tp.topic}:{tp.partition}", lag)
         sizes = self.state.sizes()
@@ -366,7 +368,7 @@ class JoinStage(Stage):
         self._feedback: dict[str, type[Click] | type[Dwell]] = {clicks: Click, dwells: Dwell}
         self._backlog: set[tuple[int, str]] = set()
         self._announced: dict[int, tuple[int | None, int]] = {}
-        self._paused: set[Any] = set()  # input partitions we paused (running ahead)
+        self._paused: set[TopicPartition] = set()  # input partitions we paused (running ahead)
 
     @property
     def state(self) -> RequestJoin:
@@ -378,18 +380,20 @@ class JoinStage(Stage):
 
     def prepare(self, now_ms: int) -> None:
         # Inputs with records still to process are not idle (and hold the watermark until read);
-        # an input with nothing to read and nothing ever read does not hold it.
+        # an input with nothing to read and nothing ever read does not hold it. A caught-up
+        # input idles only on the broker's answers: while the broker does not answer, the end
+        # offset we know is stale and "caught up" proves nothing (docs/streams.md, Watermarks).
         self._backlog = {(tp.partition, tp.topic) for tp in self.backlogged()}
         wms = self.join.watermarks
-        for tp in self.app.consumer.assignment():
+        for tp in self.io.assignment():
             if tp.topic in self.input_topics:
                 if (tp.partition, tp.topic) in self._backlog:
                     wms.backlog(tp.partition, tp.topic, now_ms)
                 else:
-                    wms.caught_up(tp.partition, tp.topic)
+                    wms.caught_up(tp.partition, tp.topic, self.io.last_fetch_ms(tp))
         self.balance_inputs()
 
-    def consume(self, messages: list[Message], now_ms: int) -> list[Rejected]:
+    def consume(self, messages: list[InputRecord], now_ms: int) -> list[Rejected]:
         rejects: list[Rejected] = []
         join, feedback, impressions = self.join, self._feedback, self.input_topics[0]
         for topic, n in Counter(m.topic for m in messages).items():
@@ -433,7 +437,7 @@ class JoinStage(Stage):
         ahead_ms = self.max_input_skew_ms
         wms = self.join.watermarks
         pause, resume = [], []
-        for tp in self.app.consumer.assignment():
+        for tp in self.io.assignment():
             if tp.topic not in self.input_topics:
                 continue
             clock, wm = wms.input_clock(tp.partition, tp.topic), wms.last(tp.partition)
@@ -444,10 +448,10 @@ class JoinStage(Stage):
             elif tp in self._paused and clock - wm <= ahead_ms // 2:
                 resume.append(tp)
         if pause:
-            self.app.consumer.pause_partitions(pause)
+            self.io.pause(pause)
             self._paused.update(pause)
         if resume:
-            self.app.consumer.resume_partitions(resume)
+            self.io.resume(resume)
             self._paused.difference_update(resume)
             self.metrics.count("input_resumed", "", len(resume))
 
@@ -501,7 +505,7 @@ class LinkStage(Stage):
     def state(self) -> UserLinker:
         return self.linker
 
-    def consume(self, messages: list[Message], now_ms: int) -> list[Rejected]:
+    def consume(self, messages: list[InputRecord], now_ms: int) -> list[Rejected]:
         rejects: list[Rejected] = []
         linker = self.linker
         for m in messages:

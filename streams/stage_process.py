@@ -1,13 +1,16 @@
-"""Stage 2 in a process of its own, started, watched and stopped by the stage-1 worker.
+"""A worker in a child process: started, watched, restarted after a backoff when it dies, and
+stopped cleanly. Used twice (docs/streams.md, "Processes"):
 
-Why: a worker is CPU-bound in one Python process (the GIL), while the machine has more cores.
-The two stages share nothing but the list-outcomes topic (stage 2's input, with stage 1's
-progress records), so they split cleanly: ``paperec streams`` runs stage 1 and starts stage 2
-here, each a Faust app with its own consumer group, changelog and committed offsets. Nothing
-crosses between the processes except through Kafka, so the recovery argument of each stage holds
-as it is (docs/streams.md, "Processes").
+* the stage-1 worker runs stage 2 in a child (``streams.worker.create_app``, stage ``all``).
+  Why: a worker is CPU-bound in one Python process (the GIL), while the machine has more cores.
+  The two stages share nothing but the list-outcomes topic (stage 2's input, with stage 1's
+  progress records), so they split cleanly, each a Faust app with its own consumer group,
+  changelog and committed offsets; nothing crosses between the processes except through Kafka,
+  so the recovery argument of each stage holds as it is.
+* ``paperec streams`` runs the whole worker in a child (``supervise``): a small parent process
+  that restarts the worker when it exits abnormally and stops it cleanly on SIGTERM.
 
-Lifecycle: the child is started with the worker and stopped (SIGTERM: a clean Faust shutdown)
+Lifecycle: the child is started with its parent and stopped (SIGTERM: a clean Faust shutdown)
 with it. If the child exits abnormally (a delivery that failed during a broker outage crashes a
 Faust worker on purpose: only a restart from the changelog is consistent), ``restart_if_dead``
 starts it again after a backoff (``Backoff``: 1 s doubling to 30 s, reset after a minute up) and
@@ -15,51 +18,28 @@ counts the restart; its state comes back from its changelog and committed offset
 dies without stopping it (SIGKILL), the child notices within a second (its parent process
 changed) and shuts down cleanly, so a restarted worker does not find a stale stage 2 in its group.
 
-``paperec streams`` runs the whole worker the same way (``supervise``): a small parent process
-that restarts the worker when it exits abnormally and stops it cleanly on SIGTERM.
+The child process itself is a ``base.worker_process.WorkerProcess`` (spawn, SIGTERM then kill
+on stop, SIGTERM to itself when orphaned); this module adds the restarts and knows nothing of
+the stages: the child runs ``target(*args)`` (module-level: it is pickled by name) and exits
+with the status it returns.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from base.settings import Settings
+from base.worker_process import WorkerLink, WorkerProcess
 
 log = logging.getLogger(__name__)
 
-STAGE_JOIN = "join"
-STAGE_LINK = "link"
-STAGE_ALL = "all"
-STAGES = (STAGE_ALL, STAGE_JOIN, STAGE_LINK)
-
 STOP_TIMEOUT_S = 30.0
 """How long a stopping child may take to shut down cleanly before it is killed."""
-_ORPHAN_CHECK_S = 1.0
-
-
-def _watch_parent(parent: int) -> None:
-    """In the child: shut down (SIGTERM to ourselves, which Faust handles) once the process
-    that started us is gone."""
-    while os.getppid() == parent:
-        time.sleep(_ORPHAN_CHECK_S)
-    log.warning("the stage-1 worker (pid %d) is gone; stopping", parent)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _child_main(settings: Settings, stage: str, quiet: bool, parent: int) -> None:
-    from streams.cli import run_worker
-
-    threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
-    sys.exit(run_worker(settings, stage, quiet=quiet))
 
 
 @dataclass
@@ -79,39 +59,66 @@ class Backoff:
         return delay
 
 
+class ChildProcess(Protocol):
+    """What ``StageProcess`` uses of ``base.worker_process.WorkerProcess``."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float = ..., request: Any = ...) -> None: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def exitcode(self) -> int | None: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+
+def _exit_with(link: WorkerLink, target: Callable[..., int], *args: Any) -> None:
+    """In the child: run ``target`` and exit with its status (WorkerProcess's targets return None)."""
+    sys.exit(target(*args))
+
+
+def child_process(stage: str, target: Callable[..., int], *args: Any) -> WorkerProcess:
+    """``target(*args)`` in a spawned process named after ``stage``, stopped when orphaned."""
+    return WorkerProcess(
+        _exit_with,
+        target,
+        *args,
+        name=f"paperec-streams-{stage}",
+        daemon=False,  # it runs a Faust worker, which may start processes of its own
+        terminate_when_orphaned=True,
+    )
+
+
 class StageProcess:
-    """One stage's worker in a child process (``multiprocessing`` spawn: a fresh interpreter)."""
+    """A stage's child process, restarted by ``restart_if_dead`` after a backoff when it exits
+    without being asked to; ``stage`` names it in logs and metrics."""
 
     def __init__(
         self,
-        settings: Settings,
         stage: str,
-        quiet: bool = True,
+        process: ChildProcess,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
         self.stage = stage
-        self.quiet = quiet
+        self.process = process
         self.backoff = backoff or Backoff()
         self.clock = clock
         self.restarts = 0
-        self._proc: Any = None
+        self._started = False
         self._stopping = False
         self._started_at = 0.0
         self._restart_at: float | None = None  # when a dead child is due to be started again
 
     def start(self) -> None:
-        ctx = mp.get_context("spawn")
-        self._proc = ctx.Process(
-            target=_child_main,
-            args=(self.settings, self.stage, self.quiet, os.getpid()),
-            name=f"paperec-streams-{self.stage}",
-            daemon=False,  # it runs a Faust worker, which has children of its own (none today)
-        )
-        self._proc.start()
+        self.process.start()
+        self._started = True
         self._started_at = self.clock()
-        log.info("started stage %s in process %d", self.stage, self._proc.pid)
+        log.info("started stage %s in process %s", self.stage, self.process.pid)
 
     def restart_if_dead(self) -> bool:
         """Call periodically: start a child that exited abnormally again, once its backoff has
@@ -134,22 +141,16 @@ class StageProcess:
 
     def failure(self) -> str | None:
         """Why the child is gone, when it died without being asked to stop; else None."""
-        if self._proc is None or self._stopping or self._proc.is_alive():
+        if not self._started or self._stopping or self.process.alive:
             return None
-        return f"the {self.stage} stage's process (pid {self._proc.pid}) exited with {self._proc.exitcode}"
+        return (
+            f"the {self.stage} stage's process (pid {self.process.pid}) exited with {self.process.exitcode}"
+        )
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Ask the child to shut down cleanly (SIGTERM); kill it if it has not after ``timeout_s``."""
         self._stopping = True
-        proc = self._proc
-        if proc is None or not proc.is_alive():
-            return
-        proc.terminate()
-        proc.join(timeout_s)
-        if proc.is_alive():
-            log.warning("the %s stage's process did not stop in %.0f s; killing it", self.stage, timeout_s)
-            proc.kill()
-            proc.join(5)
+        self.process.stop(timeout_s)
 
 
 def supervise(

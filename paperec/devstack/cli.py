@@ -48,7 +48,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "status":
             return status(services)
         # Serialise up/down: two concurrent `up`s would both see free ports and race.
-        with _state_lock(settings.state_path):
+        with state_lock(settings.state_path):
             if args.action == "up":
                 return up(services)
             return down(services, wipe=args.wipe)
@@ -130,7 +130,7 @@ def _check_distinct_ports(services: Sequence[Service]) -> None:
 
 
 @contextlib.contextmanager
-def _state_lock(state_path: Path) -> Iterator[None]:
+def state_lock(state_path: Path) -> Iterator[None]:
     state_path.mkdir(parents=True, exist_ok=True)
     with (state_path / ".devstack.lock").open("w") as fh:
         try:
@@ -143,6 +143,6 @@ def _state_lock(state_path: Path) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m paperec.devstack``: ``paperec devstack``."""
-    from paperec.cli import main as paperec_main
+    from base import command
 
-    return paperec_main(["devstack", *(sys.argv[1:] if argv is None else argv)])
+    return command.main("python -m paperec.devstack", sys.modules[__name__], argv, description=__doc__)

@@ -209,11 +209,13 @@ class Kafka(Service):
         """A real metadata round trip, and the broker registered and unfenced."""
         if not tcp_accepts(self.host, self.settings.kafka_port):
             return False
-        from kafka.admin import KafkaAdminClient  # deferred: keeps `devstack --help` fast
+        from base import kafka as kafka_clients  # deferred: keeps `devstack --help` fast
 
         with quiet_loggers("kafka"):
             try:
-                admin = KafkaAdminClient(
+                admin = kafka_clients.admin(
+                    self.settings,
+                    # this dev broker's own listener, whatever else the bootstrap list names
                     bootstrap_servers=f"{self.host}:{self.settings.kafka_port}",
                     client_id="paperec-devstack-probe",
                     request_timeout_ms=5000,

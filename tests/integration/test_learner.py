@@ -31,9 +31,10 @@ from model.policy import ActorConfig
 from model.ranker import RankerConfig
 from model.scoring import ActorModel, score
 from model.snapshot import SnapshotRejected, decode_snapshot, header_of
-from schemas import SnapshotHeader, decode_dead_letter, encode
+from schemas import Exploration, SnapshotHeader, decode_dead_letter, encode
 
 KEY = "integration-test-key"
+EXPLORATION_NOISE = 0.05  # not the default: the headers must record the configured value
 KAFKA_DEFAULT_MESSAGE_BYTES = 1_048_588  # the broker default we must be above to prove the policy
 # hash_buckets 20_000 x d_model 16 floats: the snapshot is > 1 MiB, so it needs the raised limits
 RANKER = RankerConfig(
@@ -119,6 +120,7 @@ class Learner:
             *("--batch-size", "32", "--buffer-capacity", "2000", "--min-buffer", "64"),
             *("--snapshot-every-steps", "15", "--snapshot-every-s", "2", "--checkpoint-every-s", "2"),
             *("--metrics-interval-s", "1", "--log-every-s", "2", "--metrics-source", source),
+            *("--exploration-noise", str(EXPLORATION_NOISE)),
             *RANKER_FLAGS,
         ]
         self.log_path = log_path
@@ -185,6 +187,7 @@ def test_learner_trains_publishes_survives_sigkill_and_resumes(
         assert size > KAFKA_DEFAULT_MESSAGE_BYTES  # one message above Kafka's default limit
         assert header.payload_size == size and 0 < header.watermark_ms <= max_ts
         assert header.model_config["ranker"]["hash_buckets"] == RANKER.hash_buckets
+        assert header.exploration == Exploration(noise_std=EXPLORATION_NOISE)  # what nodes explore with
         result = score(model, list_inputs([view], RANKER))  # loads into the serving model and ranks
         assert torch.isfinite(result.scores[result.scores > -torch.inf]).all()
     assert [h.training_step for h, _, _ in snaps] == sorted(h.training_step for h, _, _ in snaps)
@@ -274,7 +277,10 @@ def test_snapshot_size_policy_one_message_with_raised_limits(settings: Settings,
     assert latest_version(s.kafka_bootstrap, topic, KEY.encode()).version == 0
 
     results: list[Any] = []
-    pub = SnapshotPublisher(s.kafka_bootstrap, topic, KEY.encode(), s.max_message_bytes, 1, results.append)
+    explore = Exploration(noise_std=0.25)
+    pub = SnapshotPublisher(
+        s.kafka_bootstrap, topic, KEY.encode(), s.max_message_bytes, 1, results.append, exploration=explore
+    )
     try:
         assert pub.publish(lambda: model, training_step=7, watermark_ms=123) is not None
         assert pub.wait_idle(60)
@@ -289,13 +295,16 @@ def test_snapshot_size_policy_one_message_with_raised_limits(settings: Settings,
         123,
         1,
     )
+    assert header.exploration == explore  # recorded (and signed) for the serving nodes
     for name, t in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], t)
     assert latest_version(s.kafka_bootstrap, topic, KEY.encode()).version == 1
     assert latest_version(s.kafka_bootstrap, topic, b"another key").version == 0  # verified only
 
     # a limit below the payload: refused at encode time, counted, nothing raised or sent
-    small = SnapshotPublisher(s.kafka_bootstrap, topic, KEY.encode(), KAFKA_DEFAULT_MESSAGE_BYTES, 2)
+    small = SnapshotPublisher(
+        s.kafka_bootstrap, topic, KEY.encode(), KAFKA_DEFAULT_MESSAGE_BYTES, 2, exploration=explore
+    )
     try:
         assert small.publish(lambda: model, training_step=8, watermark_ms=124) is None
     finally:

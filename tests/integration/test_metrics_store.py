@@ -9,7 +9,17 @@ from datetime import datetime
 
 import pytest
 
-from base.metrics_store import LIST_OUTCOMES_COLUMNS, QUERIES, TABLES, client, init_tables
+from base.metrics_store import (
+    LIST_OUTCOMES_COLUMNS,
+    METRIC_COLUMNS,
+    QUERIES,
+    SAMPLE_COLUMNS,
+    TABLES,
+    MetricRow,
+    client,
+    init_tables,
+    sample_writer,
+)
 from base.metrics_writer import MetricsWriter
 from base.settings import Settings
 from streams.metrics import outcome_row_id
@@ -74,18 +84,25 @@ def test_tables_exist_and_aggregate_a_batch(metrics_settings: Settings) -> None:
     ch.disconnect()
 
 
+def test_the_metric_row_is_the_sample_tables_row() -> None:
+    """MetricRow's fields are the sample tables' columns, in order (the writer adds row_id)."""
+    ddl_columns = [line.split()[0] for line in SAMPLE_COLUMNS.strip().splitlines()]
+    assert [*METRIC_COLUMNS, "row_id"] == ddl_columns
+    assert {t for t, (columns, _) in TABLES.items() if columns is SAMPLE_COLUMNS} == {
+        "stream_metrics",
+        "learner_metrics",
+        "serving_metrics",
+    }
+    with pytest.raises(ValueError):
+        sample_writer(Settings(), "list_outcomes")
+
+
 def test_metrics_writer_batches_into_clickhouse(metrics_settings: Settings) -> None:
     db = metrics_settings.clickhouse_database
-    writer = MetricsWriter(
-        lambda: client(metrics_settings),
-        f"{db}.learner_metrics",
-        ["ts", "source", "name", "label", "value"],
-        batch_size=100,
-        flush_interval_s=0.05,
-    )
+    writer = sample_writer(metrics_settings, "learner_metrics", flush_interval_s=0.05, batch_size=100)
     ts = datetime(2026, 11, 28, 12, 0, 0)
     for step in range(1000):
-        writer.add((ts, "learner-0", "reward", "", -float(step)))
+        writer.add(MetricRow(ts, "learner-0", "reward", "", -float(step)))
     assert writer.flush(10)
     writer.close()
     ch = client(metrics_settings)

@@ -117,6 +117,21 @@ def test_a_snapshot_on_the_topic_is_served(make_harness: Any) -> None:
     assert h.metric("paperec_serving_snapshots_loaded_total") == 2
 
 
+def test_a_snapshot_is_served_with_the_exploration_its_header_records(make_harness: Any) -> None:
+    """``serve_noise_std`` is the cold-start model's; a snapshot brings the learner's exploration."""
+    topic = FakeSnapshotConsumer("paperec.actor-snapshots")
+    h = make_harness(topic=topic, serve_noise_std=0.0)
+    cold = h.rank(example_request(3, TINY)).json()
+    assert cold["snapshot_version"] == 0 and cold["noise"] == [0.0, 0.0]
+    topic.append(snapshot_record(make_model(1, TINY), 4, BASE, noise_std=0.5))
+    h.wait(lambda: h.rank(example_request(3, TINY)).json()["snapshot_version"] == 4)
+    explored = h.rank(example_request(3, TINY)).json()
+    assert explored["snapshot_version"] == 4 and all(x != 0.0 for x in explored["noise"])
+    topic.append(snapshot_record(make_model(2, TINY), 5, BASE, noise_std=0.0))
+    h.wait(lambda: h.rank(example_request(3, TINY)).json()["snapshot_version"] == 5)
+    assert h.rank(example_request(3, TINY)).json()["noise"] == [0.0, 0.0]
+
+
 def test_refuse_policy_is_503_until_a_snapshot_arrives(make_harness: Any) -> None:
     h = make_harness(serve_cold_start="refuse")
     r = h.rank(example_request(3, TINY))

@@ -35,7 +35,7 @@ async def test_impressions_are_sent_keyed_by_request_id_in_order() -> None:
     assert [k for _, k, _ in producer.sent] == [f"req-{i}".encode() for i in range(10)]
     assert {t for t, _, _ in producer.sent} == {"impressions"}
     await log.close(1)
-    assert m.impressions.get(("sent",)) == 10
+    assert m.value("paperec_serving_impressions_total", outcome="sent") == 10
 
 
 async def test_kafka_down_keeps_a_bounded_buffer_and_counts_drops() -> None:
@@ -45,10 +45,10 @@ async def test_kafka_down_keeps_a_bounded_buffer_and_counts_drops() -> None:
     for i in range(12):
         log.submit(f"req-{i}".encode(), b"x" * 10)  # returns at once: nothing waits for Kafka
     assert log.pending == 5
-    assert m.impressions.get(("dropped_buffer_full",)) == 7
-    assert m.impressions_buffered.get() == 5
+    assert m.value("paperec_serving_impressions_total", outcome="dropped_buffer_full") == 7
+    assert m.value("paperec_serving_impressions_buffered") == 5
     await asyncio.sleep(0.2)  # the producer keeps failing to start; nothing else happens
-    assert m.producer_connected.get() == 0
+    assert m.value("paperec_serving_impression_producer_connected") == 0
     # Kafka comes back: the buffered (newest) five are delivered.
     producer.down = False
     await wait_for(lambda: len(producer.sent) == 5)
@@ -59,10 +59,10 @@ async def test_kafka_down_keeps_a_bounded_buffer_and_counts_drops() -> None:
 async def test_byte_bound_and_oversized_records() -> None:
     log, m = make_logger(FakeProducer(down=True), max_bytes=25, max_message_bytes=20)
     log.submit(b"big", b"x" * 21)
-    assert m.impressions.get(("dropped_too_large",)) == 1 and log.pending == 0
+    assert m.value("paperec_serving_impressions_total", outcome="dropped_too_large") == 1 and log.pending == 0
     for i in range(3):
         log.submit(str(i).encode(), b"x" * 10)
-    assert log.pending == 2 and m.impressions_buffered_bytes.get() == 20
+    assert log.pending == 2 and m.value("paperec_serving_impressions_buffered_bytes") == 20
     await log.close(0.1)
 
 
@@ -74,11 +74,12 @@ async def test_failed_deliveries_are_retried() -> None:
     producer.down = True
     log.start()
     log.submit(b"req-1", b"{}")
-    await wait_for(lambda: m.impressions.get(("retried",)) >= 2)
+    await wait_for(lambda: m.value("paperec_serving_impressions_total", outcome="retried") >= 2)
     producer.down = False
     await wait_for(lambda: len(producer.sent) == 1)
     await log.close(1)
-    assert m.impressions.get(("sent",)) == 1 and m.impressions.get(("dropped_failed",)) == 0
+    assert m.value("paperec_serving_impressions_total", outcome="sent") == 1
+    assert m.value("paperec_serving_impressions_total", outcome="dropped_failed") == 0
 
 
 async def test_connected_gauge_follows_the_broker_mid_outage() -> None:
@@ -96,14 +97,14 @@ async def test_connected_gauge_follows_the_broker_mid_outage() -> None:
         probe_interval_s=0.02,
     )
     log.start()
-    await wait_for(lambda: m.producer_connected.get() == 1)
+    await wait_for(lambda: m.value("paperec_serving_impression_producer_connected") == 1)
     producer.down = True  # no traffic: only the probe can tell
-    await wait_for(lambda: m.producer_connected.get() == 0)
+    await wait_for(lambda: m.value("paperec_serving_impression_producer_connected") == 0)
     log.submit(b"req-1", b"{}")  # buffered, retried
-    await wait_for(lambda: m.impressions.get(("retried",)) >= 1)
-    assert m.producer_connected.get() == 0
+    await wait_for(lambda: m.value("paperec_serving_impressions_total", outcome="retried") >= 1)
+    assert m.value("paperec_serving_impression_producer_connected") == 0
     producer.down = False
     await wait_for(lambda: len(producer.sent) == 1)
-    await wait_for(lambda: m.producer_connected.get() == 1)
+    await wait_for(lambda: m.value("paperec_serving_impression_producer_connected") == 1)
     await log.close(1)
-    assert m.impressions.get(("sent",)) == 1
+    assert m.value("paperec_serving_impressions_total", outcome="sent") == 1

@@ -28,7 +28,7 @@ from actor_service.app import create_app
 from actor_service.batcher import MicroBatcher
 from actor_service.devtools import FakeProducer, FakeSnapshotConsumer, example_request, metric_value
 from actor_service.node import Node
-from actor_service.overload import DEADLINE_EXCEEDED, OVERLOADED, Admission, Shed
+from actor_service.overload import DEADLINE_EXCEEDED, OVERLOADED, Admission, ScoringCost, Shed
 from actor_service.ranking import Job, Ranked
 from base.settings import TOPIC_SNAPSHOTS, Settings
 from model.ranker import RankerConfig
@@ -57,6 +57,66 @@ def test_admission_admits_up_to_the_limit_and_again_after_a_leave() -> None:
         a.leave()
     with pytest.raises(ValueError):
         Admission(0)
+
+
+def test_scoring_cost_is_a_moving_average_of_the_cost_per_list() -> None:
+    c = ScoringCost(alpha=0.5)
+    assert c.per_list_s == 0.0  # nothing measured yet
+    c.observe(0.04, 4)  # the first batch sets it: 10 ms a list
+    assert c.per_list_s == pytest.approx(0.010)
+    c.observe(0.03, 1)  # halfway to 30 ms
+    assert c.per_list_s == pytest.approx(0.020)
+    assert c.batches == 2
+    for bad in ((0.01, 0), (-0.01, 1)):
+        with pytest.raises(ValueError):
+            c.observe(*bad)
+    with pytest.raises(ValueError):
+        ScoringCost(alpha=0)
+
+
+def admitted(a: Admission) -> int:
+    """How many requests ``a`` admits from now on when none leaves."""
+    n = 0
+    while a.try_enter():
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize(
+    ("per_list_ms", "expected"),
+    [
+        (10.0, 3),  # 0, 10 and 20 ms of work ahead fit the 20 ms budget; 30 ms does not
+        (1.0, 21),  # short lists: many more fit the same budget
+        (50.0, 1),  # one list costs more than the budget: still one at a time, never none
+        (0.0, 32),  # nothing measured yet: the count limit alone
+    ],
+)
+def test_admission_bounds_the_expected_wait_not_the_count(per_list_ms: float, expected: int) -> None:
+    cost = ScoringCost()
+    if per_list_ms:
+        cost.observe(per_list_ms / 1000, 1)
+    a = Admission(32, wait_budget_s=0.020, cost=cost)
+    assert admitted(a) == expected and a.in_flight == expected
+    refusal = a.refusal()
+    assert refusal is not None
+    assert ("serve_max_in_flight" if expected == 32 else "serve_max_queue_wait_ms") in refusal
+    a.leave()  # one answered: the next one fits again
+    assert a.try_enter()
+    with pytest.raises(ValueError):
+        Admission(1, wait_budget_s=-1)
+
+
+def test_admission_follows_the_measured_cost() -> None:
+    """The same node admits fewer once its lists get more expensive, more once they get cheaper."""
+    cost = ScoringCost(alpha=1.0)  # follow each batch at once
+    a = Admission(32, wait_budget_s=0.020, cost=cost)
+    cost.observe(0.005, 1)
+    assert admitted(a) == 5  # up to 4 x 5 ms ahead
+    cost.observe(0.010, 1)
+    assert a.refusal() is not None  # 5 x 10 ms ahead now
+    for _ in range(3):
+        a.leave()
+    assert admitted(a) == 1  # 2 x 10 ms ahead: one more; 3 x 10 ms: no more
 
 
 # ---------------------------------------------------------------------------- the batcher
@@ -91,7 +151,7 @@ SERVED = object()
 
 
 def make_batcher(**kw: Any) -> MicroBatcher:
-    return MicroBatcher(ThreadPoolExecutor(1), 0.0, torch.Generator(), **kw)
+    return MicroBatcher(ThreadPoolExecutor(1), torch.Generator(), **kw)
 
 
 async def outcome(b: MicroBatcher, request_id: str, **kw: Any) -> str:
@@ -146,19 +206,22 @@ async def test_the_queue_is_bounded(scorer: Scorer) -> None:
     assert await asyncio.gather(*tasks) == ["ok"] * 3
 
 
-@pytest.mark.parametrize(("deadline_s", "order"), [(None, ["a", "b", "c"]), (10.0, ["a", "c", "b"])])
-async def test_newest_first_once_the_queue_falls_behind(
-    scorer: Scorer, deadline_s: float | None, order: list[str]
+@pytest.mark.parametrize(
+    ("lifo_after_s", "order"), [(None, ["a", "b", "c"]), (10.0, ["a", "b", "c"]), (0.05, ["c", "b", "a"])]
+)
+async def test_newest_first_only_once_the_oldest_waited_past_the_budget(
+    scorer: Scorer, lifo_after_s: float | None, order: list[str]
 ) -> None:
-    """a, b, c queue behind a busy batch; "a" goes first (the queue was keeping up). b and c were
-    passed over by that batch, so with a deadline the newest (c) goes next; without one, FIFO."""
-    b = make_batcher(max_lists=1, deadline_s=deadline_s)
+    """a, b, c queue behind a busy batch held for 0.1 s. FIFO while the oldest has waited less
+    than ``lifo_after_s`` (no switch at plain saturation); once it has waited longer, newest first."""
+    b = make_batcher(max_lists=1, deadline_s=10.0, lifo_after_s=lifo_after_s)
     scorer.hold.clear()
     tasks = [asyncio.create_task(outcome(b, "busy"))]
     await wait_for(lambda: b.batches == 1)
     for n, rid in enumerate(("a", "b", "c"), start=1):
         tasks.append(asyncio.create_task(outcome(b, rid)))
         await wait_for(lambda n=n: b.queued == n)
+    await asyncio.sleep(0.1)
     scorer.hold.set()
     assert await asyncio.gather(*tasks) == ["ok"] * 4
     assert [batch[0] for batch in scorer.batches] == ["busy", *order]
@@ -174,6 +237,22 @@ async def test_batches_stop_at_the_item_slot_budget(scorer: Scorer) -> None:
     scorer.hold.set()
     await asyncio.gather(busy, *big)
     assert [len(batch) for batch in scorer.batches] == [1, 2, 2, 1]
+
+
+async def test_the_batcher_times_each_batch_on_its_clock_and_feeds_the_cost(scorer: Scorer) -> None:
+    ticks = iter([0.0, 0.030, 1.0, 1.012])  # read when each batch starts and ends scoring
+    cost = ScoringCost(alpha=0.5)
+    b = make_batcher(cost=cost, clock=lambda: next(ticks))
+    scorer.hold.clear()
+    busy = asyncio.create_task(outcome(b, "busy"))
+    await wait_for(lambda: b.batches == 1)
+    queued = [asyncio.create_task(outcome(b, f"r{i}")) for i in range(3)]
+    await wait_for(lambda: b.queued == 3)
+    scorer.hold.set()
+    assert await asyncio.gather(busy, *queued) == ["ok"] * 4
+    assert scorer.batches == [["busy"], ["r0", "r1", "r2"]]
+    # 30 ms for one list, then 12 ms for three (4 ms a list): halfway from 30 to 4 ms
+    assert cost.batches == 2 and cost.per_list_s == pytest.approx(0.017)
 
 
 async def test_a_shed_request_leaves_no_reference_cycle(scorer: Scorer) -> None:
@@ -273,6 +352,21 @@ def test_past_the_in_flight_limit_rank_is_503_at_once_and_healthz_answers(
     assert len(producer.sent) == 3  # one impression per 200, none for the 503
 
 
+def test_past_the_wait_budget_rank_is_503_with_the_reason(node_client: Any, gate: threading.Event) -> None:
+    node, client, _ = node_client(serve_max_queue_wait_ms=20, serve_request_deadline_ms=0)
+    node.admission.cost.observe(0.015, 1)  # as if lists had cost 15 ms: 1 x 15 ms ahead fits, 2 do not
+    with ThreadPoolExecutor(2) as pool:
+        admitted = [pool.submit(post, client, i) for i in range(2)]  # one scoring, one queued
+        wait_until(lambda: node.admission.in_flight == 2 and node.batcher.queued == 1)
+        r = post(client, 9)
+        shed_detail(r, OVERLOADED)
+        assert "serve_max_queue_wait_ms" in r.json()["detail"][0]["msg"]
+        assert node.admission.in_flight == 2  # refused before it was counted
+        gate.set()
+        assert [f.result().status_code for f in admitted] == [200, 200]
+    assert node.admission.peak == 2
+
+
 def test_a_request_queued_past_its_deadline_is_503_and_not_logged(
     node_client: Any, gate: threading.Event
 ) -> None:
@@ -297,3 +391,5 @@ def test_bad_admission_settings_are_refused() -> None:
         Node(Settings().replace(**DEV, serve_max_in_flight=0))
     with pytest.raises(ValueError, match="serve_request_deadline_ms"):
         Node(Settings().replace(**DEV, serve_request_deadline_ms=-1))
+    with pytest.raises(ValueError, match="serve_max_queue_wait_ms"):
+        Node(Settings().replace(**DEV, serve_max_queue_wait_ms=-1))

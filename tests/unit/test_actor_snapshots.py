@@ -23,6 +23,7 @@ from actor_service.snapshots import SnapshotConsumer, SnapshotLoader, rejection_
 from base.settings import Settings
 from model.ranker import RankerConfig
 from model.snapshot import SnapshotRecord
+from schemas import Exploration
 
 TINY = RankerConfig.tiny()
 SETTINGS = Settings()
@@ -35,15 +36,15 @@ def rec(version: int, seed: int | None = None) -> SnapshotRecord:
 
 def loader() -> tuple[SnapshotLoader, ModelSlot, Instruments]:
     slot, m = ModelSlot(), Instruments()
-    return SnapshotLoader(slot, KEY, m), slot, m
+    return SnapshotLoader(slot, KEY, m, default_exploration=Exploration(noise_std=0.1)), slot, m
 
 
 def test_valid_snapshot_is_loaded_and_measured() -> None:
     ld, slot, m = loader()
     (out,) = ld.handle([FakeRecord.of(rec(1), 0)])
     assert out.status == "loaded" and slot.version() == 1
-    assert m.snapshots_loaded.get() == 1
-    assert m.publish_to_served.cumulative()[2] == 1
+    assert m.value("paperec_serving_snapshots_loaded_total") == 1
+    assert m.value("paperec_serving_snapshot_publish_to_served_seconds_count") == 1
 
 
 @pytest.mark.parametrize(
@@ -69,7 +70,7 @@ def test_invalid_snapshot_is_rejected_and_the_old_one_keeps_serving(
     (out,) = ld.handle([FakeRecord.of(make_bad(), 1)])
     assert (out.status, out.reason) == ("rejected", reason)
     assert slot.current is served
-    assert m.snapshots_rejected.get((reason,)) == 1
+    assert m.value("paperec_serving_snapshots_rejected_total", reason=reason) == 1
     # A later valid snapshot still loads.
     (out,) = ld.handle([FakeRecord.of(rec(3), 2)])
     assert out.status == "loaded" and slot.version() == 3
@@ -91,7 +92,8 @@ def test_catch_up_batch_loads_the_newest_valid_and_skips_older() -> None:
     records = [FakeRecord.of(rec(v), v - 1) for v in (1, 2, 3)] + [FakeRecord.of(tampered(rec(4)), 3)]
     outcomes = ld.handle(records)
     assert [(o.offset, o.status) for o in outcomes] == [(3, "rejected"), (2, "loaded")]
-    assert slot.version() == 3 and m.snapshots_loaded.get() == 1  # 1 and 2 were never built
+    assert slot.version() == 3
+    assert m.value("paperec_serving_snapshots_loaded_total") == 1  # 1 and 2 were never built
 
 
 def test_replayed_or_older_versions_never_roll_back() -> None:
@@ -100,7 +102,7 @@ def test_replayed_or_older_versions_never_roll_back() -> None:
     served = slot.current
     outcomes = ld.handle([FakeRecord.of(rec(5, seed=9), 1), FakeRecord.of(rec(4), 2)])
     assert {o.status for o in outcomes} == {"skipped"}
-    assert slot.current is served and m.snapshots_skipped.get() == 2
+    assert slot.current is served and m.value("paperec_serving_snapshots_skipped_total") == 2
 
 
 def test_tombstones_are_ignored() -> None:

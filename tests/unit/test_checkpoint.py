@@ -13,7 +13,7 @@ import torch
 import learner.checkpoint as checkpoint_mod
 from learner.checkpoint import CheckpointStore, load
 from learner.devtools import ListDeadLetters, MemorySource, encoded, synthetic_transitions
-from learner.ingest import Ingestor, IngestStats
+from learner.ingest import Ingestor, IngestStats, PreparingSource
 from learner.replay_buffer import ReplayBuffer
 from learner.training import PAPERecConfig, Trainer
 from model.ranker import RankerConfig
@@ -80,7 +80,8 @@ def _parts(seed: int = 0) -> tuple[Trainer, ReplayBuffer, Ingestor, MemorySource
     buffer = ReplayBuffer(CFG, 100, seed=seed)
     ts = synthetic_transitions(CFG, 150, seed=4)
     source = MemorySource(encoded(ts))
-    return trainer, buffer, Ingestor(source, buffer, CFG, ListDeadLetters(), chunk_size=50), source
+    ingestor = Ingestor(PreparingSource(source, CFG), buffer, CFG, ListDeadLetters(), chunk_size=50)
+    return trainer, buffer, ingestor, source
 
 
 def test_resume_from_a_checkpoint_continues_bit_identically(tmp_path: Path) -> None:
@@ -114,7 +115,12 @@ def test_resume_from_a_checkpoint_continues_bit_identically(tmp_path: Path) -> N
     source2 = MemorySource(source.values)
     source2.seek(state["offsets"])
     ingestor2 = Ingestor(
-        source2, buffer2, CFG, ListDeadLetters(), chunk_size=50, stats=IngestStats(**state["ingest"])
+        PreparingSource(source2, CFG),
+        buffer2,
+        CFG,
+        ListDeadLetters(),
+        chunk_size=50,
+        stats=IngestStats(**state["ingest"]),
     )
     assert state["offsets"] == {0: 100} and trainer2.num_steps == 3
     ingestor2.ingest(source2.poll(0, 50))

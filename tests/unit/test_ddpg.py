@@ -20,7 +20,14 @@ def one_thread() -> Iterator[None]:
 
 
 HORIZON = 8
-Transitions = list[torch.Tensor]
+Tensor = torch.Tensor
+Transitions = list[Tensor]
+
+
+@torch.no_grad()
+def explore(agent: DDPG, obs: Tensor, std: float, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """What serving does: the actor's action with exploration noise, (action, noise)."""
+    return agent.actor.explore(obs, std, g)
 
 
 def point_mass_rollout(
@@ -31,7 +38,7 @@ def point_mass_rollout(
     steps: list[Transitions] = []
     ret = torch.zeros(n)
     for t in range(HORIZON):
-        a = torch.rand(n, 2, generator=g) * 2 - 1 if agent is None else agent.act(s, noise, g)[0]
+        a = torch.rand(n, 2, generator=g) * 2 - 1 if agent is None else explore(agent, s, noise, g)[0]
         s2 = s + 0.25 * a
         r = -s2.norm(dim=1)
         steps.append([s, a, r, s2, torch.full((n,), float(t == HORIZON - 1))])
@@ -45,13 +52,14 @@ def test_tanh_head_learns_point_mass() -> None:
     g = torch.Generator().manual_seed(0)
     cfg = DDPGConfig(
         obs_dim=2, action_dim=2, head="tanh", hidden=64, critic_hidden=64, gamma=0.9, tau=0.01,
-        actor_lr=1e-3, critic_lr=1e-3, exploration_noise=0.3,
+        actor_lr=1e-3, critic_lr=1e-3,
     )  # fmt: skip
+    noise = 0.3  # exploration
     agent = DDPG(cfg)
     _, random_return = point_mass_rollout(None, 0.0, 512, g)
     buffer: Transitions = []
     for _ in range(30):
-        data, _ = point_mass_rollout(agent, cfg.exploration_noise, 64, g)
+        data, _ = point_mass_rollout(agent, noise, 64, g)
         buffer = (
             data if not buffer else [torch.cat([b, d])[-20000:] for b, d in zip(buffer, data, strict=True)]
         )
@@ -75,13 +83,14 @@ def test_simplex_head_learns_state_dependent_weights() -> None:
 
     cfg = DDPGConfig(
         obs_dim=2, action_dim=3, head="simplex", hidden=64, critic_hidden=64, gamma=0.0, tau=0.05,
-        actor_lr=1e-3, critic_lr=2e-3, exploration_noise=0.5,
+        actor_lr=1e-3, critic_lr=2e-3,
     )  # fmt: skip
+    noise = 0.5  # exploration
     agent = DDPG(cfg)
     for _ in range(600):  # contextual bandit: done = 1
         s = torch.rand(128, 2, generator=g) * 2 - 1
-        a, noise = agent.act(s, generator=g)
-        assert noise.abs().sum() > 0
+        a, drawn = explore(agent, s, noise, g)
+        assert drawn.abs().sum() > 0
         r = -10 * (a - best(s)).pow(2).sum(-1)
         agent.update(s, a, r, s, torch.ones(128))
     probe = torch.tensor([[1.0, 0.0], [-1.0, 1.0], [-1.0, -1.0]])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from simulator.evaluation.pareto import dominates, hypervolume, non_dominated, reference_point
-from simulator.evaluation.stats import bootstrap_indices, pearson, ratio_replicates, spearman
+from paperec.evaluation.pareto import dominates, hypervolume, non_dominated, reference_point
+from paperec.evaluation.stats import bootstrap_indices, pearson, ratio_replicates, spearman
 
 
 def test_dominates() -> None:

@@ -11,11 +11,11 @@ import torch
 
 from model.featurize import ListView, list_inputs, transition_batch
 from model.policy import Actor, ActorConfig
+from paperec.evaluation.buffer import TensorReplay
+from paperec.evaluation.contenders import Contender, default_specs
+from paperec.evaluation.online import Budget
+from paperec.evaluation.runner import EvaluationSpec, run_evaluation
 from simulator import Simulator, SimulatorConfig, TransitionLinker
-from simulator.evaluation.buffer import TensorReplay
-from simulator.evaluation.contenders import Contender, default_specs
-from simulator.evaluation.online import Budget
-from simulator.evaluation.runner import EvaluationSpec, run_evaluation
 from simulator.model_policy import set_constant_weights
 
 SIM = SimulatorConfig(n_users=40, n_items=200, seed=2)
@@ -139,7 +139,7 @@ def test_contender_state_dict_round_trip() -> None:
 
 
 def test_summary_of_reports(tmp_path: Path) -> None:
-    from simulator.evaluation.summary import summarize
+    from paperec.evaluation.summary import summarize
 
     spec = EvaluationSpec(
         seed=1, simulator=SIM, budget=TINY_BUDGET, progress=False, policies=("ctr_only", "paperec")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from model.features import hash_id
-from model.featurize import FeatureError, ListView, list_inputs, transition_batch
+from model.featurize import PADDING_ID, FeatureError, ListView, hash_id, list_inputs, transition_batch
 from model.policy import ActorConfig
 from model.ranker import RankerConfig
 from model.scoring import ActorModel, score
@@ -25,6 +27,23 @@ CFG = RankerConfig(
     history_len=2,
     max_list_len=5,
 )
+
+
+def test_hash_id_is_stable_and_in_range() -> None:
+    # pinned values: a change here re-maps every embedding row of deployed models
+    assert [hash_id(x, 1 << 16) for x in ("item-1", "item-2", "")] == [28889, 50966, 11437]
+    values = [hash_id(f"i{n}", 50) for n in range(2000)]
+    assert min(values) >= 1 and max(values) <= 49 and PADDING_ID == 0  # 0 stays padding
+    assert len(set(values)) == 49  # spreads over every bucket
+    with pytest.raises(ValueError):
+        hash_id("x", 1)
+
+
+def test_hash_id_does_not_depend_on_the_process() -> None:
+    code = "from model.featurize import hash_id; print(hash_id('item-1', 65536))"
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout) == hash_id("item-1", 65536)
 
 
 def test_transition_batch_layout() -> None:

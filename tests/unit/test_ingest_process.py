@@ -12,8 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from base.worker_process import WorkerFailed
 from learner.devtools import ListDeadLetters, MemorySource, encoded, synthetic_transitions
-from learner.ingest import Ingestor, PreparedChunk, RawRecord, prepare
+from learner.ingest import Ingestor, PreparedChunk, PreparingSource, RawRecord, prepare
 from learner.ingest_process import ProcessSource
 from learner.replay_buffer import ReplayBuffer
 from model.ranker import RankerConfig
@@ -43,9 +44,9 @@ def test_prepare_does_not_touch_its_input_and_matches_the_in_process_path() -> N
     assert chunk.batch is not None and chunk.batch.batch_size == 5 and len(chunk.ids) == 5
 
     direct = ReplayBuffer(CFG, 10)
-    Ingestor(MemorySource(values), direct, CFG, ListDeadLetters()).ingest(records)
+    Ingestor(PreparingSource(MemorySource(values), CFG), direct, CFG, ListDeadLetters()).ingest(records)
     stored = ReplayBuffer(CFG, 10)
-    Ingestor(MemorySource(values), stored, CFG, ListDeadLetters()).ingest(chunk)
+    Ingestor(PreparingSource(MemorySource(values), CFG), stored, CFG, ListDeadLetters()).store(chunk)
     a, b = direct.state_dict(), stored.state_dict()
     assert a["seen_ids"] == b["seen_ids"] and a["ts_ms"].tolist() == b["ts_ms"].tolist()
     assert all(a["rows"][n].equal(b["rows"][n]) for n in a["rows"])
@@ -81,7 +82,7 @@ def test_a_killed_worker_is_restarted_where_the_buffer_left_off() -> None:
     ingestor = Ingestor(source, buffer, CFG, ListDeadLetters(), max_rate=1000.0)
     ingestor.start()
     _wait(lambda: ingestor.stats.records >= 60)
-    source._proc.kill()  # e.g. the OOM killer; its prefetched chunks are lost with it
+    source.worker.kill()  # e.g. the OOM killer; its prefetched chunks are lost with it
     _wait(lambda: ingestor.stats.records == 300, timeout_s=60)
     ingestor.stop()
     ingestor.close()
@@ -119,7 +120,7 @@ def test_chunks_prepared_before_a_seek_are_dropped() -> None:
         deadline = time.monotonic() + 30
         while sum(len(c) for c in chunks) < 30 and time.monotonic() < deadline:
             got = source.poll(0.5, 10)
-            if isinstance(got, PreparedChunk):
+            if got is not None:
                 chunks.append(got)
         assert [c.positions[0] for c in chunks] == [80, 90, 100]
     finally:
@@ -127,7 +128,7 @@ def test_chunks_prepared_before_a_seek_are_dropped() -> None:
 
 
 def test_a_source_that_cannot_start_is_reported() -> None:
-    with pytest.raises(RuntimeError, match="failed to start: source: ValueError"):
+    with pytest.raises(WorkerFailed, match="ingest worker failed to start: ValueError: repeat needs"):
         ProcessSource(partial(MemorySource, [b"x"], None, True), CFG)  # repeat needs ids
 
 
@@ -136,5 +137,5 @@ def _exit_at_once(start: dict[int, int] | None) -> MemorySource:
 
 
 def test_a_worker_that_exits_before_starting_is_reported_at_once() -> None:
-    with pytest.raises(RuntimeError, match=r"exited \(code 3\) before starting"):
+    with pytest.raises(WorkerFailed, match=r"exited \(code 3\) before starting"):
         ProcessSource(_exit_at_once, CFG, start_timeout_s=600)

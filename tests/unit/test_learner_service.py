@@ -12,9 +12,10 @@ import orjson
 import pytest
 import torch
 
-from learner.cli import add_config_flags, build_config, configure, field_docs
+from base.config_flags import add_config_flags, build_config, field_docs
+from learner.cli import configure
 from learner.devtools import ListDeadLetters, MemorySource, encoded, synthetic_transitions
-from learner.ingest import Ingestor, RawRecord
+from learner.ingest import Ingestor, PreparingSource, RawRecord
 from learner.learner_metrics import LearnerMetrics, split_name, weight_stats
 from learner.replay_buffer import ReplayBuffer
 from learner.service import LearnerServiceConfig
@@ -31,7 +32,14 @@ def _ingestor(
 ) -> tuple[Ingestor, ReplayBuffer, ListDeadLetters]:
     buffer = ReplayBuffer(CFG, capacity)
     sink = ListDeadLetters()
-    return Ingestor(MemorySource(values), buffer, CFG, sink, **kw), buffer, sink
+    source = PreparingSource(MemorySource(values), CFG, buffer.unseen)
+    return Ingestor(source, buffer, CFG, sink, **kw), buffer, sink
+
+
+def _records(ingestor: Ingestor) -> MemorySource:
+    source = ingestor.source
+    assert isinstance(source, PreparingSource) and isinstance(source.records, MemorySource)
+    return source.records
 
 
 # ---------------------------------------------------------------------- ingestion
@@ -58,8 +66,7 @@ def test_duplicates_are_dropped_before_featurizing_and_counted() -> None:
     ts = synthetic_transitions(CFG, 5)
     values = encoded(ts) + encoded(ts[:2])
     ingestor, buffer, _ = _ingestor(values)
-    src = ingestor.source
-    assert isinstance(src, MemorySource)
+    src = _records(ingestor)
     ingestor.ingest(src.poll(0, 5))
     ingestor.ingest(src.poll(0, 5))
     assert len(buffer) == 5 and ingestor.stats.duplicates == 2 and ingestor.positions == {0: 7}
@@ -77,8 +84,7 @@ def test_the_ingest_thread_fills_the_buffer_and_commits_on_request() -> None:
     assert positions == {0: 120} and stats.transitions == 120 and len(buffer) == 120
     ingestor.request_commit(positions)
     deadline = time.monotonic() + 10
-    src = ingestor.source
-    assert isinstance(src, MemorySource)
+    src = _records(ingestor)
     while not src.committed and time.monotonic() < deadline:
         time.sleep(0.02)
     ingestor.stop()
@@ -89,15 +95,15 @@ def test_the_ingest_thread_fills_the_buffer_and_commits_on_request() -> None:
 def test_a_failing_chunk_is_rewound_and_read_again() -> None:
     ts = synthetic_transitions(CFG, 40)
     ingestor, buffer, _ = _ingestor(encoded(ts), chunk_size=10)
-    real_ingest, calls = ingestor.ingest, {"n": 0}
+    real_store, calls = ingestor.store, {"n": 0}
 
-    def flaky(records: Any) -> None:
+    def flaky(chunk: Any) -> None:
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("simulated failure")
-        real_ingest(records)
+        real_store(chunk)
 
-    ingestor.ingest = flaky  # type: ignore[method-assign]
+    ingestor.store = flaky  # type: ignore[method-assign]
     ingestor._stop.wait = lambda _t=None: False  # type: ignore[method-assign, assignment]  # no backoff sleep
     ingestor.start()
     deadline = time.monotonic() + 30

@@ -10,10 +10,10 @@ import torch
 
 from learner.mgda import min_norm
 from learner.training import PAPERecConfig, Trainer
+from paperec.evaluation.buffer import TensorReplay
+from paperec.evaluation.reward_probe import GRID, reward_optimal_dwell_weight
+from paperec.evaluation.reward_probe import probe as reward_probe
 from simulator import RandomPolicy, Simulator, SimulatorConfig, TransitionLinker
-from simulator.evaluation.buffer import TensorReplay
-from simulator.evaluation.reward_probe import GRID, reward_optimal_dwell_weight
-from simulator.evaluation.reward_probe import probe as reward_probe
 from simulator.world import user_id, user_index
 
 SIM = SimulatorConfig(n_users=12, n_items=100, seed=3)

@@ -1,4 +1,4 @@
-"""Snapshot headers: signing, verification, tampering, canonical bytes."""
+"""Snapshot headers: signing, verification, tampering, canonical bytes, the recorded exploration."""
 
 from __future__ import annotations
 
@@ -6,11 +6,21 @@ import dataclasses
 import hashlib
 import hmac
 
+import jsonschema
 import orjson
 import pytest
 
 import schemas
-from schemas import SchemaError, SnapshotHeader, canonical_header_bytes, make_header, sign, verify_snapshot
+from schemas import (
+    Exploration,
+    SchemaError,
+    SnapshotHeader,
+    canonical_header_bytes,
+    make_header,
+    sign,
+    verify_snapshot,
+)
+from schemas.jsonschema_export import record_schema
 
 KEY = b"test-key"
 PAYLOAD = bytes(range(256)) * 40
@@ -159,3 +169,72 @@ def test_documented_test_vector() -> None:
     )
     assert canonical_header_bytes(SNAPSHOT_HEADER) == canon
     assert SNAPSHOT_HEADER.signature == hmac.new(EXAMPLE_HMAC_KEY, canon, hashlib.sha256).hexdigest()
+
+
+# --------------------------------------------------------------------------------- exploration
+def test_exploration_is_recorded_and_signed() -> None:
+    h = _header(exploration=Exploration(noise_std=0.25))
+    assert h.to_dict()["exploration"] == {"noise_std": 0.25}
+    back = schemas.decode_snapshot_header(schemas.encode(h))
+    assert back == h and back.exploration == Exploration(noise_std=0.25)
+    verify_snapshot(back, PAYLOAD, KEY)
+    raw = schemas.encode(h)
+    for tampered in (
+        raw.replace(b'"noise_std":0.25', b'"noise_std":0.0'),  # exploration changed on the wire
+        raw.replace(b',"exploration":{"noise_std":0.25}', b""),  # or stripped (the node's default)
+    ):
+        assert tampered != raw
+        with pytest.raises(SchemaError) as info:
+            verify_snapshot(schemas.decode_snapshot_header(tampered), PAYLOAD, KEY)
+        assert info.value.field == "signature"
+    with pytest.raises(SchemaError) as info:
+        verify_snapshot(dataclasses.replace(h, exploration=None), PAYLOAD, KEY)
+    assert info.value.field == "signature"
+
+
+def test_header_without_exploration_is_encoded_and_signed_as_before() -> None:
+    """Old headers (no ``exploration``) keep their bytes: no member, not null."""
+    old = _header()
+    assert old.exploration is None and "exploration" not in old.to_dict()
+    assert b"exploration" not in canonical_header_bytes(old)
+    # null on the wire reads as absent (as key_id does)
+    d = old.to_dict()
+    d["exploration"] = None
+    back = schemas.decode_snapshot_header(orjson.dumps(d))
+    assert back == old
+    verify_snapshot(back, PAYLOAD, KEY)
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        ({"noise_std": -0.1}, "exploration.noise_std"),
+        ({"noise_std": "0.1"}, "exploration.noise_std"),
+        ({"noise_std": True}, "exploration.noise_std"),
+        ({"noise_std": 1e300}, "exploration.noise_std"),
+        ({}, "exploration.noise_std"),
+        ([0.1], "exploration"),
+        ("0.1", "exploration"),
+    ],
+)
+def test_malformed_exploration_is_rejected_by_the_decoder_and_the_json_schema(
+    value: object, field: str
+) -> None:
+    d = _header(exploration=Exploration(noise_std=0.1)).to_dict()
+    d["exploration"] = value
+    with pytest.raises(SchemaError) as info:
+        schemas.decode_snapshot_header(orjson.dumps(d))
+    assert info.value.field == field
+    validator = jsonschema.Draft202012Validator(record_schema("snapshot_header"))
+    assert not validator.is_valid(d)
+    d["exploration"] = {"noise_std": 0.0}
+    assert validator.is_valid(d) and schemas.decode_snapshot_header(
+        orjson.dumps(d)
+    ).exploration == Exploration(noise_std=0.0)
+
+
+def test_exploration_validates_on_construction() -> None:
+    assert Exploration(noise_std=0).noise_std == 0.0 and type(Exploration(noise_std=0).noise_std) is float
+    with pytest.raises(SchemaError) as info:
+        Exploration(noise_std=-1.0)
+    assert info.value.field == "noise_std"

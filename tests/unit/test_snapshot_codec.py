@@ -16,13 +16,15 @@ from model.snapshot import (
     SnapshotRejected,
     decode_snapshot,
     encode_snapshot,
+    exploration_of,
     header_of,
     to_record,
 )
-from schemas import encode, make_header
+from schemas import Exploration, SnapshotHeader, encode, make_header
 
 KEY = b"unit-test-key"
 LIMIT = 16 * 1024 * 1024
+EXPLORATION = Exploration(noise_std=0.2)
 
 
 def _model(seed: int = 0) -> ActorModel:
@@ -41,10 +43,20 @@ def _model(seed: int = 0) -> ActorModel:
     return ActorModel(ranker, ActorConfig(obs_dim=16, action_dim=2, hidden=16))
 
 
-def _encoded(model: ActorModel) -> tuple[bytes, bytes]:
-    header, payload = encode_snapshot(
-        model, snapshot_version=3, training_step=100, watermark_ms=5, key=KEY, max_message_bytes=LIMIT
+def _encode(model: ActorModel, version: int = 3, limit: int = LIMIT) -> tuple[SnapshotHeader, bytes]:
+    return encode_snapshot(
+        model,
+        snapshot_version=version,
+        training_step=100,
+        watermark_ms=5,
+        exploration=EXPLORATION,
+        key=KEY,
+        max_message_bytes=limit,
     )
+
+
+def _encoded(model: ActorModel) -> tuple[bytes, bytes]:
+    header, payload = _encode(model)
     record = to_record(header, payload)
     return header_of(record.headers), record.value
 
@@ -54,6 +66,7 @@ def test_round_trip_rebuilds_identical_model() -> None:
     header_bytes, payload = _encoded(model)
     header, loaded = decode_snapshot(header_bytes, payload, KEY)
     assert header.snapshot_version == 3 and header.training_step == 100
+    assert header.exploration == EXPLORATION  # what serving explores with (signed)
     original = model.state_dict()
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, original[name]), name
@@ -93,9 +106,7 @@ def test_nan_weights_are_rejected_even_when_signed() -> None:
 
 
 def test_payload_that_does_not_fit_the_config_is_rejected() -> None:
-    header, payload = encode_snapshot(
-        _model(), snapshot_version=1, training_step=0, watermark_ms=0, key=KEY, max_message_bytes=LIMIT
-    )
+    header, payload = _encode(_model(), version=1)
     config = header.model_config
     bigger = dict(config, ranker=dict(config["ranker"], d_model=32))
     forged = make_header(
@@ -113,23 +124,31 @@ def test_payload_that_does_not_fit_the_config_is_rejected() -> None:
 
 def test_oversized_snapshot_refused_at_publish() -> None:
     with pytest.raises(ValueError, match="max_message_bytes"):
-        encode_snapshot(
-            _model(), snapshot_version=1, training_step=0, watermark_ms=0, key=KEY, max_message_bytes=1024
-        )
+        _encode(_model(), limit=1024)
 
 
 def test_missing_header_is_rejected() -> None:
     with pytest.raises(SnapshotRejected, match=HEADER_NAME):
         header_of([("other", b"x")])
-    assert dataclasses.is_dataclass(
-        to_record(
-            *encode_snapshot(
-                _model(),
-                snapshot_version=1,
-                training_step=0,
-                watermark_ms=0,
-                key=KEY,
-                max_message_bytes=LIMIT,
-            )
-        )
+    assert dataclasses.is_dataclass(to_record(*_encode(_model())))
+
+
+def test_serving_explores_with_the_headers_exploration_else_the_fallback() -> None:
+    header_bytes, payload = _encoded(_model())
+    header, _ = decode_snapshot(header_bytes, payload, KEY)
+    fallback = Exploration(noise_std=0.7)
+    assert exploration_of(header, fallback) == EXPLORATION
+    assert exploration_of(None, fallback) == fallback  # the cold-start model
+    # a header from before exploration was recorded: signed without it, served with the fallback
+    old = make_header(
+        snapshot_version=2,
+        created_at_ms=0,
+        training_step=0,
+        watermark_ms=0,
+        model_config=header.model_config,
+        payload=payload,
+        key=KEY,
     )
+    assert b"exploration" not in encode(old)
+    decoded, _ = decode_snapshot(encode(old), payload, KEY)
+    assert decoded.exploration is None and exploration_of(decoded, fallback) == fallback

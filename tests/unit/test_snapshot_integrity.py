@@ -22,7 +22,7 @@ from learner.publisher import scan_versions
 from model.ranker import RankerConfig
 from model.snapshot import HEADER_NAME, SnapshotRecord, SnapshotRejected, decode_snapshot, header_of
 from model.snapshot_keys import parse_keys, snapshot_keys
-from schemas import SchemaError, decode_snapshot_header, encode, make_header, verify_snapshot
+from schemas import Exploration, SchemaError, decode_snapshot_header, encode, make_header, verify_snapshot
 from schemas.examples import EXAMPLE_HMAC_KEY, SNAPSHOT_HEADER
 
 TINY = RankerConfig.tiny()
@@ -144,7 +144,8 @@ def test_node_and_learner_refuse_the_dev_key_at_start(
 # ------------------------------------------------------------------------ local snapshot store
 def loader(store: SnapshotStore, settings: Settings = OLD) -> tuple[SnapshotLoader, ModelSlot, Instruments]:
     slot, m = ModelSlot(), Instruments()
-    return SnapshotLoader(slot, snapshot_keys(settings).accepted, m, store=store), slot, m
+    keys = snapshot_keys(settings).accepted
+    return SnapshotLoader(slot, keys, m, store=store, default_exploration=Exploration(noise_std=0.1)), slot, m
 
 
 def test_store_round_trip_is_atomic(tmp_path: Path) -> None:
@@ -183,7 +184,7 @@ def test_loaded_snapshot_is_stored_and_served_at_the_next_start(tmp_path: Path) 
         [FakeRecord.of(rec(3), 7), FakeRecord(8, b"actor", None, []), FakeRecord.of(forged(INT64_MAX), 9)]
     )
     assert [o.status for o in outcomes] == ["rejected", "tombstone", "skipped"]
-    assert slot2.version() == 5 and m2.snapshots_skipped.get() == 1
+    assert slot2.version() == 5 and m2.value("paperec_serving_snapshots_skipped_total") == 1
     # only a strictly newer verified version replaces it, on the slot and on disk
     ld2.handle([FakeRecord.of(rec(6), 10)])
     assert slot2.version() == 6 and decode_snapshot_header(store.load().header).snapshot_version == 6  # type: ignore[union-attr]
@@ -196,7 +197,7 @@ def test_stored_snapshot_is_verified_again_with_the_current_keys(tmp_path: Path)
     # the old key was removed (rotation done): the stored copy no longer verifies
     ld2, slot2, m2 = loader(store, NEW)
     assert ld2.load_stored() is None and slot2.current is None
-    assert m2.snapshots_rejected.get(("stored",)) == 1
+    assert m2.value("paperec_serving_snapshots_rejected_total", reason="stored") == 1
     assert (tmp_path / (FILE_NAME + ".rejected")).exists() and not store.path.exists()
 
 

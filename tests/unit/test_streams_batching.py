@@ -1,15 +1,15 @@
-"""streams.batching: the fetch loop's delivery to batch sinks, with an in-memory stand-in for
-Faust's consumer (its ``_drain_messages`` reads only the attributes given here)."""
+"""streams.batching: how one fetch is split between the stages' batch sinks and Faust's
+per-message path (``route_fetch``, pure), and the fetch size per partition. The fetch loop that
+calls ``route_fetch`` runs against the real Faust consumer in test_streams_faust_io.py."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from streams.batching import BatchingConsumer, BatchSink
+from streams.batching import BatchSink, RoutedFetch, route_fetch
 
-CLICKS = "p.clicks"
+CLICKS, CHANGELOG = "p.clicks", "p.join-changelog"
 
 
 @dataclass(frozen=True)
@@ -24,84 +24,29 @@ class Record:
     value: bytes
 
 
-class Flag:
-    def __init__(self) -> None:
-        self.value = False
-
-    def is_set(self) -> bool:
-        return self.value
-
-    async def wait(self) -> None:
-        await asyncio.Event().wait()  # never: flow is not suspended in these tests
-
-
-class FakeConsumer:
-    """What ``BatchingConsumer._drain_messages`` uses of Faust's consumer. ``fetches`` are
-    (records, active partitions) as ``_wait_next_records`` returns them; the loop stops after
-    the last one."""
-
-    consumer_stopped_errors: tuple[type[BaseException], ...] = ()
-
-    def __init__(
-        self, sinks: dict[str, BatchSink], fetches: list[tuple[dict[TP, list[Record]], set[TP]]]
-    ) -> None:
-        self._fetches = fetches
-        self._stopped = Flag()
-        self._read_offset: dict[TP, int] = {}
-        self._buffered_partitions: set[TP] = set()
-        self.gaps: list[tuple[TP, int, int]] = []
-        self.flow_active = True
-        self.should_stop = False
-        self.suspend_flow = Flag()
-        self.callback: Any = None
-        topics = type("Topics", (), {"acks_enabled_for": staticmethod(lambda topic: True)})()
-        monitor = type("Monitor", (), {"track_tp_end_offset": staticmethod(lambda tp, offset: None)})()
-        self.app = type("App", (), {"batch_sinks": sinks, "topics": topics, "monitor": monitor})()
-
-    async def sleep(self, s: float) -> None:
-        await asyncio.sleep(0)
-
-    async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[Record]], set[TP]]:
-        if not self._fetches:
-            self._stopped.value = True
-            return {}, set()
-        return self._fetches.pop(0)
-
-    def highwater(self, tp: TP) -> int:
-        return 0
-
-    def _to_message(self, tp: TP, record: Record) -> tuple[TP, int]:
-        return (tp, record.offset)
-
-    async def _add_gap(self, tp: TP, start: int, end: int) -> None:
-        self.gaps.append((tp, start, end))
-
-    async def wait_first(self, *coros: Any) -> None:
-        await coros[0]
-        for c in coros[1:]:
-            c.close()
+def route(
+    records: dict[TP, list[Record]], read_offset: dict[Any, int | None], sinks: dict[str, BatchSink]
+) -> RoutedFetch[tuple[TP, int]]:
+    return route_fetch(
+        records,
+        read_offset,
+        sinks.get,
+        acks_enabled_for=lambda topic: True,
+        to_message=lambda tp, r: (tp, r.offset),
+        offset_of=lambda r: r.offset,
+    )
 
 
-def delivered(consumer: FakeConsumer, sink: BatchSink) -> list[Any]:
-    """Run the fetch loop over the consumer's fetches; what reached the sink."""
-
-    async def run() -> list[Any]:
-        fetcher = type("Fetcher", (), {"_stopped": Flag()})()
-        await BatchingConsumer._drain_messages(consumer, fetcher)  # type: ignore[arg-type]
-        return await sink.get(0.1, 100)
-
-    return asyncio.run(run())
-
-
-def test_records_of_a_partition_paused_during_their_fetch_are_still_delivered() -> None:
-    # The join paused clicks-0 while the fetch that returned these records was in flight: Faust's
-    # live set of active partitions no longer holds it. aiokafka has moved its position past the
-    # records, so they must be delivered now, or they are never fetched again.
+def test_every_record_of_a_fetch_is_delivered_to_its_sink_and_the_read_offset_advances() -> None:
+    # Also the records of a partition the join paused while their fetch was in flight: the
+    # client has moved its position past them, so they must be delivered now, or they are never
+    # fetched again. route_fetch is not even told which partitions are paused.
     sink = BatchSink()
     tp = TP(CLICKS, 0)
-    consumer = FakeConsumer({CLICKS: sink}, [({tp: [Record(0, b"a"), Record(1, b"b")]}, set())])
-    assert delivered(consumer, sink) == [(tp, 0), (tp, 1)]
-    assert consumer.gaps == []
+    read_offset: dict[Any, int | None] = {}
+    fetch = route({tp: [Record(0, b"a"), Record(1, b"b")]}, read_offset, {CLICKS: sink})
+    assert fetch.batches == {sink: [(tp, 0), (tp, 1)]} and fetch.singles == [] and fetch.gaps == []
+    assert read_offset == {tp: 1}
 
 
 def test_after_a_seek_the_record_at_the_position_is_delivered_and_older_ones_skipped() -> None:
@@ -110,16 +55,34 @@ def test_after_a_seek_the_record_at_the_position_is_delivered_and_older_ones_ski
     # below it (from a fetch issued before the seek) are skipped. A hole after it is a gap.
     sink = BatchSink()
     tp = TP(CLICKS, 1)
-    consumer = FakeConsumer(
-        {CLICKS: sink}, [({tp: [Record(4, b"d"), Record(5, b"e"), Record(6, b"f")]}, {tp})]
+    fetch = route({tp: [Record(4, b"d"), Record(5, b"e"), Record(6, b"f")]}, {tp: 5}, {CLICKS: sink})
+    assert fetch.batches == {sink: [(tp, 5), (tp, 6)]} and fetch.gaps == []
+    fetch = route({tp: [Record(0, b"a"), Record(1, b"b"), Record(4, b"e")]}, {}, {CLICKS: sink})
+    assert fetch.batches == {sink: [(tp, 0), (tp, 1), (tp, 4)]}
+    assert fetch.gaps == [(tp, 2, 4)]
+
+
+def test_topics_without_a_sink_take_the_per_message_path_in_order() -> None:
+    sink = BatchSink()
+    clicks, changelog = TP(CLICKS, 0), TP(CHANGELOG, 0)
+    fetch = route(
+        {changelog: [Record(7, b"x"), Record(8, b"y")], clicks: [Record(0, b"a")]}, {}, {CLICKS: sink}
     )
-    consumer._read_offset[tp] = 5
-    assert delivered(consumer, sink) == [(tp, 5), (tp, 6)]
-    consumer = FakeConsumer(
-        {CLICKS: sink}, [({tp: [Record(0, b"a"), Record(1, b"b"), Record(4, b"e")]}, {tp})]
+    assert fetch.singles == [(changelog, 7), (changelog, 8)]
+    assert fetch.batches == {sink: [(clicks, 0)]}
+
+
+def test_a_gap_is_left_to_faust_only_for_topics_with_acks() -> None:
+    tp = TP(CHANGELOG, 0)
+    fetch = route_fetch(
+        {tp: [Record(9, b"z")]},
+        {tp: 3},
+        lambda topic: None,
+        acks_enabled_for=lambda topic: False,
+        to_message=lambda tp, r: (tp, r.offset),
+        offset_of=lambda r: r.offset,
     )
-    assert delivered(consumer, sink) == [(tp, 0), (tp, 1), (tp, 4)]
-    assert consumer.gaps == [(tp, 2, 4)]
+    assert fetch.singles == [(tp, 9)] and fetch.gaps == []
 
 
 def test_the_fetch_size_per_partition_keeps_every_input_partition_within_one_fetch_response() -> None:

@@ -22,6 +22,7 @@ from streams.types import (
 W, L = 1_000, 200  # window, lateness
 T0 = 1_700_000_000_000
 IMP, CLK, DWL = "t.impressions", "t.clicks", "t.dwells"
+TICK = 1_000  # Feed's stage ticks this often while idle: well within the answer gap
 
 
 def config(**kw: int) -> JoinConfig:
@@ -43,6 +44,10 @@ class Feed:
         self.partition = partition
         self.offsets: dict[str, int] = {}
         self.rejects: list = []
+        self.now: int | None = None  # the latest wall time the stage has seen
+
+    def at(self, now: int) -> None:
+        self.now = now if self.now is None else max(self.now, now)
 
     def src(self, topic: str, key: str) -> Source:
         off = self.offsets.get(topic, 0)
@@ -51,21 +56,34 @@ class Feed:
 
     def imp(self, rid: str, ts: int, now: int, user: str = "u1", n: int = 3) -> None:
         raw = fx.dumps(fx.impression(rid, user, ts, n_items=n))
+        self.at(now)
         self.rejects += self.join.add_impression(decode_impression(raw), raw, self.src(IMP, rid), now)
 
     def click(self, rid: str, pos: int, ts: int, now: int, user: str = "u1") -> None:
         raw = fx.dumps(fx.click(rid, user, pos, ts))
+        self.at(now)
         r = self.join.add_feedback(decode(raw, Click), raw, self.src(CLK, rid), now)
         if r is not None:
             self.rejects.append(r)
 
     def dwell(self, rid: str, pos: int, ts: int, ms: int, now: int, user: str = "u1") -> None:
         raw = fx.dumps(fx.dwell(rid, user, pos, ts, ms))
+        self.at(now)
         r = self.join.add_feedback(decode(raw, Dwell), raw, self.src(DWL, rid), now)
         if r is not None:
             self.rejects.append(r)
 
     def close(self, now: int) -> list:
+        """The stage ticks until ``now`` with every input caught up and the broker answering
+        each tick (as streams.stage does with a live broker), then closes what is due."""
+        t = now if self.now is None else self.now
+        while True:
+            for topic in (IMP, CLK, DWL):
+                self.join.watermarks.caught_up(self.partition, topic, t)
+            if t >= now:
+                break
+            t = min(now, t + TICK)
+        self.at(now)
         closed, rejects = self.join.close_due(now)
         self.rejects += rejects
         return closed
@@ -183,6 +201,7 @@ def test_watermark_is_the_minimum_over_inputs_and_idle_inputs_advance() -> None:
     assert j.watermarks.get(0, T0) == T0
     assert f.close(now=T0 + 100) == []  # impressions input still at T0
     j.watermarks.backlog(0, IMP, T0 + 400)  # impressions still waiting on the broker: not idle
+    f.at(T0 + 400)  # ... and read up by the fetch answered at T0 + 400
     assert f.close(now=T0 + 600) == []
     assert f.close(now=T0 + 1_500) == []  # impressions idle since T0+400: T0 + 1100 < T0 + 1200
     (c,) = f.close(now=T0 + 1_700)
@@ -206,7 +225,7 @@ def test_an_input_that_never_had_records_stops_holding_once_caught_up() -> None:
     j.watermarks.backlog(0, CLK, T0)  # before the first fetch every input looks backlogged
     f.imp("r1", T0, now=T0)
     assert j.watermarks.get(0, T0) is None
-    j.watermarks.caught_up(0, CLK)  # the clicks partition turned out empty
+    j.watermarks.caught_up(0, CLK, T0)  # the clicks partition turned out empty
     assert j.watermarks.get(0, T0) == T0
     assert len(f.close(now=T0 + 10_000)) == 1
 

@@ -13,7 +13,6 @@ from schemas import DeadLetter, ListOutcome, SchemaError, decode
 from streams import fixtures as fx
 from streams.batching import BatchSink
 from streams.decoding import decode_impression
-from streams.dedup import SeenIds, dedup_transitions
 from streams.join import ClosedList
 from streams.publisher import partition_for
 from streams.records import encode_dead_letter, encode_list_outcome, list_feedback, read_outcome
@@ -89,22 +88,6 @@ def test_partitioner_is_kafkas_murmur2() -> None:
         assert partition_for(key, n) == (kafka_python_murmur2(key) & 0x7FFFFFFF) % n
     # Java: Utils.toPositive(Utils.murmur2("21".getBytes())) % 4 == 0 (murmur2 = -973932308)
     assert kafka_python_murmur2(b"21") & 0xFFFFFFFF == (-973932308) & 0xFFFFFFFF
-
-
-def test_dedup_helpers() -> None:
-    ids = ["a", "b", "a", "c", "b"]
-    assert list(dedup_transitions(ids)) == ["a", "b", "c"]
-    assert [d["transition_id"] for d in dedup_transitions([{"transition_id": i} for i in ids])] == [
-        "a",
-        "b",
-        "c",
-    ]
-    seen = SeenIds(capacity=2)
-    assert [seen.first_time(i) for i in ids] == [True, True, False, True, False]
-    assert seen.repeats == 2 and len(seen) == 2 and "a" not in seen  # "c" pushed out the oldest
-    assert seen.first_time("a")
-    with pytest.raises(ValueError):
-        SeenIds(0)
 
 
 def test_batch_sink_hands_out_bounded_steps_and_applies_back_pressure() -> None:

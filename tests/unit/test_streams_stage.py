@@ -6,7 +6,7 @@ announcements reaching stage 2."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,6 @@ from streams import fixtures as fx
 from streams.join import JoinConfig, RequestJoin
 from streams.link import LinkConfig, UserLinker
 from streams.metrics import StreamMetrics
-from streams.publisher import BatchPublisher
 from streams.stage import PROGRESS_HEADER, JoinStage, LinkStage
 
 IMP, CLK, DWL, OUT, TRN, DLQ, CHG = (
@@ -99,13 +98,23 @@ class FakeProducer:
         return fut
 
 
-class FakeConsumer:
-    def __init__(self, log: Log, assignment: set[TP]) -> None:
+class FakeIO:
+    """The stream processor as a stage sees it (streams.stage_io.StageIO), in memory."""
+
+    generation = 1
+
+    def __init__(self, log: Log, assignment: set[TP], producer: FakeProducer) -> None:
         self.log = log
         self._assignment = assignment
+        self._producer = producer
         self.highwaters: dict[TP, int] = {}
-        self._committed_offset: dict[TP, int | None] = dict.fromkeys(assignment)
+        self.committed_offsets: dict[TP, int] = {}
         self.paused: set[TP] = set()
+        self.table: dict[bytes, bytes] = {}
+        self.changelog_topic = CHG
+        self.crashed: list[BaseException] = []
+        # when the fake broker last answered a fetch (make_join: always, at the stage's clock)
+        self.answered_at: Callable[[], int | None] = lambda: None
 
     def assignment(self) -> set[TP]:
         return self._assignment
@@ -113,37 +122,30 @@ class FakeConsumer:
     def highwater(self, tp: TP) -> int | None:
         return self.highwaters.get(tp, 0)
 
-    def ack(self, m: Msg) -> None:
-        self.log.events.append(("ack", (m.topic, m.partition, m.offset)))
+    def last_fetch_ms(self, tp: TP) -> int | None:
+        return self.answered_at()
 
-    def pause_partitions(self, tps: list[TP]) -> None:
+    def committed(self, tp: TP) -> int | None:
+        return self.committed_offsets.get(tp)
+
+    def pause(self, tps: Sequence[TP]) -> None:
         self.paused.update(tps)
 
-    def resume_partitions(self, tps: list[TP]) -> None:
+    def resume(self, tps: Sequence[TP]) -> None:
         self.paused.difference_update(tps)
 
-
-class FakeApp:
-    consumer_generation_id = 1
-
-    def __init__(self, consumer: FakeConsumer) -> None:
-        self.consumer = consumer
-
     def is_current(self, m: Msg) -> bool:
-        return m.generation_id == self.consumer_generation_id
+        return m.generation_id == self.generation
 
-    def ack(self, messages: list[Msg]) -> None:
+    def ack(self, messages: Sequence[Msg]) -> None:
         for m in messages:
-            self.consumer.ack(m)
+            self.log.events.append(("ack", (m.topic, m.partition, m.offset)))
 
+    def producer(self) -> FakeProducer:
+        return self._producer
 
-class FakeTable:
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-        self.changelog_topic = self
-
-    def get_topic_name(self) -> str:
-        return CHG
+    async def crash(self, exc: BaseException) -> None:
+        self.crashed.append(exc)
 
 
 @pytest.fixture
@@ -158,8 +160,6 @@ def make_join(
         window_ms=1_000, lateness_ms=200, closed_retention_ms=10_000, idle_ms=300, max_future_ms=60_000
     )
     tps = {TP(t, p) for t in (IMP, CLK, DWL) for p in (0, 1)}
-    app = FakeApp(FakeConsumer(log, tps))
-    producer = FakeProducer(log, hold)
     stage = JoinStage(
         RequestJoin(cfg),
         impressions=IMP,
@@ -167,9 +167,7 @@ def make_join(
         dwells=DWL,
         outcomes=OUT,
         max_input_skew_ms=skew_ms,
-        app=app,
-        table=FakeTable(),
-        publisher=lambda: BatchPublisher(lambda: producer),
+        io=FakeIO(log, tps, FakeProducer(log, hold)),
         metrics=StreamMetrics("test"),
         dead_letter_topic=DLQ,
         tick_s=0.01,
@@ -179,7 +177,20 @@ def make_join(
         clock=lambda: now[0],
     )
     stage.ready = True
+    cast_any(stage.io).answered_at = lambda: now[0]  # a live broker: inputs may idle
     return stage
+
+
+def cast_any(x: object) -> Any:
+    return x
+
+
+async def idle_until(stage: JoinStage, now: list[int], until_ms: int) -> None:
+    """The stage ticks with no input until ``until_ms``, its broker answering throughout (the
+    watermarks count a longer silence between two answers as an outage, not as idle time)."""
+    while now[0] < until_ms:
+        now[0] = min(until_ms, now[0] + 1_000)
+        await stage.step([])
 
 
 def msg_of(*args: Any) -> Any:  # stands in for a faust Message
@@ -205,8 +216,7 @@ def test_outputs_are_acknowledged_before_the_changelog_and_inputs_are_acked_last
                 msg(CLK, 0, "r1", fx.click("r1", "u1", 1, T0 + 5)),
             ]
         )
-        now[0] = T0 + 5_000  # the partition idles: its watermark passes the window
-        await stage.step([])
+        await idle_until(stage, now, T0 + 5_000)  # the partition idles: its watermark passes the window
         await asyncio.sleep(0.01)
         assert log.events == []  # nothing acknowledged yet: no acks either
         hold.set()
@@ -221,7 +231,7 @@ def test_outputs_are_acknowledged_before_the_changelog_and_inputs_are_acked_last
         ]
         assert b'"closed"' in (closed[-1][3] or b"")  # the closed marker comes after the outcome
         assert [what for kind, what in log.events if kind == "ack"] == [(IMP, 0, 0), (CLK, 0, 0)]
-        assert stage.table.data[b"e:r1"] == closed[-1][3]  # the table mirrors the changelog
+        assert stage.io.table[b"e:r1"] == closed[-1][3]  # the table mirrors the changelog
 
     asyncio.run(scenario())
 
@@ -277,8 +287,7 @@ def test_changelog_writes_are_coalesced_per_flush_interval_and_inputs_acked_with
 
         # r0 closes and its closed marker is written; a request opened and closed between two
         # flushes would write its closed marker only (no impression entry, so no delete of one)
-        now[0] = T0 + 5_000
-        await stage.step([])
+        await idle_until(stage, now, T0 + 5_000)
         await asyncio.wait_for(stage.drain(), 1)
         keys = [k for k, _ in changelog()]
         assert keys.count(b"i:r0") == 1 and dict(changelog())[b"i:r0"] is None  # a delete: it was written
@@ -297,8 +306,7 @@ def test_a_delete_of_an_entry_never_written_is_dropped(env: tuple[Log, asyncio.E
         committer = stage._committer = asyncio.ensure_future(stage._commit_loop())
         await stage.step([])  # the first step flushes (nothing)
         await stage.step([msg(IMP, 0, "r1", fx.impression("r1", "u1", T0))])
-        now[0] = T0 + 5_000  # r1's window closes before the next flush
-        await stage.step([])
+        await idle_until(stage, now, T0 + 5_000)  # r1's window closes before the next flush
         await asyncio.wait_for(stage.drain(), 1)
         written = [(w[2], w[3]) for k, w in log.events if k == "produced" and w[0] == CHG]
         assert [k for k, _ in written] == [b"e:r1"] and b'"closed"' in (written[0][1] or b"")
@@ -332,10 +340,10 @@ def test_an_input_running_ahead_is_paused_then_resumed(env: tuple[Log, asyncio.E
     async def scenario() -> None:
         now = [T0]
         stage = make_join(log, hold, now, skew_ms=2_000)
-        consumer: Any = stage.app.consumer
+        io: Any = stage.io
         committer = stage._committer = asyncio.ensure_future(stage._commit_loop())
-        for tp in consumer.assignment():
-            consumer.highwaters[tp] = 100  # a backlog everywhere
+        for tp in io.assignment():
+            io.highwaters[tp] = 100  # a backlog everywhere
         await stage.step(
             [msg(IMP, 0, "r1", fx.impression("r1", "u1", T0))]
             + [
@@ -346,13 +354,13 @@ def test_an_input_running_ahead_is_paused_then_resumed(env: tuple[Log, asyncio.E
             ]
         )
         await stage.step([])  # the watermark of partition 0 is T0 (impressions); clicks are 10 s ahead
-        assert consumer.paused == {TP(CLK, 0), TP(DWL, 0)}
+        assert io.paused == {TP(CLK, 0), TP(DWL, 0)}
         await stage.step([msg(IMP, 1, "r2", fx.impression("r2", "u1", T0 + 8_000))])
         await stage.step([])
-        assert consumer.paused == {TP(CLK, 0), TP(DWL, 0)}  # still 2 s ahead: over half the limit
+        assert io.paused == {TP(CLK, 0), TP(DWL, 0)}  # still 2 s ahead: over half the limit
         await stage.step([msg(IMP, 2, "r3", fx.impression("r3", "u1", T0 + 9_500))])
         await stage.step([])
-        assert consumer.paused == set()  # caught up
+        assert io.paused == set()  # caught up
         await asyncio.wait_for(stage.drain(), 1)
         committer.cancel()
 
@@ -373,23 +381,18 @@ def test_progress_announcements_let_stage_2_link(env: tuple[Log, asyncio.Event])
                 msg(IMP, 0, "b", fx.impression("b", "u1", T0 + 100), partition=1),
             ]
         )
-        now[0] = T0 + 10_000
-        await join.step([])
+        await idle_until(join, now, T0 + 10_000)
         await asyncio.wait_for(join.drain(), 1)
         committer.cancel()
         outputs = [w for k, w in log.events if k == "produced" and w[0] == OUT]
         assert sum(1 for w in outputs if not w[4]) == 2  # two list outcomes ...
         assert any(w[4] == [(PROGRESS_HEADER, b"1")] for w in outputs)  # ... and announcements
 
-        consumer = FakeConsumer(log, {TP(OUT, 0), TP(OUT, 1)})
-        producer = FakeProducer(log, hold)
         link = LinkStage(
             UserLinker(LinkConfig(session_gap_ms=60_000, retention_ms=60_000, upstream_partitions=2)),
             outcomes=OUT,
             transitions=TRN,
-            app=FakeApp(consumer),
-            table=FakeTable(),
-            publisher=lambda: BatchPublisher(lambda: producer),
+            io=FakeIO(log, {TP(OUT, 0), TP(OUT, 1)}, FakeProducer(log, hold)),
             metrics=StreamMetrics("test"),
             dead_letter_topic=DLQ,
             tick_s=0.01,
@@ -409,5 +412,50 @@ def test_progress_announcements_let_stage_2_link(env: tuple[Log, asyncio.Event])
         committer.cancel()
         transitions = [w for k, w in log.events if k == "produced" and w[0] == TRN]
         assert len(transitions) == 1 and b'"next_state":{"request_id":"b"' in (transitions[0][3] or b"")
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_delivery_crashes_the_worker_and_acks_nothing(env: tuple[Log, asyncio.Event]) -> None:
+    log, hold = env
+
+    async def scenario() -> None:
+        stage = make_join(log, hold, [T0])
+        io: Any = stage.io
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        failed.set_exception(ConnectionError("broker gone"))
+
+        async def send_batch(batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future[None]:
+            return failed
+
+        io.producer().send_batch = send_batch
+        committer = stage._committer = asyncio.ensure_future(stage._commit_loop())
+        await stage.step([msg(IMP, 0, "r1", fx.impression("r1", "u1", T0))])
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(committer, 1)
+        assert [type(e) for e in io.crashed] == [ConnectionError]
+        assert [e for e in log.events if e[0] == "ack"] == []  # replayed after the restart
+
+    asyncio.run(scenario())
+
+
+def test_lag_counts_from_the_committed_offset_or_what_was_processed(env: tuple[Log, asyncio.Event]) -> None:
+    log, hold = env
+    hold.set()
+
+    async def scenario() -> None:
+        stage = make_join(log, hold, [T0])
+        io: Any = stage.io
+        committer = stage._committer = asyncio.ensure_future(stage._commit_loop())
+        io.highwaters[TP(IMP, 0)] = 10
+        io.committed_offsets[TP(IMP, 0)] = 4  # committed by an earlier run
+        stage.sample()
+        assert stage.metrics.gauges["lag", f"{IMP}:0"] == 6
+        await stage.step([msg(IMP, o, f"r{o}", fx.impression(f"r{o}", "u1", T0)) for o in range(4, 8)])
+        stage.sample()
+        assert stage.metrics.gauges["lag", f"{IMP}:0"] == 2  # processed through offset 7
+        assert TP(IMP, 0) in stage.backlogged()
+        await asyncio.wait_for(stage.drain(), 1)
+        committer.cancel()
 
     asyncio.run(scenario())

@@ -1,6 +1,6 @@
 """Summarize several evaluation reports (e.g. seeds x settings) in one markdown table.
 
-python -m simulator.evaluation.summary runs/full-default-* runs/full-control-*
+python -m paperec.evaluation.summary runs/full-default-* runs/full-control-*
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from learner.training import PAPERecConfig
 from model.config import config_to_dict
+from paperec.evaluation.contenders import Contender, PolicySpec, default_specs
+from paperec.evaluation.online import Budget, EvalData, run_contender
+from paperec.evaluation.report import build_report, markdown, plot
 from simulator.config import SimulatorConfig
-from simulator.evaluation.contenders import Contender, PolicySpec, default_specs
-from simulator.evaluation.online import Budget, EvalData, run_contender
-from simulator.evaluation.report import build_report, markdown, plot
 from simulator.world import World
 
 log = logging.getLogger(__name__)

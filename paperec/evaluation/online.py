@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from paperec.evaluation.buffer import TensorReplay
+from paperec.evaluation.contenders import Contender
+from paperec.evaluation.reward_probe import probe
 from schemas import Transition
-from simulator.evaluation.buffer import TensorReplay
-from simulator.evaluation.contenders import Contender
-from simulator.evaluation.reward_probe import probe
 from simulator.session import Simulator
 from simulator.transitions import TransitionLinker
 from simulator.world import World
@@ -67,7 +67,7 @@ class EvalData:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     train_metrics: dict[str, float] = field(default_factory=dict)
-    reward_probe: dict[str, Any] | None = None  # paperec: see simulator/evaluation/reward_probe.py
+    reward_probe: dict[str, Any] | None = None  # paperec: see paperec/evaluation/reward_probe.py
 
 
 def train(
@@ -76,9 +76,10 @@ def train(
     """Train ``contender`` online; returns the training simulator (user histories), the mean
     of the last 10% of step metrics and, for PAPERec, the reward probe of its final buffer."""
     sim = Simulator(world.cfg, world, stream_id=TRAIN_STREAM)
-    # exploration: the learner config's logit-space noise on the serving weights, for everyone
-    noise = contender.trainer.cfg.exploration_noise
-    policy = contender.policy(noise, torch.Generator().manual_seed(seed))
+    # exploration: what the learner config records in its snapshot headers, so serving nodes
+    # explore alike; logit-space noise on the serving weights, for everyone
+    exploration = contender.trainer.cfg.exploration()
+    policy = contender.policy(exploration.noise_std, torch.Generator().manual_seed(seed))
     results = sim.run(policy, sim.endless_sessions(), parallel=budget.parallel)
     linker = TransitionLinker()
     buffer = TensorReplay(budget.buffer_size, contender.trainer.cfg.ranker, world.cfg.list_len)

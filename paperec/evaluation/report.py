@@ -2,7 +2,7 @@
 
 Objective plane: CTR (clicks per shown item) and mean dwell seconds per shown item, both
 maximized. Uncertainty: bootstrap over evaluation sessions (``n_boot`` resamples per contender).
-Hypervolume reference: :func:`simulator.evaluation.pareto.reference_point` of all contenders'
+Hypervolume reference: :func:`paperec.evaluation.pareto.reference_point` of all contenders'
 point estimates (10% below the nadir), so every policy has a positive hypervolume; the
 hypervolume w.r.t. the origin is reported too (comparable across runs).
 """
@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from simulator.evaluation.contenders import PolicySpec
-from simulator.evaluation.online import EvalData
-from simulator.evaluation.pareto import dominates, hypervolume, non_dominated, reference_point
-from simulator.evaluation.stats import (
+from paperec.evaluation.contenders import PolicySpec
+from paperec.evaluation.online import EvalData
+from paperec.evaluation.pareto import dominates, hypervolume, non_dominated, reference_point
+from paperec.evaluation.stats import (
     Estimate,
     bootstrap_indices,
     diff_estimate,

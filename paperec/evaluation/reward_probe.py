@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from learner.training import Trainer
-from simulator.evaluation.buffer import TensorReplay
-from simulator.evaluation.stats import pearson
+from paperec.evaluation.buffer import TensorReplay
+from paperec.evaluation.stats import pearson
 from simulator.world import user_index
 
 GRID = 201
