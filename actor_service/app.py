@@ -2,7 +2,9 @@
 the OpenAPI schema at ``/openapi.json`` (and ``/docs``).
 
 Errors name the field: 422 ``{"detail": [{"field": "items[3].features", "msg": ..., "type": ...}]}``
-for validation and feature-width errors, 413 for a body over ``serve_max_body_bytes``, 503
+for validation and feature-width errors, 401 + ``WWW-Authenticate: Bearer`` on ``/rank`` and
+``/metrics`` without the configured bearer token (:mod:`actor_service.auth`; the health probes
+stay open), 413 for a body over ``serve_max_body_bytes``, 503
 while no model may serve (see the cold-start policy) and 503 + ``Retry-After`` for a request shed
 under overload (over the admission's wait budget or ``serve_max_in_flight``, or still queued at
 its deadline; see
@@ -27,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from actor_service.api import ErrorBody, RankRequest, RankResponse, field_errors
+from actor_service.auth import PROTECTED_ROUTES, UNAUTHORIZED, BearerAuth
 from actor_service.instruments import Instruments
 from actor_service.metrics import CONTENT_TYPE
 from actor_service.node import Node
@@ -43,6 +46,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _REQUEST_REF = {"$ref": "#/components/schemas/RankRequest"}
+_UNAUTHORIZED_DOC = {
+    "model": ErrorBody,
+    "description": "bearer token missing or wrong (when one is configured)",
+}
 
 ROUTES = frozenset({"/rank", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
 
@@ -63,15 +70,23 @@ class ServingMiddleware:
 
     Admission runs here, before the body is read or parsed, so a refused request costs the
     event loop almost nothing; only /rank is limited, /healthz and /readyz always answer.
+    Authentication (``auth``, optional) runs before admission: a request without the token
+    takes no admission slot (:mod:`actor_service.auth`).
     """
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, instruments: Instruments, admission: Admission
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        instruments: Instruments,
+        admission: Admission,
+        auth: BearerAuth | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.m = instruments
         self.admission = admission
+        self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,6 +105,14 @@ class ServingMiddleware:
             await send(message)
 
         try:
+            if self.auth is not None and route in PROTECTED_ROUTES:
+                refused = self.auth.refusal(scope["headers"])
+                if refused is not None:
+                    if route == "/rank":  # errors_total counts /rank failures; /metrics: requests_total
+                        self.m.errors.labels(UNAUTHORIZED).inc()
+                    headers = {"WWW-Authenticate": refused.challenge}
+                    await _error(401, "$", refused.msg, UNAUTHORIZED, headers)(scope, receive, send_status)
+                    return
             if route == "/rank" and scope["method"] == "POST":
                 if not self.admission.try_enter():
                     reason = self.admission.refusal() or "overloaded"  # same state: same reason
@@ -179,7 +202,10 @@ def create_app(node: Node) -> FastAPI:
         max_body_bytes=s.serve_max_body_bytes,
         instruments=node.m,
         admission=node.admission,
+        auth=node.auth,
     )
+    if node.auth is not None:
+        log.info("bearer token required on %s", ", ".join(sorted(PROTECTED_ROUTES)))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
@@ -200,6 +226,7 @@ def create_app(node: Node) -> FastAPI:
         "/rank",
         response_model=RankResponse,
         responses={
+            401: _UNAUTHORIZED_DOC,
             413: {"model": ErrorBody, "description": "request body too large"},
             422: {"model": ErrorBody, "description": "invalid request; `field` names the offending field"},
             503: {
@@ -269,7 +296,11 @@ def create_app(node: Node) -> FastAPI:
         }
         return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
 
-    @app.get("/metrics", summary="Prometheus metrics (text format 0.0.4)")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (text format 0.0.4)",
+        responses={401: _UNAUTHORIZED_DOC},
+    )
     async def metrics() -> Response:
         return Response(node.m.render(), media_type=CONTENT_TYPE)
 

@@ -161,6 +161,8 @@ class NodeProcess:
     port: int
     proc: subprocess.Popen[bytes]
     log_path: Path
+    # what a client of /rank and /metrics sends: the node's bearer token, when one is set
+    auth_headers: dict[str, str] = field(default_factory=dict)
     url: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -186,9 +188,16 @@ def start_node(
     name: str,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> NodeProcess:
-    """Start a node (``python -m actor_service``, i.e. ``paperec serve``) on ``settings`` (no wait)."""
-    port = free_port()
+    """Start a node (``python -m actor_service``, i.e. ``paperec serve``) on ``settings`` (no wait),
+    on ``port`` or a free one. The bearer token of ``settings`` goes to the node by environment
+    (argv is visible to every user), and its header to :attr:`NodeProcess.auth_headers`."""
+    port = port or free_port()
+    auth_env = {
+        "PAPEREC_SERVE_AUTH_TOKEN": settings.serve_auth_token,
+        "PAPEREC_SERVE_AUTH_TOKEN_FILE": settings.serve_auth_token_file,
+    }
     log_path = log_dir / f"{name}.log"
     args = [
         sys.executable, "-m", "actor_service",
@@ -202,10 +211,10 @@ def start_node(
         *(["--dev-mode", "true"] if settings.dev_mode else []),
         *extra_args,
     ]  # fmt: skip
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, **{k: v for k, v in auth_env.items() if v}, **(env or {})}
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    return NodeProcess(port, proc, log_path)
+    return NodeProcess(port, proc, log_path, settings.serve_auth_headers())
 
 
 def wait_ready(nodes: Sequence[NodeProcess], timeout_s: float = 60.0, version: int | None = None) -> None:

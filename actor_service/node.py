@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from actor_service.auth import bearer_auth
 from actor_service.batcher import MicroBatcher
 from actor_service.impressions import ImpressionLogger, Producer
 from actor_service.instruments import ClickHouseExporter, Instruments, NodeState
@@ -72,6 +73,8 @@ class Node:
     ) -> None:
         check_settings(settings)
         self.settings = settings
+        # None when no token is set; raises ValueError (naming the setting) on a bad token or file.
+        self.auth = bearer_auth(settings)
         self.node_id = node_id(settings)
         self.slot = ModelSlot()
         self.m = Instruments(

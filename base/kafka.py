@@ -2,8 +2,9 @@
 
 Every producer, consumer and admin client of the project (kafka-python in the learner, the
 topic tools and the replay; aiokafka in the serving nodes; Faust's broker settings in the
-streams worker) gets its connection options here: the bootstrap servers today, and SASL/TLS
-when they are added (one change here, not one per client). Callers pass only what is theirs
+streams worker) gets its connection options here: the bootstrap servers, and the security
+options (SASL/SCRAM-SHA-512 and TLS, docs/security.md), so the three libraries authenticate
+alike and a new option is one change here, not one per client. Callers pass only what is theirs
 (client id, acks, fetch sizes ...); a caller's option wins over the connection defaults.
 
 The client libraries are imported inside the factories: ``import base.kafka`` stays cheap, and
@@ -12,24 +13,110 @@ a process that only serves never loads kafka-python.
 
 from __future__ import annotations
 
+import ssl
 from typing import TYPE_CHECKING, Any
 
-from base.settings import Settings
+from base.settings import ENV_PREFIX, Settings
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.admin import KafkaAdminClient
 
+PLAINTEXT = "PLAINTEXT"  # no authentication, no encryption: local development only
+SASL_PLAINTEXT = "SASL_PLAINTEXT"
+SASL_SSL = "SASL_SSL"
+SSL = "SSL"
+SECURITY_PROTOCOLS = (PLAINTEXT, SASL_PLAINTEXT, SASL_SSL, SSL)
+# The one mechanism supported: salted, iterated and never sent in the clear (PLAIN would send the
+# password itself over SASL_PLAINTEXT); the users live in the broker's metadata (KRaft).
+SASL_MECHANISMS = ("SCRAM-SHA-512",)
+
+
+def _env(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def check_security(settings: Settings) -> None:
+    """Raise ValueError, naming the settings, for an unknown protocol or mechanism, SASL without
+    credentials, or TLS files that are half given: before any client tries to connect."""
+    s = settings
+    if s.kafka_security_protocol not in SECURITY_PROTOCOLS:
+        raise ValueError(
+            f"{_env('kafka_security_protocol')}={s.kafka_security_protocol!r}: "
+            f"one of {', '.join(SECURITY_PROTOCOLS)}"
+        )
+    if uses_sasl(s):
+        if s.kafka_sasl_mechanism not in SASL_MECHANISMS:
+            raise ValueError(
+                f"{_env('kafka_sasl_mechanism')}={s.kafka_sasl_mechanism!r}: "
+                f"one of {', '.join(SASL_MECHANISMS)}"
+            )
+        if not s.kafka_username or not s.kafka_password:
+            raise ValueError(
+                f"{_env('kafka_security_protocol')}={s.kafka_security_protocol} needs this service's "
+                f"credentials: set {_env('kafka_username')} and {_env('kafka_password')}"
+            )
+    if bool(s.kafka_ssl_certfile) != bool(s.kafka_ssl_keyfile):
+        raise ValueError(f"set both {_env('kafka_ssl_certfile')} and {_env('kafka_ssl_keyfile')}, or neither")
+    if not uses_tls(s) and (s.kafka_ssl_cafile or s.kafka_ssl_certfile):
+        raise ValueError(
+            f"TLS files given but {_env('kafka_security_protocol')}={s.kafka_security_protocol}: "
+            f"use {SSL} or {SASL_SSL}"
+        )
+
+
+def uses_sasl(settings: Settings) -> bool:
+    return settings.kafka_security_protocol in (SASL_PLAINTEXT, SASL_SSL)
+
+
+def uses_tls(settings: Settings) -> bool:
+    return settings.kafka_security_protocol in (SSL, SASL_SSL)
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of SSL and SASL_SSL (None otherwise): the brokers' certificates and host
+    names verified against ``kafka_ssl_cafile`` (the system's CAs when empty), and the client
+    certificate when given. One context for all three libraries: they verify alike."""
+    if not uses_tls(settings):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.kafka_ssl_cafile or None)
+    if settings.kafka_ssl_certfile:
+        context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+    return context
+
+
+def security_options(settings: Settings) -> dict[str, Any]:
+    """The security keyword arguments of kafka-python and aiokafka clients (the two libraries
+    use the same names): nothing but the protocol for PLAINTEXT."""
+    check_security(settings)
+    s = settings
+    options: dict[str, Any] = {"security_protocol": s.kafka_security_protocol}
+    if uses_sasl(s):
+        options.update(
+            sasl_mechanism=s.kafka_sasl_mechanism,
+            sasl_plain_username=s.kafka_username,
+            sasl_plain_password=s.kafka_password,
+        )
+    context = ssl_context(s)
+    if context is not None:
+        options["ssl_context"] = context
+    return options
+
 
 def connection_options(settings: Settings) -> dict[str, Any]:
-    """The options every kafka-python and aiokafka client shares: where the brokers are (and,
-    later, how to authenticate). The two libraries use the same names for these."""
-    return {"bootstrap_servers": settings.kafka_bootstrap}
+    """The options every kafka-python and aiokafka client shares: where the brokers are and how
+    to authenticate. The two libraries use the same names for these."""
+    return {"bootstrap_servers": settings.kafka_bootstrap, **security_options(settings)}
 
 
 def producer_options(settings: Settings, **options: Any) -> dict[str, Any]:
     """kafka-python ``KafkaProducer`` keyword arguments: connection, then ``options``."""
+    return {**connection_options(settings), **options}
+
+
+def consumer_options(settings: Settings, **options: Any) -> dict[str, Any]:
+    """kafka-python ``KafkaConsumer`` keyword arguments: connection, then ``options``."""
     return {**connection_options(settings), **options}
 
 
@@ -43,7 +130,7 @@ def consumer(settings: Settings, *topics: str, **options: Any) -> KafkaConsumer:
     """A kafka-python ``KafkaConsumer`` (subscribed to ``topics`` when given)."""
     from kafka import KafkaConsumer
 
-    return KafkaConsumer(*topics, **{**connection_options(settings), **options})
+    return KafkaConsumer(*topics, **consumer_options(settings, **options))
 
 
 def admin(settings: Settings, **options: Any) -> KafkaAdminClient:
@@ -67,6 +154,23 @@ def aio_consumer(settings: Settings, *topics: str, **options: Any) -> AIOKafkaCo
 
 
 def faust_broker_options(settings: Settings) -> dict[str, Any]:
-    """The broker options of a ``faust.App`` (Faust takes ``kafka://host:port`` URLs; SASL/TLS
-    would go in ``broker_credentials`` here)."""
-    return {"broker": [f"kafka://{hp}" for hp in settings.kafka_bootstrap.split(",")]}
+    """The broker options of a ``faust.App``: ``kafka://host:port`` URLs, and for a secured
+    cluster ``broker_credentials`` (Faust hands them to its aiokafka consumer, producer and
+    topic creation alike)."""
+    options: dict[str, Any] = {"broker": [f"kafka://{hp}" for hp in settings.kafka_bootstrap.split(",")]}
+    check_security(settings)
+    if settings.kafka_security_protocol == PLAINTEXT:
+        return options
+    import faust
+
+    context = ssl_context(settings)
+    if uses_sasl(settings):
+        options["broker_credentials"] = faust.SASLCredentials(
+            username=settings.kafka_username,
+            password=settings.kafka_password,
+            ssl_context=context,  # given: SASL_SSL, else SASL_PLAINTEXT
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    else:
+        options["broker_credentials"] = faust.SSLCredentials(context)
+    return options

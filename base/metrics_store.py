@@ -12,6 +12,10 @@ row id in the sorting key, and every query reads them with ``FINAL``, which coll
 copies that background merges have not collapsed yet. ``init_tables`` migrates tables created
 before (plain MergeTree, no ``row_id``) in place.
 
+Users (docs/security.md): ``client`` connects as one of three roles' users: the services write
+as the writer, ``paperec dashboard`` reads as the read-only dashboard user, and ``init_tables``
+(``paperec metrics init``) runs its DDL as the admin.
+
 Tables
 - ``list_outcomes``: one row per served list once its feedback window closed (per-objective event
   metrics). CTR, dwell per impression, per minute / snapshot version / weight bucket are
@@ -25,7 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from clickhouse_driver import Client
 
@@ -111,12 +115,33 @@ QUERIES: dict[str, str] = {
 }
 
 
-def client(settings: Settings, database: str | None = None) -> Client:
+# Who connects as which ClickHouse user (docs/security.md): the services write metrics
+# ("writer": INSERT and SELECT on the database, no DDL), `paperec dashboard` reads them
+# ("dashboard": read-only), `paperec metrics init` creates the database and tables ("admin").
+Role = Literal["writer", "dashboard", "admin"]
+
+
+def credentials(settings: Settings, role: Role) -> tuple[str, str]:
+    """(user, password) of ``role``'s ClickHouse user."""
+    if role == "writer":
+        return settings.clickhouse_user, settings.clickhouse_password
+    if role == "dashboard":
+        return settings.clickhouse_dashboard_user, settings.clickhouse_dashboard_password
+    if role == "admin":
+        return settings.clickhouse_admin_user, settings.clickhouse_admin_password
+    raise ValueError(f"unknown ClickHouse role {role!r}")
+
+
+def client(settings: Settings, database: str | None = None, *, role: Role = "writer") -> Client:
+    """A native-protocol client as ``role``'s user. A writer or dashboard user restricted to the
+    metrics database (as docs/security.md configures them) must pass ``database``: such a user
+    cannot even connect to ``default``."""
+    user, password = credentials(settings, role)
     return Client(
         host=settings.clickhouse_host,
         port=settings.clickhouse_port,
-        user=settings.clickhouse_user,
-        password=settings.clickhouse_password,
+        user=user,
+        password=password,
         database=database or "default",
         connect_timeout=5,
         send_receive_timeout=30,
@@ -171,15 +196,43 @@ def migration(database: str, table: str) -> list[str]:
     ]
 
 
+def _table_engines(ch: Client, database: str) -> dict[str, str]:
+    rows = ch.execute("SELECT name, engine FROM system.tables WHERE database = %(db)s", {"db": database})
+    return {name: engine for name, engine in rows}
+
+
 def outdated_tables(ch: Client, database: str) -> list[str]:
     """Tables of ours that exist with another engine than ours (created before row ids)."""
-    rows = ch.execute("SELECT name, engine FROM system.tables WHERE database = %(db)s", {"db": database})
-    return [name for name, engine in rows if name in TABLES and engine != ENGINE]
+    return [
+        name for name, engine in _table_engines(ch, database).items() if name in TABLES and engine != ENGINE
+    ]
+
+
+def tables_current(ch: Client, database: str) -> bool:
+    """Every table of ours exists in ``database`` with the current engine (a read of
+    system.tables, which a writer user may do)."""
+    engines = _table_engines(ch, database)
+    return all(engines.get(table) == ENGINE for table in TABLES)
 
 
 def init_tables(settings: Settings) -> None:
-    ch = client(settings)
+    """Create the database and the tables, or migrate them, as the admin user. The services call
+    this on start with only their writer credentials, which may not run DDL: so the tables are
+    checked first as the writer, and the admin user is only needed when something is missing
+    (what `paperec metrics init` does once per deployment)."""
     db = settings.clickhouse_database
+    if settings.clickhouse_user != settings.clickhouse_admin_user:
+        try:
+            writer = client(settings, db)
+            try:
+                if tables_current(writer, db):
+                    log.info("metric tables ready in %s", db)
+                    return
+            finally:
+                writer.disconnect()
+        except Exception as exc:  # e.g. no database yet: the admin creates it below
+            log.debug("metric tables not checked as %s: %s", settings.clickhouse_user, exc)
+    ch = client(settings, role="admin")
     try:
         ch.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
         for table in outdated_tables(ch, db):

@@ -65,13 +65,40 @@ class Settings:
     dead_letter_retention_ms: int = _opt(30 * 24 * 3600 * 1000, "retention of the dead-letter topic")
     max_message_bytes: int = _opt(16 * 1024 * 1024, "max message size of the snapshot topic (bytes)")
     replication_factor: int = _opt(1, "replication factor of created topics")
+    # Kafka security (base/kafka.py hands these to every client; docs/security.md). One
+    # principal per service: each process gets its own username/password from its environment.
+    kafka_security_protocol: str = _opt(
+        "PLAINTEXT",
+        "Kafka security protocol: PLAINTEXT (no authentication, no encryption: local development "
+        "only), SASL_PLAINTEXT, SASL_SSL or SSL",
+    )
+    kafka_sasl_mechanism: str = _opt("SCRAM-SHA-512", "Kafka SASL mechanism (with SASL_*): SCRAM-SHA-512")
+    kafka_username: str = _opt("", "Kafka SASL username: this service's own principal (with SASL_*)")
+    # A secret: prefer the environment to the flag (argv is visible in `ps`).
+    kafka_password: str = _opt("", "Kafka SASL password of kafka_username (with SASL_*)")
+    kafka_ssl_cafile: str = _opt("", "Kafka TLS: CA bundle of the brokers' certificates (SSL, SASL_SSL)")
+    kafka_ssl_certfile: str = _opt("", "Kafka TLS: client certificate, PEM (SSL with client authentication)")
+    kafka_ssl_keyfile: str = _opt("", "Kafka TLS: private key of kafka_ssl_certfile, PEM")
     # --- ClickHouse
     clickhouse_host: str = _opt("127.0.0.1", "ClickHouse host (native protocol)")
     clickhouse_port: int = _opt(19000, "ClickHouse native TCP port")
     clickhouse_http_port: int = _opt(18123, "ClickHouse HTTP port (dev stack, dashboards)")
     clickhouse_database: str = _opt("paperec", "ClickHouse database of the metric tables")
-    clickhouse_user: str = _opt("default", "ClickHouse user")
-    clickhouse_password: str = _opt("", "ClickHouse password")
+    # Three users, one per kind of access (docs/security.md): which one a command uses is fixed
+    # in code (base.metrics_store.client's role). The defaults name the dev stack's one loopback
+    # user `default` (no password, local development only) for all three; a deployment names three.
+    clickhouse_user: str = _opt(
+        "default", "ClickHouse user the services write metrics as (streams, learner, serve): a writer user"
+    )
+    clickhouse_password: str = _opt("", "ClickHouse password of clickhouse_user")
+    clickhouse_dashboard_user: str = _opt(
+        "default", "ClickHouse user `paperec dashboard` reads as: a read-only user"
+    )
+    clickhouse_dashboard_password: str = _opt("", "ClickHouse password of clickhouse_dashboard_user")
+    clickhouse_admin_user: str = _opt(
+        "default", "ClickHouse user that creates the database and tables (`paperec metrics init`)"
+    )
+    clickhouse_admin_password: str = _opt("", "ClickHouse password of clickhouse_admin_user")
     # --- Security
     snapshot_hmac_key: str = _opt(
         DEV_HMAC_KEY, "HMAC key that signs and verifies actor snapshots (one key, id snapshot_hmac_key_id)"
@@ -83,7 +110,14 @@ class Settings:
     snapshot_hmac_key_id: str = _opt("default", "id of the key the learner signs snapshots with")
     dev_mode: bool = _opt(False, "allow the built-in dev snapshot key (dev stack, demo, tests only)")
     # --- Local state
-    state_dir: str = _opt(".paperec", "dev stack state: jar cache, data, logs, pid files")
+    # Relative by default, for the dev stack in a checkout; a deployment sets an absolute path
+    # (the image: /var/lib/paperec), since the services' working directory need not be writable.
+    state_dir: str = _opt(
+        ".paperec",
+        "local state: the dev stack (jars, data, logs) and the services' (streams tables, learner "
+        "checkpoints, serving snapshots); relative = under the working directory, so deployments set "
+        "an absolute path",
+    )
     log_level: str = _opt("INFO", "logging level")
 
     # --- Serving (actor_service, `paperec serve`)
@@ -128,6 +162,15 @@ class Settings:
     )
     serve_metrics_interval_s: float = _opt(5.0, "serve: seconds between metric batches to ClickHouse")
     serve_metrics_clickhouse: bool = _opt(True, "serve: write serving metrics to ClickHouse")
+    # A secret: prefer the environment or the file to the flag (argv is visible in `ps`).
+    serve_auth_token: str = _opt(
+        "",
+        "serve: bearer token required on /rank and /metrics (empty = no authentication; "
+        "/healthz, /readyz stay open)",
+    )
+    serve_auth_token_file: str = _opt(
+        "", "serve: file holding the bearer token (first line; e.g. a mounted secret); instead of the token"
+    )
     # --- end Serving
 
     # --- Streams (streams/, `paperec streams`)
@@ -141,6 +184,11 @@ class Settings:
     session_gap_ms: int = _opt(30 * 60 * 1000, "streams: gap between two lists of a user that ends a session")
     streams_idle_ms: int = _opt(5_000, "streams: an input idle this long advances its watermark by wall time")
     streams_max_future_ms: int = _opt(60_000, "streams: event times further ahead of wall time are clamped")
+    streams_outage_grace_ms: int = _opt(
+        30_000,
+        "streams: after the broker did not answer (> 5 s), the join's watermarks stay put this long "
+        "(ms), so events the producers buffered meanwhile are joined, not late; 0: no hold",
+    )
     streams_tick_ms: int = _opt(200, "streams: how often windows and sessions are checked for closing (ms)")
     streams_max_batch: int = _opt(5_000, "streams: most input records processed as one batch")
     streams_max_input_skew_ms: int = _opt(
@@ -194,6 +242,28 @@ class Settings:
         return self.state_path / "learner" / (self.topic_prefix.strip(".") or "default")
 
     # --- end Learner service
+    def serve_bearer_token(self) -> str:
+        """The token /rank and /metrics require ("" = none): serve_auth_token, or the first line
+        of serve_auth_token_file (read on each call: servers and clients call it once at start)."""
+        if self.serve_auth_token and self.serve_auth_token_file:
+            raise ValueError("set serve_auth_token or serve_auth_token_file, not both")
+        if not self.serve_auth_token_file:
+            return self.serve_auth_token
+        path = self.serve_auth_token_file
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"serve_auth_token_file: cannot read {path}: {exc}") from None
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ValueError(f"serve_auth_token_file: {path} holds no token")
+        return token
+
+    def serve_auth_headers(self) -> dict[str, str]:
+        """HTTP headers a client of /rank and /metrics sends: the bearer token when one is set."""
+        token = self.serve_bearer_token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def serve_snapshot_path(self, node_id: str) -> Path:
         """The node's snapshot directory: one per node, so nodes sharing a state_dir never share it."""
         if self.serve_snapshot_dir:
@@ -259,7 +329,10 @@ class Settings:
             out["snapshot_hmac_keys"] = ",".join(
                 f"{e.split(':', 1)[0]}:<set>" for e in self.snapshot_hmac_keys.split(",")
             )
-        out["clickhouse_password"] = "<set>" if self.clickhouse_password else ""
+        for name in ("clickhouse_password", "clickhouse_dashboard_password", "clickhouse_admin_password"):
+            out[name] = "<set>" if getattr(self, name) else ""
+        out["kafka_password"] = "<set>" if self.kafka_password else ""
+        out["serve_auth_token"] = "<set>" if self.serve_auth_token else ""
         return out
 
 

@@ -117,14 +117,14 @@ def main() -> None:
             for r in range(rounds)
             for v, i in zip(values, ids, strict=True)
         ]
-        produce(settings.kafka_bootstrap, settings.topic(TOPIC_TRANSITIONS), copies)
+        produce(settings, settings.topic(TOPIC_TRANSITIONS), copies)
         print(f"kafka: {len(copies)} records on {settings.topic(TOPIC_TRANSITIONS)}")
 
     def factory() -> Callable[[dict[int, int] | None], RecordSource]:
         """Picklable source factories (a ProcessSource builds its source in the worker)."""
         if args.kafka:
             group = f"{settings.topic_prefix}bench-{uuid.uuid4().hex[:6]}"
-            return partial(KafkaSource, settings.kafka_bootstrap, settings.topic(TOPIC_TRANSITIONS), group)
+            return partial(KafkaSource, settings, settings.topic(TOPIC_TRANSITIONS), group)
         return partial(MemorySource, values, ids, True, "mem")
 
     def source(start: dict[int, int] | None = None) -> RecordSource:
@@ -218,7 +218,7 @@ def main() -> None:
     if args.kafka:
         results: list[PublishResult] = []
         pub = SnapshotPublisher(
-            settings.kafka_bootstrap,
+            settings,
             settings.topic(TOPIC_SNAPSHOTS),
             key,
             settings.max_message_bytes,

@@ -79,6 +79,7 @@ from actor_service.devtools import (
 )
 from base.settings import Settings
 from base.topics import create_topics, delete_prefixed_topics
+from benchmarks.http_client import Connection, raw_request
 
 CAPACITY_CONCURRENCY = (1, 2, 4, 8, 16)
 KEEP_ALIVE_S = 4.0  # reuse a connection idle at most this long (uvicorn closes them after 5 s)
@@ -138,45 +139,15 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection: a fraction of httpx's CPU per request."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> Connection:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
-
-    async def request(self, raw: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
-        """(status, lower-cased headers, body)."""
-        self.writer.write(raw)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(b":") for ln in lines[1:] if ln)}
-        return status, headers, await self.reader.readexactly(int(headers[b"content-length"]))
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def raw_request(method: str, path: str, port: int, body: bytes = b"") -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-    if body:
-        head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
-    return (head + "\r\n").encode() + body
-
-
 async def closed_loop(
-    port: int, body: bytes, seconds: float, concurrency: int
+    node: NodeProcess, body: bytes, seconds: float, concurrency: int
 ) -> tuple[list[float], float, Counter[str]]:
     """200-latencies, 200 responses/s and the non-200 answers by status and error type with
     ``concurrency`` requests in flight."""
-    raw = raw_request("POST", "/rank", port, body)
+    raw = raw_request("POST", "/rank", node.port, body, node.auth_headers)
     lat: list[float] = []
     other: Counter[str] = Counter()
-    conns = [await Connection.open(port) for _ in range(concurrency)]
+    conns = [await Connection.open(node.port) for _ in range(concurrency)]
     deadline = time.perf_counter() + seconds
 
     async def worker(conn: Connection) -> None:
@@ -229,8 +200,8 @@ async def open_loop(node: NodeProcess, body: bytes, rate: float, args: argparse.
     out = Overload()
     n = int(rate * args.seconds)
     interval = 1.0 / rate
-    raw = raw_request("POST", "/rank", node.port, body)
-    healthz = raw_request("GET", "/healthz", node.port)
+    raw = raw_request("POST", "/rank", node.port, body, node.auth_headers)
+    healthz = raw_request("GET", "/healthz", node.port)  # open: no token
     # (connection, last used): a new connection whenever all are busy, so no client-side queue.
     idle: list[tuple[Connection, float]] = []
     done = asyncio.Event()
@@ -345,15 +316,15 @@ class Baseline:
 
 
 def measure_baseline(node: NodeProcess, body: bytes, args: argparse.Namespace) -> Baseline:
-    asyncio.run(closed_loop(node.port, body, 2.0, 2))  # warm-up
-    base, _, base_other = asyncio.run(closed_loop(node.port, body, args.baseline_seconds, 1))
+    asyncio.run(closed_loop(node, body, 2.0, 2))  # warm-up
+    base, _, base_other = asyncio.run(closed_loop(node, body, args.baseline_seconds, 1))
     print(
         f"unloaded (1 in flight): p50 {ms(pct(base, 0.5))} ms, p99 {ms(pct(base, 0.99))} ms, "
         f"{len(base)} requests, non-200 {dict(base_other)}"
     )
     capacity, best, cut = 0.0, 0, Counter[str]()
     for c in CAPACITY_CONCURRENCY:
-        lat, thr, other = asyncio.run(closed_loop(node.port, body, args.capacity_seconds, c))
+        lat, thr, other = asyncio.run(closed_loop(node, body, args.capacity_seconds, c))
         print(
             f"closed loop, {c:2d} in flight: {thr:6.1f} req/s, p99 {ms(pct(lat, 0.99))} ms, "
             f"non-200 {dict(other)}"
@@ -399,7 +370,7 @@ def overload_phase(
         f"  node CPU {o.cpu / o.elapsed:.0%} of a core, of which its event loop thread "
         f"{o.loop_cpu / o.elapsed:.0%} ({o.loop_cpu / max(o.sent, 1) * 1e3:.2f} ms per request sent)"
     )
-    text = httpx.get(node.url + "/metrics", timeout=5).text
+    text = httpx.get(node.url + "/metrics", headers=node.auth_headers, timeout=5).text
     kinds = {k: metric_value(text, "paperec_serving_errors_total", f'kind="{k}"') for k in o.shed_types}
     print(f"  node errors_total (since the node started): {kinds}")
     every_shed_is_503 = not o.other_status and not o.timeouts and not o.errors and answered == o.sent
@@ -484,7 +455,7 @@ def run(settings: Settings, log_dir: Path, common: list[str], args: argparse.Nam
     print(f"\nSLO node: {how}")
     node, _ = start_pinned(settings, log_dir, "overload-slo", common + slo_args, args)
     try:
-        warm, _, _ = asyncio.run(closed_loop(node.port, body, 2.0, 1))  # warm-up, unloaded
+        warm, _, _ = asyncio.run(closed_loop(node, body, 2.0, 1))  # warm-up, unloaded
         print(
             f"SLO node warm-up (1 in flight, 2 s): p50 {ms(pct(warm, 0.5))} ms, p99 {ms(pct(warm, 0.99))} ms"
         )

@@ -53,6 +53,7 @@ from actor_service.devtools import (
 )
 from base.settings import Settings
 from base.topics import create_topics, delete_prefixed_topics
+from benchmarks.http_client import Connection, raw_request
 from model.featurize import ListView, list_inputs
 from model.scoring import ActorModel, score
 from model.snapshot import decode_snapshot, header_of
@@ -77,51 +78,20 @@ def bare(fn: Callable[[], object], seconds: float) -> tuple[list[float], float]:
     return lat, len(lat) / (time.perf_counter() - start)
 
 
-class Connection:
-    """A minimal keep-alive HTTP/1.1 client connection: the load generator shares the machine's
-    cores with the node, so it should cost as little CPU as possible (httpx costs ~1 ms a call)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> Connection:
-        return cls(*await asyncio.open_connection(host, port))
-
-    async def post(self, request: bytes) -> tuple[int, bytes]:
-        self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        length = next(
-            int(v) for k, _, v in (ln.partition(b":") for ln in lines[1:]) if k.lower() == b"content-length"
-        )
-        return status, await self.reader.readexactly(length)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def post_request(host: str, port: int, body: bytes) -> bytes:
-    head = (
-        f"POST /rank HTTP/1.1\r\nHost: {host}:{port}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-async def http_run(url: str, body: bytes, seconds: float, concurrency: int) -> tuple[list[float], float, int]:
+async def http_run(
+    node: NodeProcess, body: bytes, seconds: float, concurrency: int
+) -> tuple[list[float], float, int]:
     """Latencies, requests/s and failures with ``concurrency`` requests in flight (one
     keep-alive connection each)."""
-    parsed = httpx.URL(url)
+    parsed = httpx.URL(node.url)
     host, port = parsed.host, parsed.port or 80
-    request = post_request(host, port, body)
-    conns = [await Connection.open(host, port) for _ in range(concurrency)]
+    request = raw_request("POST", "/rank", port, body, node.auth_headers, host=host)
+    conns = [await Connection.open(port, host) for _ in range(concurrency)]
     lat: list[float] = []
     failures = 0
     try:
         for conn in conns:
-            status, _ = await conn.post(request)
+            status, _, _ = await conn.request(request)
             assert status == 200, status
         deadline = time.perf_counter() + seconds
 
@@ -129,7 +99,7 @@ async def http_run(url: str, body: bytes, seconds: float, concurrency: int) -> t
             nonlocal failures
             while time.perf_counter() < deadline:
                 t = time.perf_counter()
-                status, _ = await conn.post(request)
+                status, _, _ = await conn.request(request)
                 if status != 200:
                     failures += 1
                 lat.append(time.perf_counter() - t)
@@ -195,8 +165,8 @@ def bench_lists(node: NodeProcess, model: ActorModel, args: argparse.Namespace) 
         for _ in range(args.rounds):
             v_s.add(*bare(score_only, slice_s))
             v_fs.add(*bare(featurize_and_score, slice_s))
-            v_1.add(*asyncio.run(http_run(node.url, body, slice_s, 1)))
-            v_c.add(*asyncio.run(http_run(node.url, body, slice_s, args.concurrency)))
+            v_1.add(*asyncio.run(http_run(node, body, slice_s, 1)))
+            v_c.add(*asyncio.run(http_run(node, body, slice_s, args.concurrency)))
         print(f"\n{n} candidates ({len(body) / 1024:.0f} KiB request)        p50 ms   p99 ms    req/s")
         for v in (v_s, v_fs, v_1, v_c):
             p50, p99 = pct(v.latencies, 0.5), pct(v.latencies, 0.99)
@@ -233,7 +203,7 @@ def node_publish_to_served(nodes: list[NodeProcess]) -> list[tuple[float, float]
     out = []
     with httpx.Client() as client:
         for node in nodes:
-            text = client.get(node.url + "/metrics").text
+            text = client.get(node.url + "/metrics", headers=node.auth_headers).text
             total = metric_value(text, "paperec_serving_snapshot_publish_to_served_seconds_sum")
             count = metric_value(text, "paperec_serving_snapshot_publish_to_served_seconds_count")
             out.append((total, count))

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from base.settings import Settings
 from learner.ingest import RawRecord
 from model.ranker import RankerConfig
 from schemas import Item, Labels, ListState, Transition, encode
@@ -175,12 +176,12 @@ def encoded(transitions: Sequence[Transition]) -> list[bytes]:
 
 
 def produce(
-    bootstrap: str, topic: str, values: Sequence[bytes], keys: Sequence[bytes | None] | None = None
+    settings: Settings, topic: str, values: Sequence[bytes], keys: Sequence[bytes | None] | None = None
 ) -> None:
     """Write ``values`` to ``topic`` (acks=all) and wait until all are acknowledged."""
-    from kafka import KafkaProducer
+    from base import kafka as kafka_clients
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    producer = kafka_clients.producer(settings, acks="all", linger_ms=20)
     try:
         for i, v in enumerate(values):
             producer.send(topic, key=None if keys is None else keys[i], value=v)

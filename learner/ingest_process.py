@@ -5,7 +5,7 @@ holds the GIL that the training loop needs between torch ops, and with an unboun
 training loop ran at 0.15x its bare speed on 2 cores. In a worker process it competes only for
 a CPU core, which the operating system shares (and the worker runs at a lower priority).
 
-    source = ProcessSource(partial(KafkaSource, bootstrap, topic, group), ranker_cfg, start)
+    source = ProcessSource(partial(KafkaSource, settings, topic, group), ranker_cfg, start)
     ingestor = Ingestor(source, buffer, ranker_cfg, dead_letters)   # stores what poll returns
 
 The worker (``base.worker_process``: spawned, start-up errors reach the parent, an early exit is

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from base import kafka as kafka_clients
+from base.settings import Settings
 from learner.ingest import RawRecord
 
 log = logging.getLogger(__name__)
@@ -21,17 +23,17 @@ class KafkaSource:
 
     def __init__(
         self,
-        bootstrap: str,
+        settings: Settings,
         topic: str,
         group_id: str,
         start_offsets: dict[int, int] | None = None,
         wait_s: float = 30.0,
     ) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
 
         self.topic = topic
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
+        self.consumer = kafka_clients.consumer(
+            settings,
             group_id=group_id,
             client_id=f"paperec-learner-{group_id}",
             enable_auto_commit=False,
@@ -46,7 +48,9 @@ class KafkaSource:
             partitions = self.consumer.partitions_for_topic(topic)
         if not partitions:
             self.consumer.close()
-            raise RuntimeError(f"topic {topic} not found on {bootstrap} (run `paperec topics create`)")
+            raise RuntimeError(
+                f"topic {topic} not found on {settings.kafka_bootstrap} (run `paperec topics create`)"
+            )
         self.tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         self.consumer.assign(self.tps)
         start_offsets = start_offsets or {}
@@ -117,7 +121,7 @@ class KafkaDeadLetters:
 
     def __init__(
         self,
-        bootstrap: str,
+        settings: Settings,
         topic: str,
         flush_timeout_s: float = 2.0,
         max_block_s: float = 5.0,
@@ -129,10 +133,8 @@ class KafkaDeadLetters:
         self.flushed = True  # everything sent so far is acknowledged
         self.flush_timeout_s = flush_timeout_s
         if producer is None:
-            from kafka import KafkaProducer
-
-            producer = KafkaProducer(
-                bootstrap_servers=bootstrap, acks="all", linger_ms=50, max_block_ms=int(max_block_s * 1000)
+            producer = kafka_clients.producer(
+                settings, acks="all", linger_ms=50, max_block_ms=int(max_block_s * 1000)
             )
         self.producer = producer
 

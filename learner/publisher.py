@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from base import kafka as kafka_clients
+from base.settings import Settings
 from model.scoring import ActorModel
 from model.snapshot import HEADER_NAME, encode_snapshot, to_record
 from schemas import Exploration, SchemaError, SnapshotHeader, decode_snapshot_header, verify_snapshot
@@ -90,13 +92,13 @@ def _verified_version(
 
 
 def latest_version(
-    bootstrap: str, topic: str, keys: bytes | Mapping[str, bytes], tail: int = 16
+    settings: Settings, topic: str, keys: bytes | Mapping[str, bytes], tail: int = 16
 ) -> VersionScan:
     """:func:`scan_versions` over the last ``tail`` records of the snapshot topic."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
+    consumer = kafka_clients.consumer(
+        settings,
         group_id=None,
         enable_auto_commit=False,
         fetch_max_bytes=256 * 1024 * 1024,
@@ -129,7 +131,7 @@ def latest_version(
 class SnapshotPublisher:
     def __init__(
         self,
-        bootstrap: str,
+        settings: Settings,
         topic: str,
         key: bytes,
         max_message_bytes: int,
@@ -142,7 +144,7 @@ class SnapshotPublisher:
         producer: Any = None,
     ) -> None:
         """``producer``: a kafka-python ``KafkaProducer`` or a stand-in (tests); None: one for
-        ``bootstrap`` whose request size limit is ``max_message_bytes``."""
+        ``settings``' brokers whose request size limit is ``max_message_bytes``."""
         self.topic = topic
         self.key = key
         self.key_id = key_id  # recorded in every header, so nodes pick the right key while rotating
@@ -156,10 +158,8 @@ class SnapshotPublisher:
         self.superseded = 0
         self.last_header: SnapshotHeader | None = None
         if producer is None:
-            from kafka import KafkaProducer
-
-            producer = KafkaProducer(
-                bootstrap_servers=bootstrap,
+            producer = kafka_clients.producer(
+                settings,
                 client_id="paperec-learner-snapshots",
                 acks="all",
                 linger_ms=0,

@@ -132,7 +132,7 @@ def kafka_clients(settings: Settings, cfg: LearnerServiceConfig, train_cfg: PAPE
 
     def publisher(first_version: int, on_result: Callable[[PublishResult], None]) -> SnapshotPublisher:
         return SnapshotPublisher(
-            s.kafka_bootstrap,
+            s,
             snapshot_topic,
             key,
             s.max_message_bytes,
@@ -143,9 +143,9 @@ def kafka_clients(settings: Settings, cfg: LearnerServiceConfig, train_cfg: PAPE
         )
 
     return LearnerClients(
-        records=partial(KafkaSource, s.kafka_bootstrap, s.topic(TOPIC_TRANSITIONS), s.learner_group_id),
-        dead_letters=lambda: KafkaDeadLetters(s.kafka_bootstrap, s.topic(TOPIC_DEAD_LETTER)),
-        snapshot_versions=lambda: latest_version(s.kafka_bootstrap, snapshot_topic, keys.accepted),
+        records=partial(KafkaSource, s, s.topic(TOPIC_TRANSITIONS), s.learner_group_id),
+        dead_letters=lambda: KafkaDeadLetters(s, s.topic(TOPIC_DEAD_LETTER)),
+        snapshot_versions=lambda: latest_version(s, snapshot_topic, keys.accepted),
         publisher=publisher,
         metrics_writer=lambda: clickhouse_writer(s) if cfg.metrics_clickhouse else None,
         checkpoints=CheckpointStore(s.learner_checkpoint_path, cfg.checkpoint_keep),

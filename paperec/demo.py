@@ -122,6 +122,14 @@ def demo_services(
         # The demo runs on the dev stack: the built-in snapshot key is allowed (a key set in the
         # environment still takes precedence).
         "PAPEREC_DEV_MODE": "1",
+        # A bearer token given as a flag reaches the nodes too (the driver sends it); by
+        # environment, not argv, which `ps` shows.
+        **({"PAPEREC_SERVE_AUTH_TOKEN": settings.serve_auth_token} if settings.serve_auth_token else {}),
+        **(
+            {"PAPEREC_SERVE_AUTH_TOKEN_FILE": settings.serve_auth_token_file}
+            if settings.serve_auth_token_file
+            else {}
+        ),
     }
     cold_start = json.dumps({"ranker": {k: _jsonable(v) for k, v in vars(ranker).items()}})
     learner_flags = [

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -78,11 +78,15 @@ class HttpPolicy:
         retries: int = RANK_RETRIES,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.urls = list(urls)
         self.list_len = list_len
         self.client = httpx.Client(
-            timeout=10.0, limits=httpx.Limits(max_connections=2 * parallel), transport=transport
+            timeout=10.0,
+            limits=httpx.Limits(max_connections=2 * parallel),
+            transport=transport,
+            headers=headers,  # the nodes' bearer token, when one is set (Settings.serve_auth_headers)
         )
         self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="rank")
         self._next = itertools.count()
@@ -260,7 +264,9 @@ class DemoDriver:
     # ---------------------------------------------------------------- traffic
     def drive(self, duration_s: float, supervisor: Supervisor) -> LocalStats:
         sim = Simulator(self.sim_cfg, stream_id=int(time.time()) % 100_000)
-        policy = HttpPolicy(self.urls, self.sim_cfg.list_len, self.parallel)
+        policy = HttpPolicy(
+            self.urls, self.sim_cfg.list_len, self.parallel, headers=self.settings.serve_auth_headers()
+        )
         started = last = time.time()
         try:
             for result in sim.run(policy, sim.endless_sessions(), parallel=self.parallel):

@@ -43,7 +43,7 @@ from streams.types import (
     Rejected,
     Source,
 )
-from streams.watermark import Watermarks
+from streams.watermark import OUTAGE_GRACE_MS, Watermarks
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class JoinConfig:
     closed_retention_ms: int
     idle_ms: int
     max_future_ms: int
+    outage_grace_ms: int = OUTAGE_GRACE_MS  # watermarks held this long after a broker outage
 
     @classmethod
     def from_settings(cls, s: Any) -> JoinConfig:
@@ -69,6 +70,7 @@ class JoinConfig:
             closed_retention_ms=s.join_closed_retention_ms,
             idle_ms=s.streams_idle_ms,
             max_future_ms=s.streams_max_future_ms,
+            outage_grace_ms=s.streams_outage_grace_ms,
         )
 
 
@@ -124,7 +126,9 @@ class RequestJoin:
 
     def __init__(self, config: JoinConfig) -> None:
         self.config = config
-        self.watermarks = Watermarks(config.idle_ms, config.max_future_ms)
+        self.watermarks = Watermarks(
+            config.idle_ms, config.max_future_ms, outage_grace_ms=config.outage_grace_ms
+        )
         self._open: dict[str, _Open] = {}
         self._held: dict[str, _Held] = {}
         self._closed: dict[str, _Closed] = {}
@@ -394,7 +398,9 @@ class RequestJoin:
         """Replace the state by ``entries`` (as written by ``take_changes``), e.g. after recovery,
         keeping only the given partitions (None: all). Watermarks restart from the largest event
         time each partition's entries hold."""
+        old = self.watermarks
         self.__init__(self.config)  # type: ignore[misc]
+        self.watermarks.inherit(old)  # an outage that revoked the partitions still holds them
         impressions = {k[len(IMPRESSION) :]: v for k, v in entries.items() if k.startswith(IMPRESSION)}
         seeds: dict[int, int] = {}
         for key, value in entries.items():

@@ -383,14 +383,20 @@ class JoinStage(Stage):
         # an input with nothing to read and nothing ever read does not hold it. A caught-up
         # input idles only on the broker's answers: while the broker does not answer, the end
         # offset we know is stale and "caught up" proves nothing (docs/streams.md, Watermarks).
+        # A gap in the answers, backlogged or not, holds the partition's watermark for the
+        # outage grace. A paused input is not fetched (None: its silence is no gap); a
+        # backlogged one is not refetched while its fetched records wait to be processed, so
+        # it hears the stage's latest answer for any input: silent only if the broker is.
         self._backlog = {(tp.partition, tp.topic) for tp in self.backlogged()}
         wms = self.join.watermarks
-        for tp in self.io.assignment():
-            if tp.topic in self.input_topics:
-                if (tp.partition, tp.topic) in self._backlog:
-                    wms.backlog(tp.partition, tp.topic, now_ms)
-                else:
-                    wms.caught_up(tp.partition, tp.topic, self.io.last_fetch_ms(tp))
+        inputs = [tp for tp in self.io.assignment() if tp.topic in self.input_topics]
+        answers = {tp: None if tp in self._paused else self.io.last_fetch_ms(tp) for tp in inputs}
+        latest = max((a for a in answers.values() if a is not None), default=None)
+        for tp in inputs:
+            if (tp.partition, tp.topic) in self._backlog:
+                wms.backlog(tp.partition, tp.topic, now_ms, None if answers[tp] is None else latest)
+            else:
+                wms.caught_up(tp.partition, tp.topic, answers[tp], now_ms)
         self.balance_inputs()
 
     def consume(self, messages: list[InputRecord], now_ms: int) -> list[Rejected]:
@@ -440,7 +446,9 @@ class JoinStage(Stage):
         for tp in self.io.assignment():
             if tp.topic not in self.input_topics:
                 continue
-            clock, wm = wms.input_clock(tp.partition, tp.topic), wms.last(tp.partition)
+            # not against a held watermark: an input paused during a hold would bring the
+            # records buffered through an outage only after the hold
+            clock, wm = wms.input_clock(tp.partition, tp.topic), wms.unheld(tp.partition)
             if clock is None or wm is None:
                 continue
             if tp not in self._paused and clock - wm > ahead_ms:

@@ -21,8 +21,19 @@ backlog one input can run seconds ahead of another; the partition's watermark is
   broker outage does not advance any input, and after it an input stays put for ``idle_ms``
   while the producers deliver what they buffered meanwhile (events of the outage, which must
   not find their windows closed), then moves on from where it stopped;
+* a gap in the answers to any input of a partition, backlogged or not (``backlog`` and
+  ``caught_up`` both take the latest answer), also *holds* the partition's watermark where it
+  was until the broker has answered ``outage_grace_ms`` after the first answer after the gap:
+  records read meanwhile move their inputs' clocks but close nothing. Why: the producers
+  (serving nodes, clients) buffered events through the outage and deliver them after it, each
+  on its own reconnect and flush, so one input's records arrive out of event-time order by up to the
+  outage's length (one node's buffer after another's), and feedback can come seconds after the
+  broker is back. The hold is bounded (a producer that never comes back cannot stall the join;
+  one that delivers later than the grace can be late), and a new gap during it extends it;
 * event times more than ``max_future_ms`` ahead of the wall clock are clamped, so one record
   from a broken clock cannot close every open window.
+
+Principle: event-time progress must not outrun what the producers could have delivered.
 
 Stage 2 (``UpstreamProgress``). Stage 1 tells every list-outcomes partition, after the outcomes
 it covers, how far each stage-1 partition has closed: "every list with ts <= T is emitted". An
@@ -36,7 +47,10 @@ never read here.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 RESTORED = "<restored>"
 """Pseudo input holding a partition's restored clock until its real inputs are read again. It
@@ -48,6 +62,9 @@ ANSWER_GAP_MS = 5_000
 after the fetch in flight returns: on a live broker a caught-up input gets an answer at least
 every ~3 s. Keep it below ``join_window_ms + join_lateness_ms``: an outage shorter than this is
 not seen as one."""
+
+OUTAGE_GRACE_MS = 30_000
+"""Default ``Watermarks.outage_grace_ms`` (setting ``streams_outage_grace_ms``)."""
 
 
 @dataclass(slots=True)
@@ -63,6 +80,12 @@ class _Input:
 class _Partition:
     inputs: dict[str, _Input] = field(default_factory=dict)
     floor: int | None = None  # the watermark never goes below what it already was
+    # After an outage the floor stays put until the broker answered at or after this time.
+    hold_until_ms: int | None = None
+    # Per input, read or not, backlogged or not: the latest broker answer the stage saw, or the
+    # wall time it started listening (absent: not listening, e.g. paused). Gaps start a hold.
+    heard: dict[str, int] = field(default_factory=dict)
+    answered_ms: int | None = None  # the latest answer heard for any input
 
 
 @dataclass(slots=True)
@@ -70,7 +93,12 @@ class Watermarks:
     idle_ms: int
     max_future_ms: int
     answer_gap_ms: int = ANSWER_GAP_MS
+    outage_grace_ms: int = OUTAGE_GRACE_MS
     _parts: dict[int, _Partition] = field(default_factory=dict)
+    # What forgotten partitions heard of the broker (heard, latest answer, hold): an outage
+    # often revokes partitions (the group coordinator is gone too), and its gap must still hold
+    # them when they come back, here or in the stage's next state (``inherit``).
+    _hearing: dict[int, tuple[dict[str, int], int | None, int | None]] = field(default_factory=dict)
 
     def observe(self, partition: int, source: str, event_ms: int, now_ms: int) -> None:
         """A record with event time ``event_ms`` was read from input ``source`` of ``partition``."""
@@ -86,24 +114,29 @@ class Watermarks:
         inp.event_ms = max(self._current(inp), event_ms)
         inp.idle_from_ms = inp.answered_ms = None
 
-    def backlog(self, partition: int, source: str, now_ms: int) -> None:
+    def backlog(self, partition: int, source: str, now_ms: int, answered_ms: int | None = None) -> None:
         """Input ``source`` of ``partition`` has records waiting on the broker: it is not idle,
-        and until one of them is read it holds the watermark back."""
+        and until one of them is read it holds the watermark back. ``answered_ms``: the latest
+        answer of the broker the stage saw for it (None: none, or not fetched), for the hold."""
         part = self._part(partition)
         inp = part.inputs.get(source)
         if inp is None:
             part.inputs[source] = _Input(None)
         else:
             self._end_run(inp)
+        self._hear(partition, part, source, answered_ms, now_ms)
 
-    def caught_up(self, partition: int, source: str, answered_ms: int | None) -> None:
+    def caught_up(
+        self, partition: int, source: str, answered_ms: int | None, now_ms: int | None = None
+    ) -> None:
         """Input ``source`` of ``partition`` has nothing left to read, as of the broker's latest
-        successful answer to its fetches at wall time ``answered_ms`` (None: no answer yet). If
-        nothing was ever read from it, it stops holding the watermark (it has no clock to
-        offer); otherwise the answer extends its idle run (see the module docstring)."""
-        part = self._parts.get(partition)
-        if part is None:
-            return
+        successful answer to its fetches at wall time ``answered_ms`` (None: no answer yet, or
+        not fetched). If nothing was ever read from it, it stops holding the watermark (it has
+        no clock to offer); otherwise the answer extends its idle run (see the module
+        docstring). A gap before the answer holds the partition's watermark. ``now_ms``: the
+        stage's wall time (default ``answered_ms``)."""
+        part = self._part(partition)  # even with nothing read: the hold's gaps
+        self._hear(partition, part, source, answered_ms, answered_ms if now_ms is None else now_ms)
         inp = part.inputs.get(source)
         if inp is not None:
             if inp.event_ms is None:
@@ -127,12 +160,35 @@ class Watermarks:
         part = self._parts.get(partition)
         if part is None:
             return None
+        if part.hold_until_ms is not None:
+            if part.answered_ms is None or part.answered_ms < part.hold_until_ms:
+                return part.floor  # after an outage: the producers are still delivering
+            part.hold_until_ms = None
+            log.info("partition %d: watermark hold after a broker outage ended", partition)
         clocks = [self._current(inp) for inp in part.inputs.values() if inp.event_ms is not None]
         if clocks and all(inp.event_ms is not None for inp in part.inputs.values()):
             low = min(clocks)
             if part.floor is None or low > part.floor:
                 part.floor = low
         return part.floor
+
+    def held(self, partition: int) -> bool:
+        """Whether ``partition``'s watermark is held after an outage (as of the last ``get``)."""
+        part = self._parts.get(partition)
+        return part is not None and part.hold_until_ms is not None
+
+    def unheld(self, partition: int) -> int | None:
+        """The watermark of ``partition`` as it would be without a hold (``last`` when there is
+        none). For pacing the inputs against each other: paced against a held watermark, an
+        input would be paused during the hold and deliver its outage records only after it."""
+        part = self._parts.get(partition)
+        if part is None:
+            return None
+        inputs = part.inputs.values()
+        if part.hold_until_ms is None or not inputs or any(inp.event_ms is None for inp in inputs):
+            return part.floor
+        low = min(self._current(inp) for inp in inputs)
+        return low if part.floor is None else max(low, part.floor)
 
     def last(self, partition: int) -> int | None:
         """The watermark as of the last ``get`` (cheap; for per-record checks within a batch)."""
@@ -150,13 +206,54 @@ class Watermarks:
 
     def forget(self, partitions: set[int]) -> None:
         for p in partitions:
-            self._parts.pop(p, None)
+            part = self._parts.pop(p, None)
+            if part is not None:
+                self._hearing[p] = (part.heard, part.answered_ms, part.hold_until_ms)
+
+    def inherit(self, old: Watermarks) -> None:
+        """Take over what ``old`` heard of the broker, per partition (on a state reload)."""
+        self._hearing.update(old._hearing)
+        for p, part in old._parts.items():
+            self._hearing[p] = (part.heard, part.answered_ms, part.hold_until_ms)
 
     def _part(self, partition: int) -> _Partition:
         part = self._parts.get(partition)
         if part is None:
             part = self._parts[partition] = _Partition()
+            hearing = self._hearing.pop(partition, None)
+            if hearing is not None:
+                part.heard, part.answered_ms, part.hold_until_ms = hearing
         return part
+
+    def _hear(
+        self, partition: int, part: _Partition, source: str, answered_ms: int | None, now_ms: int | None
+    ) -> None:
+        """The broker's latest answer to ``source`` is ``answered_ms``: after a gap, hold ``part``."""
+        if answered_ms is None:
+            part.heard.pop(source, None)  # not listening: the next answer starts afresh, no gap
+            return
+        if part.answered_ms is None or answered_ms > part.answered_ms:
+            part.answered_ms = answered_ms
+        heard = part.heard.get(source)
+        if heard is None:
+            # Listening from now: an answer older than now (a stamp from before a pause) must
+            # not make the next one look like the end of a gap.
+            part.heard[source] = answered_ms if now_ms is None else max(answered_ms, now_ms)
+        elif answered_ms - heard > self.answer_gap_ms:
+            until = answered_ms + self.outage_grace_ms
+            if self.outage_grace_ms > 0 and (part.hold_until_ms is None or until > part.hold_until_ms):
+                if part.hold_until_ms is None:
+                    log.info(
+                        "partition %d: no broker answer for %d ms, watermark held at %s for %d ms",
+                        partition,
+                        answered_ms - heard,
+                        part.floor,
+                        self.outage_grace_ms,
+                    )
+                part.hold_until_ms = until
+            part.heard[source] = answered_ms
+        elif answered_ms > heard:
+            part.heard[source] = answered_ms
 
     def _answer(self, inp: _Input, answered_ms: int | None) -> None:
         """The broker answered ``inp``'s fetches at ``answered_ms`` with nothing new."""

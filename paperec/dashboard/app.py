@@ -33,20 +33,24 @@ DashboardSource = Callable[[], Dashboard]
 
 
 def clickhouse_source(settings: Settings, window_minutes: int, step_s: int) -> DashboardSource:
-    """A function that queries ClickHouse afresh on every call. A client per call: the driver's
-    client is not thread-safe, and FastAPI runs these handlers on a thread pool."""
+    """A function that queries ClickHouse afresh on every call, as the read-only dashboard user
+    (``clickhouse_dashboard_user``). A client per call: the driver's client is not thread-safe,
+    and FastAPI runs these handlers on a thread pool."""
     from base.metrics_store import client
 
     database = settings.clickhouse_database
 
     def load() -> Dashboard:
-        ch = client(settings, database=database)
+        ch = client(settings, database=database, role="dashboard")
         try:
             try:
                 ch.execute("SELECT 1")
             except Exception as exc:  # unreachable: one message instead of ten failed queries
                 log.warning("ClickHouse unreachable: %s", exc)
-                where = f"{settings.clickhouse_host}:{settings.clickhouse_port}"
+                where = (
+                    f"{settings.clickhouse_host}:{settings.clickhouse_port} "
+                    f"(user {settings.clickhouse_dashboard_user})"
+                )
                 dashboard = build_dashboard(
                     {}, {}, window_minutes=window_minutes, step_s=step_s, database=database
                 )

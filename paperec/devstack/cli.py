@@ -1,8 +1,13 @@
-"""``paperec devstack up | down | status``: the local Kafka + ClickHouse dev stack.
+"""``paperec devstack up | down | status | acls``: the local Kafka + ClickHouse dev stack.
 
-All three are idempotent: ``up`` on a running stack only reports it, ``down`` on a stopped one
+All are idempotent: ``up`` on a running stack only reports it, ``down`` on a stopped one
 does nothing. Exit codes: 0 ok (``status``: all selected services up), 1 error, 3 ``status``
 found a service down.
+
+``PAPEREC_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT`` (or ``--kafka-security-protocol``) secures the
+broker (docs/security.md, "Kafka"): SCRAM users per service, written to
+``<state_dir>/kafka/credentials/<role>.env``, and ACLs for the topic prefix; ``acls`` creates
+them for another prefix (a demo run's, a test's).
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ EXIT_NOT_UP = 3
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["up", "down", "status"], help="what to do")
+    parser.add_argument(
+        "action",
+        choices=["up", "down", "status", "acls"],
+        help="what to do (acls: a secured broker's ACLs for --topic-prefix)",
+    )
     parser.add_argument("--only", choices=list(SERVICES), help="act on one service (default: all)")
     parser.add_argument(
         "--wipe",
@@ -47,6 +56,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.action == "status":
             return status(services)
+        if args.action == "acls":
+            return acls(Kafka(settings))
         # Serialise up/down: two concurrent `up`s would both see free ports and race.
         with state_lock(settings.state_path):
             if args.action == "up":
@@ -86,6 +97,21 @@ def up(services: Sequence[Service]) -> int:
         raise DevstackError("\n".join(errors))
     if spawned:
         log.info("devstack up in %.1f s", time.monotonic() - started_at)
+    return EXIT_OK
+
+
+def acls(kafka: Kafka) -> int:
+    """Create the services' ACLs for the settings' topic prefix on the secured dev broker."""
+    if not kafka.secured:
+        raise DevstackError(
+            f"acls: the broker is secured only with {ENV_PREFIX}KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT "
+            "(a PLAINTEXT broker has no authorizer)"
+        )
+    count = kafka.apply_acls()
+    print(
+        f"kafka: {count} ACLs for topic prefix {kafka.settings.topic_prefix!r}; each service's "
+        f"credentials: {kafka.credentials_dir}/<role>.env"
+    )
     return EXIT_OK
 
 

@@ -15,9 +15,11 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from base.settings import ENV_PREFIX, Settings
 from paperec.devstack.process import DevstackError, Port, Service, quiet_loggers, tail, tcp_accepts
 
 log = logging.getLogger(__name__)
@@ -108,9 +110,9 @@ class ClickHouse(Service):
                 log_dir=self.log_dir,
             )
         )
-        (self.config_dir / "users.xml").write_text(
-            render_users(self.settings.clickhouse_user, self.settings.clickhouse_password)
-        )
+        users = self.config_dir / "users.xml"
+        users.write_text(render_users(dev_users(self.settings), self.settings.clickhouse_database))
+        users.chmod(0o600)  # it holds the passwords given by the environment
 
     # ------------------------------------------------------------------ run
     def command(self) -> list[str]:
@@ -127,8 +129,8 @@ class ClickHouse(Service):
         client = Client(
             host=self.host,
             port=self.settings.clickhouse_port,
-            user=self.settings.clickhouse_user,
-            password=self.settings.clickhouse_password,
+            user=self.settings.clickhouse_admin_user,
+            password=self.settings.clickhouse_admin_password,
             connect_timeout=2,
             send_receive_timeout=5,
         )
@@ -206,32 +208,90 @@ def render_config(*, host: str, tcp_port: int, http_port: int, data_dir: Path, l
 """
 
 
-def render_users(user: str, password: str) -> str:
-    # The user name becomes an XML element name.
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", user):
-        raise DevstackError(
-            f"clickhouse: user name {user!r} (PAPEREC_CLICKHOUSE_USER) must match [A-Za-z0-9_.-]+"
-        )
-    users = {"default": ""} if user != "default" else {}
-    users[user] = password  # the configured user gets the configured password
+@dataclass(frozen=True)
+class DevUser:
+    """One user of the dev server: its name, password and profile (what it may do)."""
+
+    name: str
+    password: str
+    profile: str  # a key of PROFILES
+    setting: str  # the setting that names it, for error messages
+
+
+# What each kind of user may do, as users.xml profiles that ClickHouse 18.16 (Debian 12) and
+# current releases read alike (no <constraints>, no <grants>: 18.16 rejects the first at login and
+# has no access control for the second). Together with <allow_databases> (the metrics database;
+# `system` stays readable) on the writer and the dashboard user:
+# - admin: everything (the database, tables, migrations: `paperec metrics init`);
+# - writer: INSERT and SELECT, no DDL (allow_ddl=0): the services;
+# - dashboard: readonly=1, SELECT only: no INSERT, no DDL, no SET and no table functions such as
+#   file() or url() (readonly=2 would allow those). `paperec dashboard` sends no settings with its
+#   queries, so it runs under readonly=1; Grafana's plugin does (max_execution_time), which is why
+#   the compose users file adds a constraint letting exactly that one change (deploy/clickhouse).
+PROFILES: dict[str, str] = {
+    "admin": "",
+    "writer": "<allow_ddl>0</allow_ddl>",
+    "dashboard": "<readonly>1</readonly>",
+}
+_ROLES = (  # most privileged first: a user named for several roles gets the first one's profile
+    ("admin", "clickhouse_admin_user", "clickhouse_admin_password"),
+    ("writer", "clickhouse_user", "clickhouse_password"),
+    ("dashboard", "clickhouse_dashboard_user", "clickhouse_dashboard_password"),
+)
+
+
+def dev_users(settings: Settings) -> list[DevUser]:
+    """The dev server's users, from the settings: one per distinct configured user name. With the
+    defaults that is one, ``default`` without a password, for all three roles (loopback only:
+    local development). Name three users (and give them passwords in the environment) to get
+    three profiles, as a deployment has (docs/security.md)."""
+    users: dict[str, DevUser] = {}
+    for profile, user_field, password_field in _ROLES:
+        name, password = getattr(settings, user_field), getattr(settings, password_field)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):  # it becomes an XML element name
+            raise DevstackError(
+                f"clickhouse: user name {name!r} ({ENV_PREFIX}{user_field.upper()}) must match "
+                "[A-Za-z_][A-Za-z0-9_.-]*"
+            )
+        known = users.get(name)
+        if known is None:
+            users[name] = DevUser(name, password, profile, user_field)
+        elif known.password != password:
+            raise DevstackError(
+                f"clickhouse: {ENV_PREFIX}{user_field.upper()} and {ENV_PREFIX}{known.setting.upper()} "
+                f"name the same user {name!r} with different passwords"
+            )
+    return list(users.values())
+
+
+def render_users(users: list[DevUser], database: str) -> str:
+    # The passwords are plaintext in this file: it lives in the git-ignored state dir, mode 600,
+    # and only ever holds what the environment gave (empty by default: loopback-only dev users).
     entries = "".join(
         f"""
-        <{name}>
-            <password>{escape(pw)}</password>
+        <{u.name}>
+            <password>{escape(u.password)}</password>
             <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
-            <profile>default</profile>
-            <quota>default</quota>
-        </{name}>"""
-        for name, pw in users.items()
+            <profile>{u.profile}</profile>
+            <quota>default</quota>{_allow_database(u, database)}
+        </{u.name}>"""
+        for u in users
+    )
+    # Each profile inherits the server's default one (its memory limit), then restricts.
+    profiles = "".join(
+        f"""
+        <{name}><profile>default</profile>{restrictions}</{name}>"""
+        for name, restrictions in PROFILES.items()
     )
     return f"""\
 <?xml version="1.0"?>
 <!-- Written by `paperec devstack up`: loopback-only users, credentials from the settings. -->
 <yandex>
     <profiles>
+        <!-- the server's own default profile (config.xml <default_profile>) -->
         <default>
             <max_memory_usage>4000000000</max_memory_usage>
-        </default>
+        </default>{profiles}
     </profiles>
     <users>{entries}
     </users>
@@ -249,3 +309,9 @@ def render_users(user: str, password: str) -> str:
     </quotas>
 </yandex>
 """
+
+
+def _allow_database(user: DevUser, database: str) -> str:
+    if user.profile == "admin":
+        return ""
+    return f"\n            <allow_databases><database>{escape(database)}</database></allow_databases>"

@@ -3,6 +3,16 @@
 The Apache download site is not reachable from our machines, so the broker's class path is the
 runtime dependency closure of ``kafka_2.13`` (see ``pom.xml``), copied by Maven into
 ``<state_dir>/kafka/libs`` once and reused.
+
+With ``kafka_security_protocol=SASL_PLAINTEXT`` the broker is secured (docs/security.md, "Kafka"):
+its client listener takes SASL/SCRAM-SHA-512 only, one SCRAM user per service (:data:`ROLES`)
+is created when the storage is formatted (``kafka-storage format --add-scram``, passwords
+generated then and kept in ``<state_dir>/kafka/credentials/<role>.env``, mode 0600), Kafka's
+``StandardAuthorizer`` denies whatever no ACL allows, and the ACLs of :func:`acl_plan` are
+created with the admin client once the broker answers. The controller listener (loopback) takes
+SASL/PLAIN with a controller user of its own: KRaft cannot use SCRAM there (the SCRAM users live
+in the metadata log the controller serves), and a PLAINTEXT controller listener would have to
+make the anonymous user a super user.
 """
 
 from __future__ import annotations
@@ -11,12 +21,31 @@ import base64
 import functools
 import hashlib
 import logging
+import os
 import re
+import secrets
 import shutil
 import subprocess
+import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from base.settings import (
+    ENV_PREFIX,
+    TOPIC_CLICKS,
+    TOPIC_DEAD_LETTER,
+    TOPIC_DWELLS,
+    TOPIC_IMPRESSIONS,
+    TOPIC_JOIN_CHANGELOG,
+    TOPIC_LINK_CHANGELOG,
+    TOPIC_LIST_OUTCOMES,
+    TOPIC_SNAPSHOTS,
+    TOPIC_TRANSITIONS,
+    Settings,
+)
 from paperec.devstack.process import DevstackError, Port, Service, quiet_loggers, tcp_accepts
 
 log = logging.getLogger(__name__)
@@ -34,6 +63,160 @@ JVM_OPTS = [
     "-Djava.awt.headless=true",
 ]
 MIN_JAVA = 17  # Kafka 4.x
+
+# ---------------------------------------------------------------- security (SASL_PLAINTEXT)
+PLAINTEXT, SASL_PLAINTEXT = "PLAINTEXT", "SASL_PLAINTEXT"
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+ADMIN, SERVING, STREAMS, LEARNER, FEEDBACK = "admin", "serving", "streams", "learner", "feedback"
+# One principal per service; `feedback` is the clients' (clicks and dwells), `admin` the
+# operator's (a super user: creates topics and ACLs).
+ROLES = (ADMIN, SERVING, STREAMS, LEARNER, FEEDBACK)
+CONTROLLER_USER = "paperec-controller"  # SASL/PLAIN on the loopback controller listener only
+# Faust's leader-election topic of an app (faust/assignor/leader_assignor.py), created by the
+# streams worker itself when it first starts.
+FAUST_LEADER_TOPIC = "{app_id}-__assignor-__leader"
+
+
+def username(role: str) -> str:
+    """The Kafka principal (``User:<name>``) of a service role."""
+    return f"paperec-{role}"
+
+
+@dataclass(frozen=True)
+class AclEntry:
+    """One ALLOW rule: ``role`` may ``operation`` the ``resource`` (topic, group) ``name``
+    (literal: no prefix patterns, so a new topic is never reachable by accident)."""
+
+    role: str
+    resource: str
+    name: str
+    operation: str
+
+
+def acl_plan(settings: Settings) -> list[AclEntry]:
+    """Every ACL of the services for ``settings``' topic prefix: least privilege per principal.
+    READ and WRITE imply DESCRIBE (metadata, offsets); WRITE on a topic implies the idempotent
+    producer's IDEMPOTENT_WRITE (Kafka >= 3.0). No transactions are used. The admin principal is a
+    super user (``super.users``) and needs none."""
+    s = settings
+
+    def topics(role: str, operation: str, *suffixes: str) -> list[AclEntry]:
+        return [AclEntry(role, "topic", s.topic(x), operation) for x in suffixes]
+
+    leaders = [FAUST_LEADER_TOPIC.format(app_id=a) for a in (s.streams_app_id, s.streams_link_app_id)]
+    return [
+        # serving: logs impressions, reads snapshots (as no group: every node reads every one).
+        # There is no control topic today; one would get a READ here.
+        *topics(SERVING, "WRITE", TOPIC_IMPRESSIONS),
+        *topics(SERVING, "READ", TOPIC_SNAPSHOTS),
+        # clients: their feedback only
+        *topics(FEEDBACK, "WRITE", TOPIC_CLICKS, TOPIC_DWELLS),
+        # streams: reads the events, writes its own topics (and reads back its changelogs and
+        # list-outcomes, stage 2's input), in its two consumer groups
+        *topics(STREAMS, "READ", TOPIC_IMPRESSIONS, TOPIC_CLICKS, TOPIC_DWELLS),
+        *(
+            AclEntry(STREAMS, "topic", s.topic(x), op)
+            for x in (TOPIC_LIST_OUTCOMES, TOPIC_JOIN_CHANGELOG, TOPIC_LINK_CHANGELOG)
+            for op in ("READ", "WRITE")
+        ),
+        *topics(STREAMS, "WRITE", TOPIC_TRANSITIONS, TOPIC_DEAD_LETTER),
+        *(AclEntry(STREAMS, "topic", name, op) for name in leaders for op in ("CREATE", "READ", "WRITE")),
+        AclEntry(STREAMS, "group", s.streams_app_id, "READ"),
+        AclEntry(STREAMS, "group", s.streams_link_app_id, "READ"),
+        # learner: reads transitions in its group, alone writes snapshots (and reads them back
+        # for its version scan), writes dead letters
+        *topics(LEARNER, "READ", TOPIC_TRANSITIONS, TOPIC_SNAPSHOTS),
+        *topics(LEARNER, "WRITE", TOPIC_SNAPSHOTS, TOPIC_DEAD_LETTER),
+        AclEntry(LEARNER, "group", s.learner_group_id, "READ"),
+    ]
+
+
+def apply_acls(admin_settings: Settings, plan: list[AclEntry], timeout_s: float = 15.0) -> int:
+    """Create ``plan``'s ACLs as the admin principal (idempotent: the broker keeps one copy of
+    an ACL created twice) and wait until the broker enforces them. Returns how many were sent;
+    raises DevstackError on any failure."""
+    from kafka.admin import (
+        ACL,
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePattern,
+        ResourcePatternFilter,
+        ResourceType,
+    )
+
+    from base import kafka as kafka_clients
+
+    acls = [
+        ACL(
+            principal=f"User:{username(e.role)}",
+            host="*",
+            operation=ACLOperation[e.operation],
+            permission_type=ACLPermissionType.ALLOW,
+            resource_pattern=ResourcePattern(
+                ResourceType[e.resource.upper()], e.name, ACLResourcePatternType.LITERAL
+            ),
+        )
+        for e in plan
+    ]
+    admin = kafka_clients.admin(admin_settings, client_id="paperec-devstack-acls", request_timeout_ms=10_000)
+
+    def key(acl: Any) -> tuple[str, int, str, int]:
+        pattern = acl.resource_pattern
+        return (acl.principal, int(pattern.resource_type), pattern.resource_name, int(acl.operation))
+
+    every = ACLFilter(
+        principal=None,
+        host=None,
+        operation=ACLOperation.ANY,
+        permission_type=ACLPermissionType.ALLOW,
+        resource_pattern=ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.LITERAL),
+    )
+    try:
+        result = admin.create_acls(acls)
+        if result["failed"]:
+            raise DevstackError(f"kafka: {len(result['failed'])} ACLs not created: {result['failed'][:3]}")
+        # The controller commits them; the broker's authorizer applies them a moment later, from
+        # the metadata log. It answers DescribeAcls from the same state it authorizes with.
+        wanted = {key(a) for a in acls}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            described, _ = admin.describe_acls(every)
+            if wanted <= {key(a) for a in described}:
+                break
+            if time.monotonic() > deadline:
+                raise DevstackError(f"kafka: ACLs created but not in force after {timeout_s:.0f} s")
+            time.sleep(0.1)
+    finally:
+        admin.close()
+    return len(acls)
+
+
+def env_file_lines(role: str, password: str) -> Iterator[str]:
+    """A service's credentials as PAPEREC_* lines (``set -a; . <file>``, or a compose env_file)."""
+    yield f"{ENV_PREFIX}KAFKA_SECURITY_PROTOCOL={SASL_PLAINTEXT}"
+    yield f"{ENV_PREFIX}KAFKA_SASL_MECHANISM={SCRAM_MECHANISM}"
+    yield f"{ENV_PREFIX}KAFKA_USERNAME={username(role)}"
+    yield f"{ENV_PREFIX}KAFKA_PASSWORD={password}"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            name, value = line.split("=", 1)
+            out[name.strip()] = value
+    return out
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created so, never world-readable for a moment)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
 
 LOG4J2_PROPERTIES = """\
 # Written by `paperec devstack up`. A .properties config: YAML would need jackson-dataformat-yaml
@@ -98,7 +281,82 @@ class Kafka(Service):
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.settings.kafka_port} (controller :{self.settings.kafka_controller_port})"
+        s = self.settings
+        secured = f" {SASL_PLAINTEXT}" if self.secured else ""
+        return f"{self.host}:{s.kafka_port}{secured} (controller :{s.kafka_controller_port})"
+
+    # ------------------------------------------------------------------ security
+    @property
+    def secured(self) -> bool:
+        """SASL_PLAINTEXT listener, SCRAM users, ACLs (else PLAINTEXT: local development only)."""
+        protocol = self.settings.kafka_security_protocol
+        if protocol not in (PLAINTEXT, SASL_PLAINTEXT):
+            raise DevstackError(
+                f"kafka: the dev stack's broker offers {PLAINTEXT} or {SASL_PLAINTEXT}, not {protocol} "
+                f"({ENV_PREFIX}KAFKA_SECURITY_PROTOCOL): TLS needs certificates of your own broker "
+                "(docs/security.md)."
+            )
+        return protocol == SASL_PLAINTEXT
+
+    @property
+    def credentials_dir(self) -> Path:
+        return self.root / "credentials"
+
+    def credentials_file(self, role: str) -> Path:
+        return self.credentials_dir / f"{role}.env"
+
+    def credentials(self, role: str) -> dict[str, str]:
+        """``role``'s PAPEREC_KAFKA_* variables (security protocol, mechanism, username, password):
+        what that service's process gets in its environment."""
+        try:
+            return read_env_file(self.credentials_file(role))
+        except OSError:
+            raise DevstackError(
+                f"kafka: no credentials for {role!r} in {self.credentials_dir} (the broker was not "
+                "formatted with SASL users; `paperec devstack down --only kafka --wipe`, then `up`)"
+            ) from None
+
+    def client_settings(self, role: str) -> Settings:
+        """``self.settings`` as the principal of ``role`` (secured broker only)."""
+        env = self.credentials(role)
+        return self.settings.replace(
+            kafka_security_protocol=env[f"{ENV_PREFIX}KAFKA_SECURITY_PROTOCOL"],
+            kafka_sasl_mechanism=env[f"{ENV_PREFIX}KAFKA_SASL_MECHANISM"],
+            kafka_username=env[f"{ENV_PREFIX}KAFKA_USERNAME"],
+            kafka_password=env[f"{ENV_PREFIX}KAFKA_PASSWORD"],
+        )
+
+    def ensure_credentials(self) -> None:
+        """Generate every role's password (and the controller's) before the storage is formatted;
+        they never change afterwards (the SCRAM users are in the metadata log)."""
+        formatted = (self.data_dir / "meta.properties").is_file()
+        if self.credentials_dir.is_dir():
+            return
+        if formatted:
+            raise DevstackError(
+                f"kafka: {self.data_dir} was formatted without SASL users; to secure the dev broker "
+                "wipe it first: `paperec devstack down --only kafka --wipe`, then `up` again"
+            )
+        for role in ROLES:
+            password = secrets.token_hex(24)  # hex: safe inside --add-scram's [name=..,password=..]
+            write_secret(self.credentials_file(role), "\n".join(env_file_lines(role, password)) + "\n")
+        write_secret(self.credentials_dir / "controller.password", secrets.token_hex(24) + "\n")
+
+    def _controller_password(self) -> str:
+        return (self.credentials_dir / "controller.password").read_text().strip()
+
+    def scram_args(self) -> list[str]:
+        """``kafka-storage format`` arguments creating every role's SCRAM user."""
+        args = []
+        for role in ROLES:
+            env = self.credentials(role)
+            name, password = env[f"{ENV_PREFIX}KAFKA_USERNAME"], env[f"{ENV_PREFIX}KAFKA_PASSWORD"]
+            args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
+        return args
+
+    def apply_acls(self, settings: Settings | None = None) -> int:
+        """Create the ACLs of ``settings``' topic prefix (default: the dev stack's own)."""
+        return apply_acls(self.client_settings(ADMIN), acl_plan(settings or self.settings))
 
     def ports(self) -> list[Port]:
         s, h = self.settings, self.host
@@ -114,6 +372,8 @@ class Kafka(Service):
     def prepare(self) -> None:
         java = require_java()
         self.fetch_jars()
+        if self.secured:
+            self.ensure_credentials()
         self.write_config()
         self.format_storage(java)
 
@@ -160,15 +420,25 @@ class Kafka(Service):
         """(Re)write server.properties and the log4j2 config from the current settings."""
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.server_properties.write_text(
-            render_server_properties(
+        text = render_server_properties(
+            host=self.host,
+            port=self.settings.kafka_port,
+            controller_port=self.settings.kafka_controller_port,
+            log_dir=self.data_dir,
+            max_message_bytes=self.settings.max_message_bytes + MESSAGE_HEADROOM_BYTES,
+        )
+        if self.secured:
+            admin = self.credentials(ADMIN)
+            text = secure_server_properties(
+                text,
                 host=self.host,
                 port=self.settings.kafka_port,
                 controller_port=self.settings.kafka_controller_port,
-                log_dir=self.data_dir,
-                max_message_bytes=self.settings.max_message_bytes + MESSAGE_HEADROOM_BYTES,
+                admin_user=admin[f"{ENV_PREFIX}KAFKA_USERNAME"],
+                admin_password=admin[f"{ENV_PREFIX}KAFKA_PASSWORD"],
+                controller_password=self._controller_password(),
             )
-        )
+        write_secret(self.server_properties, text)  # holds the broker's own passwords when secured
         (self.config_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
 
     def format_storage(self, java: str) -> None:
@@ -186,6 +456,10 @@ class Kafka(Service):
             cluster_id,
             "-c",
             str(self.server_properties),
+            # The SCRAM users, in the first metadata records. Their passwords are on this command
+            # line for the second it runs (a local dev broker; a production one gets its users
+            # from `kafka-configs --alter --add-config SCRAM-SHA-512=...` or the admin API).
+            *(self.scram_args() if self.secured else []),
         ]
         done = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True)
         if done.returncode != 0:
@@ -211,10 +485,14 @@ class Kafka(Service):
             return False
         from base import kafka as kafka_clients  # deferred: keeps `devstack --help` fast
 
+        try:
+            settings = self.client_settings(ADMIN) if self.secured else self.settings
+        except DevstackError:
+            return False
         with quiet_loggers("kafka"):
             try:
                 admin = kafka_clients.admin(
-                    self.settings,
+                    settings,
                     # this dev broker's own listener, whatever else the bootstrap list names
                     bootstrap_servers=f"{self.host}:{self.settings.kafka_port}",
                     client_id="paperec-devstack-probe",
@@ -230,6 +508,18 @@ class Kafka(Service):
                 admin.close()
         brokers = cluster.get("brokers") or []
         return any(not b.get("is_fenced", False) for b in brokers)
+
+    def wait_ready(self, pid: int) -> None:
+        """Wait for the broker; a secured one then gets the services' ACLs (idempotent)."""
+        super().wait_ready(pid)
+        if self.secured:
+            count = self.apply_acls()
+            log.info(
+                "kafka: %d ACLs for topic prefix %r in place; each service's credentials: %s/<role>.env",
+                count,
+                self.settings.topic_prefix,
+                self.credentials_dir,
+            )
 
 
 def render_server_properties(
@@ -269,6 +559,62 @@ group.initial.rebalance.delay.ms=0
 message.max.bytes={max_message_bytes}
 replica.fetch.max.bytes={max_message_bytes}
 """
+
+
+def secure_server_properties(
+    plain: str,
+    *,
+    host: str,
+    port: int,
+    controller_port: int,
+    admin_user: str,
+    admin_password: str,
+    controller_password: str,
+) -> str:
+    """``plain`` with its client listener on SASL_PLAINTEXT (SCRAM-SHA-512), the controller
+    listener on SASL/PLAIN, and the authorizer denying what no ACL allows."""
+    listeners = {
+        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}": (
+            f"listeners={SASL_PLAINTEXT}://{host}:{port},CONTROLLER://{host}:{controller_port}"
+        ),
+        f"advertised.listeners=PLAINTEXT://{host}:{port}": f"advertised.listeners={SASL_PLAINTEXT}://{host}:{port}",
+        "inter.broker.listener.name=PLAINTEXT": f"inter.broker.listener.name={SASL_PLAINTEXT}",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT": (
+            f"listener.security.protocol.map=CONTROLLER:{SASL_PLAINTEXT},{SASL_PLAINTEXT}:{SASL_PLAINTEXT}"
+        ),
+    }
+    for old, new in listeners.items():
+        if old not in plain:
+            raise AssertionError(f"server.properties template changed: {old!r} not found")
+        plain = plain.replace(old, new)
+    scram_jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{admin_user}" password="{admin_password}";'
+    )
+    plain_jaas = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{CONTROLLER_USER}" password="{controller_password}" '
+        f'user_{CONTROLLER_USER}="{controller_password}";'
+    )
+    return (
+        plain
+        + f"""
+# --- Security (`paperec devstack up` with PAPEREC_KAFKA_SECURITY_PROTOCOL={SASL_PLAINTEXT}).
+# Clients: SASL/{SCRAM_MECHANISM}, users created at format time. This broker talks to itself as
+# the admin principal.
+sasl.enabled.mechanisms={SCRAM_MECHANISM}
+sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config={scram_jaas}
+# Controller listener (loopback): SASL/PLAIN with its own user (KRaft cannot use SCRAM there).
+sasl.mechanism.controller.protocol=PLAIN
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+listener.name.controller.plain.sasl.jaas.config={plain_jaas}
+# Whatever no ACL allows is denied; the admin and the controller are super users.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:{admin_user};User:{CONTROLLER_USER}
+"""
+    )
 
 
 def random_cluster_id() -> str:

@@ -108,6 +108,22 @@ def private_kafka(settings: Settings, tmp_path: Path) -> Iterator[PrivateKafka]:
         broker.stop()
 
 
+@pytest.fixture(scope="module")
+def secure_kafka(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateKafka]:
+    """A started SECURED broker of this module's own: SASL_PLAINTEXT (SCRAM-SHA-512), a user per
+    service role, ACLs for the topic prefix ``paperec.secure.``; a test gets its own prefix's
+    with ``PrivateKafka.prefixed`` (tests/integration/private_stack.py). Module-scoped: starting
+    one costs 10-25 s on the 2-core CI machine."""
+    broker = PrivateKafka(
+        settings.replace(topic_prefix="paperec.secure."), tmp_path_factory.mktemp("kafka"), secured=True
+    )
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
 @pytest.fixture
 def private_clickhouse(settings: Settings, tmp_path: Path) -> Iterator[PrivateClickHouse]:
     """A started ClickHouse server of this test's own, to kill and restart."""

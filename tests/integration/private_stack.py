@@ -4,7 +4,9 @@ classes with another state dir and free loopback ports, so a test may stop, kill
 
 The broker's jar cache is linked from the default state dir, so nothing is downloaded again.
 The fixtures ``private_kafka`` and ``private_clickhouse`` (tests/integration/conftest.py) start
-one per test and stop it afterwards.
+one per test and stop it afterwards; ``secure_kafka`` starts a secured broker (SASL_PLAINTEXT,
+SCRAM users, ACLs per service principal: paperec/devstack/kafka.py), whose clients take a
+role's settings from :meth:`PrivateKafka.as_role`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from base.settings import Settings
 from paperec.devstack.clickhouse import ClickHouse
-from paperec.devstack.kafka import Kafka
+from paperec.devstack.kafka import SASL_PLAINTEXT, Kafka
 from paperec.devstack.process import Service, pid_alive, terminate
 
 
@@ -52,15 +54,20 @@ class _PrivateServer:
 
 
 class PrivateKafka(_PrivateServer):
-    """A broker of our own (KRaft, single node)."""
+    """A broker of our own (KRaft, single node). ``secured``: a SASL_PLAINTEXT listener, one SCRAM
+    user per service role and the ACLs of ``settings``' topic prefix (its admin client's
+    settings: ``as_role("admin")``)."""
 
-    def __init__(self, settings: Settings, tmp: Path) -> None:
+    def __init__(self, settings: Settings, tmp: Path, *, secured: bool = False) -> None:
         shared_libs = Kafka(settings).libs_dir
         kafka = Kafka(
             settings.replace(
                 state_dir=str(tmp / "state"),
                 kafka_bootstrap=f"127.0.0.1:{free_port()}",
                 kafka_controller_port=free_port(),
+                kafka_security_protocol=SASL_PLAINTEXT if secured else "PLAINTEXT",
+                kafka_username="",
+                kafka_password="",
             )
         )
         kafka.root.mkdir(parents=True, exist_ok=True)
@@ -69,6 +76,23 @@ class PrivateKafka(_PrivateServer):
         kafka.prepare()
         super().__init__(kafka)
         self.kafka = kafka
+
+    def as_role(self, role: str) -> Settings:
+        """This broker's settings as the principal of ``role`` (a secured broker's)."""
+        return self.kafka.client_settings(role)
+
+    def prefixed(self, prefix: str) -> PrivateKafka:
+        """Grant the ACLs of topic prefix ``prefix`` and use it from now on (one prefix per test
+        on a shared secured broker)."""
+        self.settings = self.settings.replace(topic_prefix=prefix)
+        self.kafka = Kafka(self.settings)
+        self.service = self.kafka
+        self.kafka.apply_acls()
+        return self
+
+    def role_env(self, role: str) -> dict[str, str]:
+        """``role``'s PAPEREC_KAFKA_* variables, for a service process."""
+        return self.kafka.credentials(role)
 
 
 class PrivateClickHouse(_PrivateServer):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -276,3 +278,45 @@ def test_serving_continues_when_kafka_is_unreachable(
         assert metric_value(text, "paperec_serving_impression_producer_connected") == 0
     finally:
         node.stop()
+
+
+def _serve_port(first: int = 18500, count: int = 100) -> int:
+    """A free port from 18500 up (the serving tests' range, clear of the dev stack's ports)."""
+    for port in range(first, first + count):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}..{first + count - 1}")
+
+
+def test_rank_needs_the_bearer_token_when_one_is_configured(
+    settings: Settings, tmp_path: Path, unique_prefix: str
+) -> None:
+    """Acceptance (issue 20): /rank without the token is 401 when a token is configured, 200 with
+    it; the token reaches the node by environment (start_node), the health probe stays open."""
+    token = secrets.token_urlsafe(32)  # generated here: no secret in the repository
+    s = settings.replace(topic_prefix=unique_prefix, serve_auth_token=token)
+    assert create_topics(s) == []
+    args = ["--serve-cold-start", "random", "--serve-metrics-clickhouse", "false"]
+    node = start_node(s, tmp_path, name="auth", extra_args=args, port=_serve_port())
+    try:
+        wait_ready([node], timeout_s=90)  # /readyz: open without the token
+        assert node.auth_headers == {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=node.url, timeout=5) as client:
+            refused = client.post("/rank", json=example_request(5))
+            assert refused.status_code == 401, refused.text
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+            assert refused.json()["detail"][0]["type"] == "unauthorized"
+            wrong = {"Authorization": f"Bearer {secrets.token_urlsafe(32)}"}
+            assert client.post("/rank", json=example_request(5), headers=wrong).status_code == 401
+            ok = client.post("/rank", json=example_request(5), headers=node.auth_headers)
+            assert ok.status_code == 200, ok.text
+            assert client.get("/metrics").status_code == 401
+            text = client.get("/metrics", headers=node.auth_headers).text
+        assert metric_value(text, "paperec_serving_errors_total", 'kind="unauthorized"') == 2
+    finally:
+        node.stop()
+    assert token not in node.log()  # the node never logs the secret

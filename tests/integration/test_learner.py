@@ -164,7 +164,7 @@ def test_learner_trains_publishes_survives_sigkill_and_resumes(
     first = synthetic_transitions(RANKER, 400, seed=1)
     wrong_width = synthetic_transitions(RankerConfig(user_dim=4), 1, seed=9, id_prefix="bad")[0]
     values = [*encoded(first), b'{"type": "transition"}', encode(wrong_width), *encoded(first[:20])]
-    produce(s.kafka_bootstrap, transitions_topic, values, [b"u%d" % (i % 7) for i in range(len(values))])
+    produce(s, transitions_topic, values, [b"u%d" % (i % 7) for i in range(len(values))])
     ckpt_dir = tmp_path / "ckpt"
     source = f"learner-it:{unique_prefix}"
 
@@ -206,7 +206,7 @@ def test_learner_trains_publishes_survives_sigkill_and_resumes(
 
     # 2. more input while it is down, then a restart
     second = synthetic_transitions(RANKER, 150, seed=2, id_prefix="u", start_ts_ms=max_ts + 1000)
-    produce(s.kafka_bootstrap, transitions_topic, encoded(second))
+    produce(s, transitions_topic, encoded(second))
     total = len(values) + len(second)
     run2 = Learner(s, ckpt_dir, tmp_path / "run2.log", source)
     try:
@@ -274,12 +274,12 @@ def test_snapshot_size_policy_one_message_with_raised_limits(settings: Settings,
     topic = s.topic(TOPIC_SNAPSHOTS)
     torch.manual_seed(0)
     model = ActorModel(RankerConfig(), ActorConfig(obs_dim=64, action_dim=2)).eval()
-    assert latest_version(s.kafka_bootstrap, topic, KEY.encode()).version == 0
+    assert latest_version(s, topic, KEY.encode()).version == 0
 
     results: list[Any] = []
     explore = Exploration(noise_std=0.25)
     pub = SnapshotPublisher(
-        s.kafka_bootstrap, topic, KEY.encode(), s.max_message_bytes, 1, results.append, exploration=explore
+        s, topic, KEY.encode(), s.max_message_bytes, 1, results.append, exploration=explore
     )
     try:
         assert pub.publish(lambda: model, training_step=7, watermark_ms=123) is not None
@@ -298,13 +298,11 @@ def test_snapshot_size_policy_one_message_with_raised_limits(settings: Settings,
     assert header.exploration == explore  # recorded (and signed) for the serving nodes
     for name, t in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], t)
-    assert latest_version(s.kafka_bootstrap, topic, KEY.encode()).version == 1
-    assert latest_version(s.kafka_bootstrap, topic, b"another key").version == 0  # verified only
+    assert latest_version(s, topic, KEY.encode()).version == 1
+    assert latest_version(s, topic, b"another key").version == 0  # verified only
 
     # a limit below the payload: refused at encode time, counted, nothing raised or sent
-    small = SnapshotPublisher(
-        s.kafka_bootstrap, topic, KEY.encode(), KAFKA_DEFAULT_MESSAGE_BYTES, 2, exploration=explore
-    )
+    small = SnapshotPublisher(s, topic, KEY.encode(), KAFKA_DEFAULT_MESSAGE_BYTES, 2, exploration=explore)
     try:
         assert small.publish(lambda: model, training_step=8, watermark_ms=124) is None
     finally:

@@ -90,7 +90,7 @@ def test_a_non_finite_transition_on_the_topic_never_stops_snapshots(
     nan_text = good[1].replace(b'"features":[', b'"features":[NaN,', 1)  # not even JSON
     poison = [orjson.dumps(huge), nan_text]
     values = [*good[:100], *poison, *good[100:]]
-    produce(s.kafka_bootstrap, s.topic(TOPIC_TRANSITIONS), values)
+    produce(s, s.topic(TOPIC_TRANSITIONS), values)
     source = f"numeric-it:{unique_prefix}"
     learner = Learner(s, tmp_path / "ckpt", tmp_path / "learner.log", source)
     try:

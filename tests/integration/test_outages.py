@@ -30,9 +30,7 @@ def _flush_s(letters: KafkaDeadLetters) -> float:
 def test_dead_letter_flush_never_raises_during_broker_stop_and_restart(private_kafka: PrivateKafka) -> None:
     s = private_kafka.settings.replace(topic_prefix="paperec.outage.")
     assert create_topics(s) == []
-    letters = KafkaDeadLetters(
-        s.kafka_bootstrap, s.topic(TOPIC_DEAD_LETTER), flush_timeout_s=2.0, max_block_s=2.0
-    )
+    letters = KafkaDeadLetters(s, s.topic(TOPIC_DEAD_LETTER), flush_timeout_s=2.0, max_block_s=2.0)
     letters.send(b"before", None)
     letters.flush()
     assert letters.flushed

@@ -177,9 +177,7 @@ def test_polluted_compacted_topic_neither_rolls_back_a_restarted_node_nor_stops_
     s = settings.replace(topic_prefix=unique_prefix)
     assert create_topics(s) == []
     compact_fast(s)
-    produce(
-        s.kafka_bootstrap, s.topic(TOPIC_TRANSITIONS), encoded(synthetic_transitions(RANKER, 300, seed=1))
-    )
+    produce(s, s.topic(TOPIC_TRANSITIONS), encoded(synthetic_transitions(RANKER, 300, seed=1)))
     node_env = {"PAPEREC_SNAPSHOT_HMAC_KEY": KEY}
     node_args = ["--serve-metrics-clickhouse", "false"]
     ckpt = tmp_path / "ckpt"

@@ -7,6 +7,7 @@ from typing import Any
 
 from kafka.errors import KafkaTimeoutError
 
+from base.settings import Settings
 from learner.kafka_io import CommitAfterFlush, KafkaDeadLetters
 
 
@@ -35,7 +36,7 @@ class StandInProducer:
 
 def test_dead_letters_never_raise_while_the_broker_is_down() -> None:
     producer = StandInProducer()
-    letters = KafkaDeadLetters("unused:1", "dl", producer=producer)
+    letters = KafkaDeadLetters(Settings(), "dl", producer=producer)
     letters.send(b"a", None)
     letters.flush()
     assert letters.flushed and producer.sent == [b"a"]
@@ -54,7 +55,7 @@ def test_dead_letters_never_raise_while_the_broker_is_down() -> None:
 
 def test_commit_waits_for_the_dead_letters_and_is_retried() -> None:
     producer = StandInProducer()
-    letters = KafkaDeadLetters("unused:1", "dl", producer=producer)
+    letters = KafkaDeadLetters(Settings(), "dl", producer=producer)
     committed: list[dict[int, int]] = []
     now = [0.0]
     commits = CommitAfterFlush(letters, committed.append, retry_s=10.0, clock=lambda: now[0])

@@ -44,7 +44,7 @@ class Fakes:
 
         def publisher(first: int, on_result: Any) -> SnapshotPublisher:
             return SnapshotPublisher(
-                "",
+                settings,
                 settings.topic(TOPIC_SNAPSHOTS),
                 KEY,
                 settings.max_message_bytes,
@@ -57,7 +57,7 @@ class Fakes:
 
         return LearnerClients(
             records=partial(MemorySource, self.values, None, False, "mem", commit_log=str(self.commit_log)),
-            dead_letters=lambda: KafkaDeadLetters("", "dead", producer=self.letters),
+            dead_letters=lambda: KafkaDeadLetters(settings, "dead", producer=self.letters),
             snapshot_versions=lambda: self.scan,
             publisher=publisher,
             metrics_writer=lambda: self,
