@@ -52,11 +52,13 @@ def check_security(settings: Settings) -> None:
                 f"{_env('kafka_sasl_mechanism')}={s.kafka_sasl_mechanism!r}: "
                 f"one of {', '.join(SASL_MECHANISMS)}"
             )
-        if not s.kafka_username or not s.kafka_password:
+        if not s.kafka_username or not (s.kafka_password or s.kafka_password_file):
             raise ValueError(
                 f"{_env('kafka_security_protocol')}={s.kafka_security_protocol} needs this service's "
-                f"credentials: set {_env('kafka_username')} and {_env('kafka_password')}"
+                f"credentials: set {_env('kafka_username')} and {_env('kafka_password')} "
+                f"(or {_env('kafka_password_file')})"
             )
+        s.kafka_sasl_password()  # both given, or an unreadable or empty file: refused here
     if bool(s.kafka_ssl_certfile) != bool(s.kafka_ssl_keyfile):
         raise ValueError(f"set both {_env('kafka_ssl_certfile')} and {_env('kafka_ssl_keyfile')}, or neither")
     if not uses_tls(s) and (s.kafka_ssl_cafile or s.kafka_ssl_certfile):
@@ -96,7 +98,7 @@ def security_options(settings: Settings) -> dict[str, Any]:
         options.update(
             sasl_mechanism=s.kafka_sasl_mechanism,
             sasl_plain_username=s.kafka_username,
-            sasl_plain_password=s.kafka_password,
+            sasl_plain_password=s.kafka_sasl_password(),
         )
     context = ssl_context(s)
     if context is not None:
@@ -167,7 +169,7 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
     if uses_sasl(settings):
         options["broker_credentials"] = faust.SASLCredentials(
             username=settings.kafka_username,
-            password=settings.kafka_password,
+            password=settings.kafka_sasl_password(),
             ssl_context=context,  # given: SASL_SSL, else SASL_PLAINTEXT
             mechanism=settings.kafka_sasl_mechanism,
         )

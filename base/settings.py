@@ -76,9 +76,28 @@ class Settings:
     kafka_username: str = _opt("", "Kafka SASL username: this service's own principal (with SASL_*)")
     # A secret: prefer the environment to the flag (argv is visible in `ps`).
     kafka_password: str = _opt("", "Kafka SASL password of kafka_username (with SASL_*)")
+    kafka_password_file: str = _opt(
+        "", "Kafka SASL: file holding kafka_password (first line; e.g. a mounted secret); instead of it"
+    )
     kafka_ssl_cafile: str = _opt("", "Kafka TLS: CA bundle of the brokers' certificates (SSL, SASL_SSL)")
     kafka_ssl_certfile: str = _opt("", "Kafka TLS: client certificate, PEM (SSL with client authentication)")
     kafka_ssl_keyfile: str = _opt("", "Kafka TLS: private key of kafka_ssl_certfile, PEM")
+    # The principals the ACLs name (base/kafka_acls.py, `paperec topics acls`): one per service.
+    kafka_serving_principal: str = _opt(
+        "paperec-serving", "Kafka ACLs: username of the serving nodes (write impressions, read snapshots)"
+    )
+    kafka_streams_principal: str = _opt(
+        "paperec-streams", "Kafka ACLs: username of the streams worker (reads events, writes transitions)"
+    )
+    kafka_learner_principal: str = _opt(
+        "paperec-learner", "Kafka ACLs: username of the learner (reads transitions, alone writes snapshots)"
+    )
+    kafka_feedback_principal: str = _opt(
+        "paperec-feedback", "Kafka ACLs: username of the clients sending feedback (write clicks, dwells)"
+    )
+    kafka_replay_principal: str = _opt(
+        "paperec-replay", "Kafka ACLs: username of recorded traffic (`paperec replay`: writes the 3 events)"
+    )
     # --- ClickHouse
     clickhouse_host: str = _opt("127.0.0.1", "ClickHouse host (native protocol)")
     clickhouse_port: int = _opt(19000, "ClickHouse native TCP port")
@@ -258,6 +277,23 @@ class Settings:
         if not token:
             raise ValueError(f"serve_auth_token_file: {path} holds no token")
         return token
+
+    def kafka_sasl_password(self) -> str:
+        """kafka_password, or the first line of kafka_password_file (read on each call: the
+        once per client built)."""
+        if self.kafka_password and self.kafka_password_file:
+            raise ValueError(f"set {ENV_PREFIX}KAFKA_PASSWORD or {ENV_PREFIX}KAFKA_PASSWORD_FILE, not both")
+        if not self.kafka_password_file:
+            return self.kafka_password
+        path = self.kafka_password_file
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"{ENV_PREFIX}KAFKA_PASSWORD_FILE: cannot read {path}: {exc}") from None
+        password = lines[0].strip() if lines else ""
+        if not password:
+            raise ValueError(f"{ENV_PREFIX}KAFKA_PASSWORD_FILE: {path} holds no password")
+        return password
 
     def serve_auth_headers(self) -> dict[str, str]:
         """HTTP headers a client of /rank and /metrics sends: the bearer token when one is set."""

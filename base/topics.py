@@ -1,8 +1,9 @@
-"""``paperec topics``: provision and check every Kafka topic of the system.
+"""``paperec topics``: provision and check every Kafka topic of the system (and its ACLs).
 
 The plan (names, partitions, configs) is a pure function of the settings, so it is unit-tested
 without a broker; ``create`` applies it idempotently and then *checks* the result on the broker:
 co-partitioning of the join inputs is read back from the broker, not assumed from the plan.
+``acls`` creates the services' ACLs on a secured broker (base/kafka_acls.py, docs/security.md).
 """
 
 from __future__ import annotations
@@ -225,10 +226,19 @@ def delete_prefixed_topics(settings: Settings) -> list[str]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["create", "check", "plan"], help="create: provision and verify")
+    parser.add_argument(
+        "action",
+        choices=["create", "check", "plan", "acls", "acl-plan"],
+        help="create: provision and verify; acls: create the services' ACLs for the topic prefix "
+        "(as the admin principal: --kafka-username and its password); acl-plan: print them",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action in ("acls", "acl-plan"):
+        from base.kafka_acls import run_acls
+
+        return run_acls(settings, dry_run=args.action == "acl-plan")
     if args.action == "plan":
         for spec in topic_plan(settings):
             print(f"{spec.name}\tpartitions={spec.partitions}\t{spec.configs}")

@@ -11,6 +11,10 @@
 Time is compressed: a simulated user answers a list at once, and the events carry wall-clock
 event times, so the join window, the session gap and the snapshot cadence are set short here
 (see DEMO_ENV). Ctrl-C stops everything; no process is left behind.
+
+On a secured dev stack (``PAPEREC_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT``) each service runs as
+its own principal, with the credentials the dev stack generated, and the run's topic prefix is
+granted the services' ACLs first (:func:`secure_demo`).
 """
 
 from __future__ import annotations
@@ -19,11 +23,15 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from base import kafka as kafka_clients
 from base.config_flags import to_flags
-from base.settings import TOPIC_TRANSITIONS, Settings
+from base.kafka_acls import ADMIN, LEARNER, SERVING, STREAMS
+from base.settings import ENV_PREFIX, TOPIC_TRANSITIONS, Settings
 from paperec.demo_driver import DemoDriver, LocalStats, replay_log
 from paperec.services import ServiceProcess, Supervisor
 
@@ -98,7 +106,8 @@ def run_demo(settings: Settings, opts: DemoOptions) -> int:
     supervisor = Supervisor()
     try:
         settings = settings.replace(topic_prefix=f"paperec.demo-{time.strftime('%Y%m%d-%H%M%S')}.")
-        return _run(settings, opts, supervisor)
+        settings, credentials = secure_demo(settings)
+        return _run(settings, opts, supervisor, credentials)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every service")
         return 130
@@ -108,11 +117,36 @@ def run_demo(settings: Settings, opts: DemoOptions) -> int:
             devstack_control.down(settings)
 
 
+def secure_demo(settings: Settings, kafka: Any = None) -> tuple[Settings, dict[str, dict[str, str]] | None]:
+    """On a secured dev broker (``kafka_security_protocol`` SASL_*): grant this run's topic prefix
+    the services' ACLs (as ``paperec devstack acls`` does) and return the admin principal's
+    settings, for this process (it creates the run's topics, drives the traffic and reads the
+    transitions count: the operator), and each service role's credentials from the dev stack's
+    credentials dir. On a PLAINTEXT one: ``settings`` unchanged and no credentials.
+    ``kafka``: the dev stack's broker (default: ``paperec.devstack.kafka.Kafka(settings)``)."""
+    if not kafka_clients.uses_sasl(settings):
+        return settings, None
+    if kafka is None:
+        from paperec.devstack.kafka import Kafka
+
+        kafka = Kafka(settings)
+    count = kafka.apply_acls()
+    log.info("kafka: %d ACLs for the demo's topic prefix %s", count, settings.topic_prefix)
+    credentials = {role: dict(kafka.credentials(role)) for role in (SERVING, STREAMS, LEARNER)}
+    return kafka.client_settings(ADMIN), credentials
+
+
 def demo_services(
-    settings: Settings, opts: DemoOptions, log_dir: Path, demo_tuning: bool = True
+    settings: Settings,
+    opts: DemoOptions,
+    log_dir: Path,
+    demo_tuning: bool = True,
+    kafka_credentials: Mapping[str, Mapping[str, str]] | None = None,
 ) -> tuple[list[ServiceProcess], list[str]]:
     """The streams worker, the learner and two serving nodes for this run's topic prefix, with the
-    demo's short windows and snapshot cadence (``demo_tuning``) or the library defaults."""
+    demo's short windows and snapshot cadence (``demo_tuning``) or the library defaults.
+    ``kafka_credentials`` (a secured broker): role -> that principal's ``PAPEREC_KAFKA_*``
+    variables (:func:`secure_demo`); each service gets only its own role's."""
     from simulator import SimulatorConfig
 
     ranker = SimulatorConfig(seed=opts.seed, n_users=opts.users).ranker_config()
@@ -131,6 +165,19 @@ def demo_services(
             else {}
         ),
     }
+
+    def env_of(role: str) -> dict[str, str]:
+        if kafka_credentials is None:
+            return env
+        return {
+            **env,
+            **kafka_credentials[role],
+            # the file would win over (conflict with) the password given here
+            f"{ENV_PREFIX}KAFKA_PASSWORD_FILE": "",
+            # the run's topics exist already: the streams principal may not create topics
+            **({f"{ENV_PREFIX}STREAMS_CREATE_TOPICS": "false"} if role == STREAMS else {}),
+        }
+
     cold_start = json.dumps({"ranker": {k: _jsonable(v) for k, v in vars(ranker).items()}})
     learner_flags = [
         *(DEMO_LEARNER_FLAGS if demo_tuning else []),
@@ -141,8 +188,8 @@ def demo_services(
     ]
     ports = [settings.serve_port + 1, settings.serve_port + 2]
     services = [
-        ServiceProcess("streams", ["streams"], env, log_dir / "streams.log"),
-        ServiceProcess("learner", ["learner", *learner_flags], env, log_dir / "learner.log"),
+        ServiceProcess("streams", ["streams"], env_of(STREAMS), log_dir / "streams.log"),
+        ServiceProcess("learner", ["learner", *learner_flags], env_of(LEARNER), log_dir / "learner.log"),
         *(
             ServiceProcess(
                 f"actor-{i + 1}",
@@ -158,7 +205,7 @@ def demo_services(
                     "--serve-snapshot-dir",
                     str(log_dir.parent / "snapshots" / settings.topic_prefix.strip(".") / f"actor-{i + 1}"),
                 ],
-                env,
+                env_of(SERVING),
                 log_dir / f"actor-{i + 1}.log",
             )
             for i, port in enumerate(ports)
@@ -167,7 +214,12 @@ def demo_services(
     return services, [f"http://{settings.serve_host}:{p}" for p in ports]
 
 
-def _run(settings: Settings, opts: DemoOptions, supervisor: Supervisor) -> int:
+def _run(
+    settings: Settings,
+    opts: DemoOptions,
+    supervisor: Supervisor,
+    kafka_credentials: Mapping[str, Mapping[str, str]] | None = None,
+) -> int:
     from base.metrics_store import init_tables
     from base.topics import create_topics
 
@@ -178,7 +230,7 @@ def _run(settings: Settings, opts: DemoOptions, supervisor: Supervisor) -> int:
         return 1
     init_tables(settings)
     log_dir = opts.out / "logs"
-    services, urls = demo_services(settings, opts, log_dir)
+    services, urls = demo_services(settings, opts, log_dir, kafka_credentials=kafka_credentials)
     for service in services:
         supervisor.start(service)
     driver = DemoDriver(settings, urls, opts.users, opts.seed, opts.parallel)

@@ -5,11 +5,12 @@ runtime dependency closure of ``kafka_2.13`` (see ``pom.xml``), copied by Maven 
 ``<state_dir>/kafka/libs`` once and reused.
 
 With ``kafka_security_protocol=SASL_PLAINTEXT`` the broker is secured (docs/security.md, "Kafka"):
-its client listener takes SASL/SCRAM-SHA-512 only, one SCRAM user per service (:data:`ROLES`)
-is created when the storage is formatted (``kafka-storage format --add-scram``, passwords
-generated then and kept in ``<state_dir>/kafka/credentials/<role>.env``, mode 0600), Kafka's
-``StandardAuthorizer`` denies whatever no ACL allows, and the ACLs of :func:`acl_plan` are
-created with the admin client once the broker answers. The controller listener (loopback) takes
+its client listener takes SASL/SCRAM-SHA-512 only, one SCRAM user per service role
+(:data:`base.kafka_acls.ROLES`, named by the settings) is created when the storage is formatted
+(``kafka-storage format --add-scram``, passwords generated then and kept in
+``<state_dir>/kafka/credentials/<role>.env``, mode 0600), Kafka's ``StandardAuthorizer`` denies
+whatever no ACL allows, and the ACLs of :func:`base.kafka_acls.acl_plan` are created with the
+admin client once the broker answers. The controller listener (loopback) takes
 SASL/PLAIN with a controller user of its own: KRaft cannot use SCRAM there (the SCRAM users live
 in the metadata log the controller serves), and a PLAINTEXT controller listener would have to
 make the anonymous user a super user.
@@ -26,26 +27,13 @@ import re
 import secrets
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from base.settings import (
-    ENV_PREFIX,
-    TOPIC_CLICKS,
-    TOPIC_DEAD_LETTER,
-    TOPIC_DWELLS,
-    TOPIC_IMPRESSIONS,
-    TOPIC_JOIN_CHANGELOG,
-    TOPIC_LINK_CHANGELOG,
-    TOPIC_LIST_OUTCOMES,
-    TOPIC_SNAPSHOTS,
-    TOPIC_TRANSITIONS,
-    Settings,
-)
+from base.kafka_acls import ADMIN, ROLES, AclEntry, AclError, acl_plan, principal
+from base.kafka_acls import apply_acls as _apply_acls
+from base.settings import ENV_PREFIX, Settings
 from paperec.devstack.process import DevstackError, Port, Service, quiet_loggers, tcp_accepts
 
 log = logging.getLogger(__name__)
@@ -67,137 +55,28 @@ MIN_JAVA = 17  # Kafka 4.x
 # ---------------------------------------------------------------- security (SASL_PLAINTEXT)
 PLAINTEXT, SASL_PLAINTEXT = "PLAINTEXT", "SASL_PLAINTEXT"
 SCRAM_MECHANISM = "SCRAM-SHA-512"
-ADMIN, SERVING, STREAMS, LEARNER, FEEDBACK = "admin", "serving", "streams", "learner", "feedback"
-# One principal per service; `feedback` is the clients' (clicks and dwells), `admin` the
-# operator's (a super user: creates topics and ACLs).
-ROLES = (ADMIN, SERVING, STREAMS, LEARNER, FEEDBACK)
 CONTROLLER_USER = "paperec-controller"  # SASL/PLAIN on the loopback controller listener only
-# Faust's leader-election topic of an app (faust/assignor/leader_assignor.py), created by the
-# streams worker itself when it first starts.
-FAUST_LEADER_TOPIC = "{app_id}-__assignor-__leader"
 
 
-def username(role: str) -> str:
-    """The Kafka principal (``User:<name>``) of a service role."""
-    return f"paperec-{role}"
-
-
-@dataclass(frozen=True)
-class AclEntry:
-    """One ALLOW rule: ``role`` may ``operation`` the ``resource`` (topic, group) ``name``
-    (literal: no prefix patterns, so a new topic is never reachable by accident)."""
-
-    role: str
-    resource: str
-    name: str
-    operation: str
-
-
-def acl_plan(settings: Settings) -> list[AclEntry]:
-    """Every ACL of the services for ``settings``' topic prefix: least privilege per principal.
-    READ and WRITE imply DESCRIBE (metadata, offsets); WRITE on a topic implies the idempotent
-    producer's IDEMPOTENT_WRITE (Kafka >= 3.0). No transactions are used. The admin principal is a
-    super user (``super.users``) and needs none."""
-    s = settings
-
-    def topics(role: str, operation: str, *suffixes: str) -> list[AclEntry]:
-        return [AclEntry(role, "topic", s.topic(x), operation) for x in suffixes]
-
-    leaders = [FAUST_LEADER_TOPIC.format(app_id=a) for a in (s.streams_app_id, s.streams_link_app_id)]
-    return [
-        # serving: logs impressions, reads snapshots (as no group: every node reads every one).
-        # There is no control topic today; one would get a READ here.
-        *topics(SERVING, "WRITE", TOPIC_IMPRESSIONS),
-        *topics(SERVING, "READ", TOPIC_SNAPSHOTS),
-        # clients: their feedback only
-        *topics(FEEDBACK, "WRITE", TOPIC_CLICKS, TOPIC_DWELLS),
-        # streams: reads the events, writes its own topics (and reads back its changelogs and
-        # list-outcomes, stage 2's input), in its two consumer groups
-        *topics(STREAMS, "READ", TOPIC_IMPRESSIONS, TOPIC_CLICKS, TOPIC_DWELLS),
-        *(
-            AclEntry(STREAMS, "topic", s.topic(x), op)
-            for x in (TOPIC_LIST_OUTCOMES, TOPIC_JOIN_CHANGELOG, TOPIC_LINK_CHANGELOG)
-            for op in ("READ", "WRITE")
-        ),
-        *topics(STREAMS, "WRITE", TOPIC_TRANSITIONS, TOPIC_DEAD_LETTER),
-        *(AclEntry(STREAMS, "topic", name, op) for name in leaders for op in ("CREATE", "READ", "WRITE")),
-        AclEntry(STREAMS, "group", s.streams_app_id, "READ"),
-        AclEntry(STREAMS, "group", s.streams_link_app_id, "READ"),
-        # learner: reads transitions in its group, alone writes snapshots (and reads them back
-        # for its version scan), writes dead letters
-        *topics(LEARNER, "READ", TOPIC_TRANSITIONS, TOPIC_SNAPSHOTS),
-        *topics(LEARNER, "WRITE", TOPIC_SNAPSHOTS, TOPIC_DEAD_LETTER),
-        AclEntry(LEARNER, "group", s.learner_group_id, "READ"),
-    ]
+def username(role: str, settings: Settings | None = None) -> str:
+    """The Kafka principal (``User:<name>``) of a service role: ``settings``' name for it (the
+    defaults' when None)."""
+    return principal(settings or Settings(), role)
 
 
 def apply_acls(admin_settings: Settings, plan: list[AclEntry], timeout_s: float = 15.0) -> int:
-    """Create ``plan``'s ACLs as the admin principal (idempotent: the broker keeps one copy of
-    an ACL created twice) and wait until the broker enforces them. Returns how many were sent;
-    raises DevstackError on any failure."""
-    from kafka.admin import (
-        ACL,
-        ACLFilter,
-        ACLOperation,
-        ACLPermissionType,
-        ACLResourcePatternType,
-        ResourcePattern,
-        ResourcePatternFilter,
-        ResourceType,
-    )
-
-    from base import kafka as kafka_clients
-
-    acls = [
-        ACL(
-            principal=f"User:{username(e.role)}",
-            host="*",
-            operation=ACLOperation[e.operation],
-            permission_type=ACLPermissionType.ALLOW,
-            resource_pattern=ResourcePattern(
-                ResourceType[e.resource.upper()], e.name, ACLResourcePatternType.LITERAL
-            ),
-        )
-        for e in plan
-    ]
-    admin = kafka_clients.admin(admin_settings, client_id="paperec-devstack-acls", request_timeout_ms=10_000)
-
-    def key(acl: Any) -> tuple[str, int, str, int]:
-        pattern = acl.resource_pattern
-        return (acl.principal, int(pattern.resource_type), pattern.resource_name, int(acl.operation))
-
-    every = ACLFilter(
-        principal=None,
-        host=None,
-        operation=ACLOperation.ANY,
-        permission_type=ACLPermissionType.ALLOW,
-        resource_pattern=ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.LITERAL),
-    )
+    """:func:`base.kafka_acls.apply_acls`, failures as DevstackError."""
     try:
-        result = admin.create_acls(acls)
-        if result["failed"]:
-            raise DevstackError(f"kafka: {len(result['failed'])} ACLs not created: {result['failed'][:3]}")
-        # The controller commits them; the broker's authorizer applies them a moment later, from
-        # the metadata log. It answers DescribeAcls from the same state it authorizes with.
-        wanted = {key(a) for a in acls}
-        deadline = time.monotonic() + timeout_s
-        while True:
-            described, _ = admin.describe_acls(every)
-            if wanted <= {key(a) for a in described}:
-                break
-            if time.monotonic() > deadline:
-                raise DevstackError(f"kafka: ACLs created but not in force after {timeout_s:.0f} s")
-            time.sleep(0.1)
-    finally:
-        admin.close()
-    return len(acls)
+        return _apply_acls(admin_settings, plan, timeout_s)
+    except AclError as exc:
+        raise DevstackError(str(exc)) from exc
 
 
-def env_file_lines(role: str, password: str) -> Iterator[str]:
+def env_file_lines(role: str, password: str, settings: Settings | None = None) -> Iterator[str]:
     """A service's credentials as PAPEREC_* lines (``set -a; . <file>``, or a compose env_file)."""
     yield f"{ENV_PREFIX}KAFKA_SECURITY_PROTOCOL={SASL_PLAINTEXT}"
     yield f"{ENV_PREFIX}KAFKA_SASL_MECHANISM={SCRAM_MECHANISM}"
-    yield f"{ENV_PREFIX}KAFKA_USERNAME={username(role)}"
+    yield f"{ENV_PREFIX}KAFKA_USERNAME={username(role, settings)}"
     yield f"{ENV_PREFIX}KAFKA_PASSWORD={password}"
 
 
@@ -324,6 +203,7 @@ class Kafka(Service):
             kafka_sasl_mechanism=env[f"{ENV_PREFIX}KAFKA_SASL_MECHANISM"],
             kafka_username=env[f"{ENV_PREFIX}KAFKA_USERNAME"],
             kafka_password=env[f"{ENV_PREFIX}KAFKA_PASSWORD"],
+            kafka_password_file="",  # the credentials file's password, whatever the environment says
         )
 
     def ensure_credentials(self) -> None:
@@ -339,7 +219,8 @@ class Kafka(Service):
             )
         for role in ROLES:
             password = secrets.token_hex(24)  # hex: safe inside --add-scram's [name=..,password=..]
-            write_secret(self.credentials_file(role), "\n".join(env_file_lines(role, password)) + "\n")
+            lines = env_file_lines(role, password, self.settings)  # the settings' principal names
+            write_secret(self.credentials_file(role), "\n".join(lines) + "\n")
         write_secret(self.credentials_dir / "controller.password", secrets.token_hex(24) + "\n")
 
     def _controller_password(self) -> str:

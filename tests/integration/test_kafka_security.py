@@ -3,7 +3,7 @@
 Each test starts a PRIVATE secured broker (the ``secure_kafka`` fixture: the dev stack's broker
 class with ``kafka_security_protocol=SASL_PLAINTEXT``, a SCRAM user per service role created at
 format time, ``StandardAuthorizer`` with ``allow.everyone.if.no.acl.found=false`` and the ACLs of
-``paperec.devstack.kafka.acl_plan``); the shared dev stack is never touched. Every client is built
+``base.kafka_acls.acl_plan``); the shared dev stack is never touched. Every client is built
 by ``base/kafka.py`` from a role's settings (``PrivateKafka.as_role``), as the services build
 theirs from their own ``PAPEREC_KAFKA_*`` environment.
 """
@@ -29,12 +29,12 @@ from kafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
 from private_stack import PrivateKafka, free_port
 
 from base import kafka as kafka_clients
+from base.kafka_acls import ADMIN, FEEDBACK, LEARNER, SERVING, STREAMS
 from base.settings import TOPIC_IMPRESSIONS, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
 from base.topics import create_topics
 from paperec.demo import DemoOptions, demo_services
 from paperec.demo_driver import HttpPolicy
 from paperec.devstack import cli as devstack_cli
-from paperec.devstack.kafka import ADMIN, FEEDBACK, LEARNER, SERVING, STREAMS
 from paperec.replay import KafkaSender
 from paperec.services import Supervisor
 from simulator import ListRequest, Ranking, Simulator, SimulatorConfig

@@ -19,6 +19,7 @@ import pytest
 import torch
 from clickhouse_driver import Client
 from kafka import KafkaConsumer, TopicPartition
+from topic_reads import read_topic
 
 from base.metrics_store import init_tables
 from base.settings import TOPIC_DEAD_LETTER, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
@@ -56,33 +57,9 @@ RANKER_FLAGS = [
 ]
 
 
-def _read_all(settings: Settings, suffix: str) -> list[Any]:
-    topic = settings.topic(suffix)
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=64 * 1024 * 1024,
-    )
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        out: list[Any] = []
-        deadline = time.monotonic() + 20
-        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
-            for msgs in consumer.poll(timeout_ms=500).values():
-                out.extend(msgs)
-        return out
-    finally:
-        consumer.close()
-
-
 def _snapshots(settings: Settings) -> list[tuple[SnapshotHeader, ActorModel, int]]:
     out = []
-    for m in _read_all(settings, TOPIC_SNAPSHOTS):
+    for m in read_topic(settings, TOPIC_SNAPSHOTS):
         header, model = decode_snapshot(header_of(m.headers), m.value, KEY.encode())  # checksum + HMAC
         out.append((header, model, len(m.value)))
     return out
@@ -171,7 +148,7 @@ def test_learner_trains_publishes_survives_sigkill_and_resumes(
     # 1. first run: ingests, trains, publishes >= 2 snapshots, checkpoints; then SIGKILL
     run1 = Learner(s, ckpt_dir, tmp_path / "run1.log", source)
     try:
-        run1.wait_for("2 snapshots", lambda: len(_read_all(s, TOPIC_SNAPSHOTS)) >= 2)
+        run1.wait_for("2 snapshots", lambda: len(read_topic(s, TOPIC_SNAPSHOTS)) >= 2)
         run1.wait_for("a checkpoint", lambda: CheckpointStore(ckpt_dir).paths())
     finally:
         run1.kill(signal.SIGKILL)
@@ -191,7 +168,7 @@ def test_learner_trains_publishes_survives_sigkill_and_resumes(
         result = score(model, list_inputs([view], RANKER))  # loads into the serving model and ranks
         assert torch.isfinite(result.scores[result.scores > -torch.inf]).all()
     assert [h.training_step for h, _, _ in snaps] == sorted(h.training_step for h, _, _ in snaps)
-    m = _read_all(s, TOPIC_SNAPSHOTS)[0]
+    m = read_topic(s, TOPIC_SNAPSHOTS)[0]
     with pytest.raises(SnapshotRejected, match="signature"):
         decode_snapshot(header_of(m.headers), m.value, b"another key")
 
@@ -240,7 +217,7 @@ def test_learner_trains_publishes_survives_sigkill_and_resumes(
     assert final["snapshot_version"] == max(h.snapshot_version for h, _, _ in snaps2)
     assert final["trainer"]["num_steps"] > ckpt["trainer"]["num_steps"]
 
-    letters = [decode_dead_letter(m.value) for m in _read_all(s, TOPIC_DEAD_LETTER)]
+    letters = [decode_dead_letter(m.value) for m in read_topic(s, TOPIC_DEAD_LETTER)]
     fields = {d.error_field for d in letters if d.stage == "learner.ingest"}
     assert {"user_features"} < fields and len(letters) >= 2, letters  # at least once (a kill may repeat one)
 

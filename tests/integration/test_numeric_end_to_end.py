@@ -12,8 +12,9 @@ import httpx
 import orjson
 import pytest
 from clickhouse_driver import Client
-from test_learner import RANKER, Learner, _read_all, _snapshots
+from test_learner import RANKER, Learner, _snapshots
 from test_streams_worker import Reader, Worker, producer, send, streams_settings
+from topic_reads import read_topic
 
 from actor_service.devtools import example_request, start_node, wait_ready
 from base.metrics_store import init_tables
@@ -94,7 +95,7 @@ def test_a_non_finite_transition_on_the_topic_never_stops_snapshots(
     source = f"numeric-it:{unique_prefix}"
     learner = Learner(s, tmp_path / "ckpt", tmp_path / "learner.log", source)
     try:
-        learner.wait_for("3 snapshots", lambda: len(_read_all(s, TOPIC_SNAPSHOTS)) >= 3, timeout_s=90)
+        learner.wait_for("3 snapshots", lambda: len(read_topic(s, TOPIC_SNAPSHOTS)) >= 3, timeout_s=90)
     finally:
         learner.kill(signal.SIGTERM)
         rc = learner.wait()
@@ -103,7 +104,7 @@ def test_a_non_finite_transition_on_the_topic_never_stops_snapshots(
     snaps = _snapshots(s)  # decodes and verifies each one: a non-finite tensor would be rejected
     versions = [h.snapshot_version for h, _, _ in snaps]
     assert len(versions) >= 3 and versions == sorted(set(versions))
-    letters = [decode_dead_letter(m.value) for m in _read_all(s, TOPIC_DEAD_LETTER)]
+    letters = [decode_dead_letter(m.value) for m in read_topic(s, TOPIC_DEAD_LETTER)]
     assert {(d.stage, d.error_field) for d in letters} == {
         ("learner.ingest", "state.items[0].features[1]"),
         ("learner.ingest", "$"),

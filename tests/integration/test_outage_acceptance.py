@@ -44,6 +44,7 @@ import httpx
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from private_stack import PrivateClickHouse, PrivateKafka, free_port
+from topic_reads import read_topic
 
 from actor_service.devtools import metric_value
 from base.metrics_store import TABLES, client, init_tables
@@ -167,31 +168,6 @@ class Traffic:
 
 
 # ------------------------------------------------------------------------------ observation
-def read_topic(settings: Settings, suffix: str) -> list[Any]:
-    """Every record of a topic, from the beginning to its end offsets now."""
-    topic = settings.topic(suffix)
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=64 * 1024 * 1024,
-    )
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        out: list[Any] = []
-        deadline = time.monotonic() + 30
-        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                out.extend(records)
-        return out
-    finally:
-        consumer.close()
-
-
 class SnapshotWatch:
     """Follows the snapshot topic: (version, Kafka timestamp ms) of every snapshot."""
 

@@ -24,8 +24,9 @@ from typing import Any
 
 import httpx
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+from topic_reads import read_topic
 
 from actor_service.devtools import (
     NodeProcess,
@@ -78,33 +79,9 @@ def compact_fast(settings: Settings) -> None:
         admin.close()
 
 
-def read_snapshot_topic(settings: Settings) -> list[Any]:
-    topic = settings.topic(TOPIC_SNAPSHOTS)
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=64 * 1024 * 1024,
-    )
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        out: list[Any] = []
-        deadline = time.monotonic() + 20
-        while consumer.position(tp) < end and time.monotonic() < deadline:
-            for msgs in consumer.poll(timeout_ms=500).values():
-                out.extend(msgs)
-        return out
-    finally:
-        consumer.close()
-
-
 def verified_versions(settings: Settings, key: bytes = KEY.encode()) -> list[int]:
     out = []
-    for m in read_snapshot_topic(settings):
+    for m in read_topic(settings, TOPIC_SNAPSHOTS, timeout_s=20):
         header = dict(m.headers or ()).get(HEADER_NAME)
         if m.value is None or header is None:
             continue
@@ -189,7 +166,7 @@ def test_polluted_compacted_topic_neither_rolls_back_a_restarted_node_nor_stops_
         wait_for("3 snapshots", lambda: len(verified_versions(s)) >= 3, 80, learner.log)
     finally:
         assert learner.stop() == 0, learner.log()[-3000:]
-    real = read_snapshot_topic(s)
+    real = read_topic(s, TOPIC_SNAPSHOTS, timeout_s=20)
     latest = max(verified_versions(s))
     try:
         wait_ready([node], timeout_s=60, version=latest)

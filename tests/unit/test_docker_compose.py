@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import secrets
 import shlex
+import subprocess
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -16,8 +19,19 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 
-from base.settings import ENV_PREFIX, Settings
+from base import kafka as kafka_clients
+from base.kafka_acls import ADMIN, ADMIN_PRINCIPAL, LEARNER, REPLAY, SERVING, STREAMS, acl_plan, principal
+from base.settings import (
+    ENV_PREFIX,
+    TOPIC_CLICKS,
+    TOPIC_DWELLS,
+    TOPIC_IMPRESSIONS,
+    TOPIC_SNAPSHOTS,
+    TOPIC_TRANSITIONS,
+    Settings,
+)
 from paperec.cli import build_parser
+from paperec.devstack.kafka import render_server_properties, secure_server_properties
 
 ROOT = Path(__file__).resolve().parents[2]
 # The services built from this repository's image (the others are third-party images).
@@ -89,7 +103,7 @@ def test_services_present() -> None:
         "simulator",
     } <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka:")
-    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert _broker_properties()["process.roles"] == "broker,controller"
 
 
 def test_paperec_env_names_are_settings_fields_and_endpoints_match() -> None:
@@ -98,11 +112,13 @@ def test_paperec_env_names_are_settings_fields_and_endpoints_match() -> None:
     known = {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
     assert set(env) <= known, set(env) - known
     settings = Settings.from_env({k: str(v) for k, v in env.items() if "${" not in str(v)})
-    kafka_env = compose["services"]["kafka"]["environment"]
-    assert kafka_env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{settings.kafka_bootstrap}"
+    broker = _broker_properties()
+    assert (
+        broker["advertised.listeners"] == f"{settings.kafka_security_protocol}://{settings.kafka_bootstrap}"
+    )
     assert settings.clickhouse_host in compose["services"]
     # the broker must accept the largest snapshot message the topic plan allows
-    assert int(kafka_env["KAFKA_MESSAGE_MAX_BYTES"]) >= settings.max_message_bytes
+    assert int(broker["message.max.bytes"]) >= settings.max_message_bytes
 
 
 def test_paperec_services_share_one_image_and_env() -> None:
@@ -306,3 +322,220 @@ def test_grafana_has_no_anonymous_access_and_reads_as_the_dashboard_user() -> No
     assert password is not None and var == password.get("from_env")
     assert _required(env[var], var)
     assert "password" not in source["jsonData"]  # jsonData is stored and shown in clear
+
+
+# --- Kafka: SASL, ACLs, one principal per service (docs/security.md "Kafka")
+KAFKA_DIR = ROOT / "deploy/kafka"
+# The role (base/kafka_acls.py) each paperec service authenticates as.
+ROLE_OF_SERVICE = {
+    "init": ADMIN,
+    "streams": STREAMS,
+    "learner": LEARNER,
+    "actor-1": SERVING,
+    "actor-2": SERVING,
+    "simulator": REPLAY,
+}
+# What each role must be allowed, from what its command does (resource, name suffix, operation);
+# a group name is the settings' (a property of the prefix).
+ROLE_NEEDS: dict[str, Callable[[Settings], set[tuple[str, str, str]]]] = {
+    SERVING: lambda s: {
+        ("topic", s.topic(TOPIC_IMPRESSIONS), "WRITE"),
+        ("topic", s.topic(TOPIC_SNAPSHOTS), "READ"),
+    },
+    STREAMS: lambda s: {
+        *(("topic", s.topic(t), "READ") for t in (TOPIC_IMPRESSIONS, TOPIC_CLICKS, TOPIC_DWELLS)),
+        ("topic", s.topic(TOPIC_TRANSITIONS), "WRITE"),
+        ("group", s.streams_app_id, "READ"),
+        ("group", s.streams_link_app_id, "READ"),
+    },
+    LEARNER: lambda s: {
+        ("topic", s.topic(TOPIC_TRANSITIONS), "READ"),
+        ("topic", s.topic(TOPIC_SNAPSHOTS), "WRITE"),
+        ("group", s.learner_group_id, "READ"),
+    },
+    REPLAY: lambda s: {
+        ("topic", s.topic(t), "WRITE") for t in (TOPIC_IMPRESSIONS, TOPIC_CLICKS, TOPIC_DWELLS)
+    },
+}
+
+
+def _broker_properties() -> dict[str, str]:
+    """The broker's server.properties, as mounted into the kafka service."""
+    kafka = _compose()["services"]["kafka"]
+    (source,) = [s for t, s in _mounts(kafka).items() if t == "/etc/paperec/kafka"]
+    return _properties((ROOT / source / "server.properties").read_text())
+
+
+def _properties(text: str) -> dict[str, str]:
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def _service_settings(name: str) -> Settings:
+    """The settings a paperec service reads, its password replaced by a placeholder."""
+    env = {k: str(v) for k, v in _compose()["services"][name]["environment"].items() if "${" not in str(v)}
+    return Settings.from_env({**_image_env(), **env, "PAPEREC_KAFKA_PASSWORD": "placeholder-only"})
+
+
+def _substituted(value: str) -> str:
+    """The variable a required ``${VAR:?...}`` substitutes."""
+    m = re.fullmatch(r"\$\{([A-Za-z0-9_]+):\?[^}]+\}", value)
+    assert m is not None, f"{value!r} is not a required substitution"
+    return m.group(1)
+
+
+def _start_script_users() -> dict[str, str]:
+    """user -> the environment variable of its password, for every SCRAM user start.sh creates."""
+    text = (KAFKA_DIR / "start.sh").read_text()
+    return dict(re.findall(r'--add-scram "\$\(scram (\S+) "\$(\w+)"\)"', text))
+
+
+def test_the_broker_takes_only_sasl_scram_and_denies_what_no_acl_allows() -> None:
+    compose = _compose()
+    kafka = compose["services"]["kafka"]
+    assert kafka["entrypoint"] == ["/bin/sh", "/etc/paperec/kafka/start.sh"]
+    broker = _broker_properties()
+    protocols = dict(item.split(":") for item in broker["listener.security.protocol.map"].split(","))
+    listeners = [item.split("://")[0] for item in broker["listeners"].split(",")]
+    client_listeners = [
+        name for name in listeners if name not in broker["controller.listener.names"].split(",")
+    ]
+    assert client_listeners and all(protocols[name] == "SASL_PLAINTEXT" for name in client_listeners)
+    assert "PLAINTEXT" not in protocols.values()  # no unauthenticated listener, controller included
+    assert broker["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert broker["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert broker["allow.everyone.if.no.acl.found"] == "false"
+    # the same security settings as the dev stack's secured broker (which the integration tests run)
+    dev = _properties(
+        secure_server_properties(
+            render_server_properties(
+                host="h", port=1, controller_port=2, log_dir=Path("/d"), max_message_bytes=1
+            ),
+            host="h",
+            port=1,
+            controller_port=2,
+            admin_user=ADMIN_PRINCIPAL,
+            admin_password="x",
+            controller_password="y",
+        )
+    )
+    for key in (
+        "sasl.enabled.mechanisms",
+        "sasl.mechanism.inter.broker.protocol",
+        "sasl.mechanism.controller.protocol",
+        "listener.name.controller.sasl.enabled.mechanisms",
+        "authorizer.class.name",
+        "allow.everyone.if.no.acl.found",
+        "super.users",
+        "inter.broker.listener.name",
+    ):
+        assert broker[key] == dev[key], key
+    # every client of the compose network speaks SASL with the supported mechanism
+    env = compose["x-paperec-env"]
+    assert env["PAPEREC_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert env["PAPEREC_KAFKA_SASL_MECHANISM"] in kafka_clients.SASL_MECHANISMS
+
+
+def test_each_paperec_service_has_its_own_principal_with_the_acls_its_role_needs() -> None:
+    compose = _compose()
+    services, kafka_env = compose["services"], compose["services"]["kafka"]["environment"]
+    assert set(ROLE_OF_SERVICE) == set(PAPEREC_SERVICES)
+    users = _start_script_users()
+    super_users = _broker_properties()["super.users"].split(";")
+    seen: dict[str, tuple[str, str]] = {}  # role -> (username, password variable)
+    for name, role in ROLE_OF_SERVICE.items():
+        env = services[name]["environment"]
+        s = _service_settings(name)
+        kafka_clients.check_security(s)  # a complete SASL configuration
+        password_var = _substituted(str(env["PAPEREC_KAFKA_PASSWORD"]))
+        assert s.kafka_username == principal(s, role), f"{name}: not the {role} principal of the settings"
+        assert seen.setdefault(role, (s.kafka_username, password_var)) == (s.kafka_username, password_var), (
+            name
+        )
+        # the broker creates this user, with the same password, when it formats its storage
+        assert users.get(s.kafka_username) == password_var, f"{name}: start.sh creates no {s.kafka_username}"
+        assert _substituted(str(kafka_env[password_var])) == password_var
+        if role == ADMIN:
+            assert f"User:{s.kafka_username}" in super_users
+            continue
+        assert f"User:{s.kafka_username}" not in super_users, f"{name} must not be a super user"
+        granted = {(e.resource, e.name, e.operation) for e in acl_plan(s) if e.principal == s.kafka_username}
+        missing = ROLE_NEEDS[role](s) - granted
+        assert not missing, f"{name} ({s.kafka_username}) lacks ACLs: {sorted(missing)}"
+    # distinct principals and passwords per role: no two services share a login
+    assert len({u for u, _ in seen.values()}) == len({p for _, p in seen.values()}) == len(seen)
+    # only init gets the admin's password
+    admin_var = seen[ADMIN][1]
+    for name in PAPEREC_SERVICES:
+        values = [str(v) for v in services[name]["environment"].values()]
+        assert (name == "init") == any(admin_var in v for v in values), name
+
+
+def test_init_creates_topics_then_the_acls_as_the_admin_and_streams_does_not_create_topics() -> None:
+    services = _compose()["services"]
+    steps = [part.strip() for part in services["init"]["command"][2].split("&&")]
+    assert steps.index("paperec topics create") < steps.index("paperec topics acls")
+    assert _service_settings("init").kafka_username == ADMIN_PRINCIPAL
+    assert _service_settings("streams").streams_create_topics is False
+
+
+def _fake_kafka_home(tmp_path: Path) -> Path:
+    """A KAFKA_HOME whose tools record their arguments (no Java needed)."""
+    home = tmp_path / "kafka"
+    (home / "bin").mkdir(parents=True)
+    for tool in ("kafka-storage.sh", "kafka-server-start.sh"):
+        script = home / "bin" / tool
+        script.write_text(
+            f'#!/bin/sh\n[ "$1" = random-uuid ] && echo test-cluster-id && exit 0\n'
+            f'for a in "$@"; do printf "%s\\n" "$a"; done > "{tmp_path}/{tool}.args"\n'
+        )
+        script.chmod(0o755)
+    return home
+
+
+def _run_start_script(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    home = _fake_kafka_home(tmp_path)
+    full = {
+        "PATH": "/usr/bin:/bin",
+        "KAFKA_HOME": str(home),
+        "PAPEREC_KAFKA_CONF_DIR": str(tmp_path / "conf"),
+        **env,
+    }
+    return subprocess.run(["sh", str(KAFKA_DIR / "start.sh")], env=full, capture_output=True, text=True)
+
+
+def test_the_start_script_formats_with_every_scram_user_and_starts_the_broker(tmp_path: Path) -> None:
+    passwords = {var: secrets.token_urlsafe(24) for var in _compose()["services"]["kafka"]["environment"]}
+    done = _run_start_script(tmp_path, passwords)
+    assert done.returncode == 0, done.stderr
+    conf = tmp_path / "conf" / "server.properties"
+    fmt = (tmp_path / "kafka-storage.sh.args").read_text().splitlines()
+    assert fmt[:2] == ["format", "--ignore-formatted"] and fmt[fmt.index("--config") + 1] == str(conf)
+    assert fmt[fmt.index("--cluster-id") + 1] == "test-cluster-id"
+    scram = {a for a in fmt if a.startswith("SCRAM-SHA-512=")}
+    assert scram == {
+        f"SCRAM-SHA-512=[name={u},password={passwords[v]}]" for u, v in _start_script_users().items()
+    }
+    assert (tmp_path / "kafka-server-start.sh.args").read_text().splitlines() == [str(conf)]
+    # the committed config plus the broker's own logins, readable by its user only
+    props = _properties(conf.read_text())
+    assert {k: v for k, v in props.items() if k in _broker_properties()} == _broker_properties()
+    admin_password = passwords["PAPEREC_KAFKA_ADMIN_PASSWORD"]
+    jaas = props["listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config"]
+    assert f'username="{ADMIN_PRINCIPAL}" password="{admin_password}";' in jaas
+    assert (
+        passwords["PAPEREC_KAFKA_CONTROLLER_PASSWORD"]
+        in props["listener.name.controller.plain.sasl.jaas.config"]
+    )
+    assert conf.stat().st_mode & 0o077 == 0
+    health = _properties((tmp_path / "conf" / "admin-client.properties").read_text())
+    assert health["security.protocol"] == "SASL_PLAINTEXT" and admin_password in health["sasl.jaas.config"]
+    assert "admin-client.properties" in " ".join(_compose()["services"]["kafka"]["healthcheck"]["test"])
+
+
+@pytest.mark.parametrize("bad", ["", "short", "has a space in it ok", 'quote"in-the-password-x'])
+def test_the_start_script_refuses_a_missing_or_unsafe_password(tmp_path: Path, bad: str) -> None:
+    passwords = {var: secrets.token_urlsafe(24) for var in _compose()["services"]["kafka"]["environment"]}
+    done = _run_start_script(tmp_path, {**passwords, "PAPEREC_KAFKA_LEARNER_PASSWORD": bad})
+    assert done.returncode == 1 and "PAPEREC_KAFKA_LEARNER_PASSWORD" in done.stderr
+    assert not (tmp_path / "kafka-storage.sh.args").exists()

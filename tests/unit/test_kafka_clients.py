@@ -1,7 +1,7 @@
 """base/kafka.py: every client factory gets the connection and security options of Settings,
 the three libraries (kafka-python, aiokafka, Faust) alike; bad security settings are refused by
-name; and no service builds a Kafka client around it. The ACL plan of the secured dev broker
-(paperec/devstack/kafka.py) gives each principal its own topics only."""
+name; and no service builds a Kafka client around it. The ACL plan (base/kafka_acls.py)
+gives each principal its own topics only."""
 
 from __future__ import annotations
 
@@ -21,14 +21,9 @@ import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from base import kafka as kafka_clients
+from base.kafka_acls import FEEDBACK, LEARNER, ROLES, SERVING, STREAMS, acl_plan
 from base.settings import Settings
 from paperec.devstack.kafka import (
-    FEEDBACK,
-    LEARNER,
-    ROLES,
-    SERVING,
-    STREAMS,
-    acl_plan,
     env_file_lines,
     read_env_file,
     secure_server_properties,
