@@ -140,8 +140,11 @@ class MicroBatcher:
         finally:
             del p, fut  # a raised exception's traceback holds this frame: no cycle through fut
 
-    def _expire(self, p: _Pending) -> None:
-        """The deadline passed while ``p`` was queued: drop it unscored."""
+    def _expire(self, p: _Pending, reason: str = "request deadline passed while queued for scoring") -> None:
+        """The deadline passed (or will have, see :meth:`_shed_late`) while ``p`` was queued: drop
+        it unscored."""
+        if p.expiry is not None:
+            p.expiry.cancel()  # harmless when it is the handle firing now
         p.expiry = None  # the fired handle holds ``p``: no reference cycle (see rank)
         try:
             self._pending.remove(p)
@@ -149,9 +152,22 @@ class MicroBatcher:
             return
         self.expired += 1
         if not p.future.done():
-            p.future.set_exception(
-                Shed(DEADLINE_EXCEEDED, "request deadline passed while queued for scoring")
-            )
+            p.future.set_exception(Shed(DEADLINE_EXCEEDED, reason))
+
+    def _shed_late(self) -> None:
+        """Before the scorer takes the next batch: a queued request with less time left before its
+        deadline than one list's scoring cost would be answered late even if taken now, so it
+        leaves unscored and the scorer's time goes to requests that can still make it. The
+        deadline timer alone bounds only the time spent queued: a request taken just before it
+        finished a whole scoring later (measured: accepted p99 = deadline + one batch in
+        benchmarks/overload.py). Only requests that queued behind a batch are judged: one that
+        finds the scorer idle is always scored, as admission always admits into an empty node."""
+        if self.deadline_s is None or self.cost.per_list_s <= 0:
+            return
+        now = time.monotonic()
+        late = [p for p in self._pending if p.arrived + self.deadline_s - now < self.cost.per_list_s]
+        for p in late:
+            self._expire(p, "request would finish after its deadline: shed before scoring")
 
     def behind(self) -> bool:
         """The oldest queued request has waited longer than ``lifo_after_s``."""
@@ -221,6 +237,7 @@ class MicroBatcher:
                         p.future.set_exception(result)
         finally:
             try:
+                self._shed_late()
                 self._dispatch()
             except RuntimeError:  # executor shut down: the node is stopping
                 for p in self._pending:

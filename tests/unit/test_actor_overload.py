@@ -196,6 +196,36 @@ async def test_an_expired_request_already_late_on_arrival_is_shed_when_it_must_q
     await busy
 
 
+async def test_a_queued_request_that_would_finish_after_its_deadline_is_shed_before_scoring(
+    scorer: Scorer,
+) -> None:
+    """Lists cost 0.5 s each (known from an earlier batch); the deadline is 2 s. "early" and
+    "late" queue behind a busy batch that ends 0.2 s later. "late" arrived 1.5 s ago, so it has
+    ~0.3 s left then: less than one list's cost, shed unscored although its deadline (the timer,
+    ~0.3 s later) has not passed. "early" has ~1.8 s left: scored."""
+    cost = ScoringCost()
+    cost.observe(0.5, 1)
+    b = make_batcher(deadline_s=2.0, max_lists=1, cost=cost, clock=lambda: 0.0)
+    scorer.hold.clear()
+    busy = asyncio.create_task(outcome(b, "busy"))
+    await wait_for(lambda: b.batches == 1)
+    early = asyncio.create_task(outcome(b, "early"))
+    late = asyncio.create_task(outcome(b, "late", arrived=time.monotonic() - 1.5))
+    await wait_for(lambda: b.queued == 2)
+    await asyncio.sleep(0.2)
+    scorer.hold.set()
+    assert await asyncio.gather(busy, early, late) == ["ok", "ok", DEADLINE_EXCEEDED]
+    assert scorer.batches == [["busy"], ["early"]]
+    assert b.expired == 1
+
+
+async def test_a_request_that_finds_the_scorer_idle_is_scored_whatever_its_deadline(scorer: Scorer) -> None:
+    cost = ScoringCost()
+    cost.observe(1.0, 1)  # a list costs more than the whole deadline
+    b = make_batcher(deadline_s=0.05, cost=cost)
+    assert await outcome(b, "alone") == "ok"
+
+
 async def test_the_queue_is_bounded(scorer: Scorer) -> None:
     b = make_batcher(max_queue=2, max_lists=1)
     scorer.hold.clear()
