@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import socket
-import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +23,16 @@ from aiokafka.errors import KafkaConnectionError
 from aiokafka.errors import TopicAuthorizationFailedError as AioTopicAuthorizationFailed
 from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
-from private_stack import PrivateKafka, free_port
+from loop_traffic import Traffic, as_env, serve_base_port
+from private_stack import PrivateKafka
 
 from base import kafka as kafka_clients
 from base.kafka_acls import ADMIN, FEEDBACK, LEARNER, SERVING, STREAMS
 from base.settings import TOPIC_IMPRESSIONS, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
 from base.topics import create_topics
 from paperec.demo import DemoOptions, demo_services
-from paperec.demo_driver import HttpPolicy
 from paperec.devstack import cli as devstack_cli
-from paperec.replay import KafkaSender
 from paperec.services import Supervisor
-from simulator import ListRequest, Ranking, Simulator, SimulatorConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -146,75 +141,10 @@ LEARNER_FLAGS = [
 ROLE_OF = {"streams": STREAMS, "learner": LEARNER, "actor-1": SERVING, "actor-2": SERVING}
 
 
-def as_env(s: Settings) -> dict[str, str]:
+def service_env(s: Settings) -> dict[str, str]:
     """Every setting as its PAPEREC_* variable, credentials left empty: each service gets its
     own principal's on top."""
-    env = {"PAPEREC_" + f.name.upper(): str(getattr(s, f.name)) for f in dataclasses.fields(Settings)}
-    return {**env, "PAPEREC_KAFKA_USERNAME": "", "PAPEREC_KAFKA_PASSWORD": ""}
-
-
-def serve_base_port() -> int:
-    """A port p with p + 1 and p + 2 free (demo_services puts the nodes there)."""
-    while True:
-        p = free_port()
-        if all(_port_free(p + k) for k in (1, 2)):
-            return p
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-class _Stopped(Exception):
-    pass
-
-
-class Traffic:
-    """Simulated users ranked through ``POST /rank`` on both nodes, their clicks and dwells sent
-    as the feedback principal; in a thread, until stopped."""
-
-    def __init__(self, feedback: Settings, urls: list[str]) -> None:
-        cfg = SimulatorConfig(seed=SEED, n_users=USERS)
-        self.sim = Simulator(cfg, stream_id=1)
-        self.policy = HttpPolicy(urls, cfg.list_len, PARALLEL)
-        self.sender = KafkaSender(feedback)
-        self.lists = 0
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
-        self._thread.start()
-
-    def rank(self, requests: Sequence[ListRequest]) -> list[Ranking]:
-        if self._stop.is_set():
-            raise _Stopped  # not StopIteration: raised inside a generator it becomes a RuntimeError
-        rankings = self.policy.rank(requests)
-        self.lists += len(requests)
-        return rankings
-
-    def _run(self) -> None:
-        next_at = time.monotonic()
-        try:
-            for result in self.sim.run(self, self.sim.endless_sessions(), parallel=PARALLEL):
-                now_ms = int(time.time() * 1000)
-                for event in result.events()[1:]:  # the node logged the impression itself
-                    self.sender(dataclasses.replace(event, ts_ms=now_ms))
-                next_at += 1.0 / LISTS_PER_S
-                time.sleep(max(0.0, next_at - time.monotonic()))
-        except _Stopped:
-            pass
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        self.policy.close()
-        self.sender.close(timeout_s=30)
+    return {**as_env(s), "PAPEREC_KAFKA_USERNAME": "", "PAPEREC_KAFKA_PASSWORD": ""}
 
 
 def end_offset(settings: Settings, suffix: str) -> int:
@@ -274,15 +204,22 @@ def test_the_loop_runs_under_sasl_with_one_principal_per_service(
     try:
         for svc in services:
             args = [*svc.args, *LEARNER_FLAGS] if svc.name == "learner" else svc.args
-            env = {**svc.env, **as_env(s), **secure_kafka.role_env(ROLE_OF[svc.name])}
+            env = {**svc.env, **service_env(s), **secure_kafka.role_env(ROLE_OF[svc.name])}
             supervisor.start(dataclasses.replace(svc, args=args, env=env))
         wait("both nodes ready", lambda: all(ready(u) for u in urls), 60)
-        traffic = Traffic(secure_kafka.as_role(FEEDBACK), urls)
+        traffic = Traffic(
+            secure_kafka.as_role(FEEDBACK),
+            urls,
+            seed=SEED,
+            users=USERS,
+            parallel=PARALLEL,
+            lists_per_s=LISTS_PER_S,
+        ).start()
         wait("transitions from the streams worker", lambda: end_offset(admin, TOPIC_TRANSITIONS) > 0, 60)
         wait("a snapshot from the learner", lambda: end_offset(admin, TOPIC_SNAPSHOTS) > 0, 60)
         wait("both nodes serving a learner's snapshot", lambda: min(served_version(u) for u in urls) >= 1, 30)
         healthy()
-        assert traffic.lists > 0
+        assert len(traffic.answered) > 0
     finally:
         if traffic is not None:
             traffic.stop()

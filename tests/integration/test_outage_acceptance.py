@@ -32,18 +32,17 @@ import itertools
 import logging
 import os
 import signal
-import socket
-import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from kafka import KafkaConsumer, TopicPartition
-from private_stack import PrivateClickHouse, PrivateKafka, free_port
+from loop_traffic import Traffic, as_env, serve_base_port
+from private_stack import PrivateClickHouse, PrivateKafka
 from topic_reads import read_topic
 
 from actor_service.devtools import metric_value
@@ -52,11 +51,8 @@ from base.settings import TOPIC_IMPRESSIONS, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS,
 from base.topics import create_topics
 from model.snapshot import header_of
 from paperec.demo import DemoOptions, demo_services
-from paperec.demo_driver import HttpPolicy
-from paperec.replay import KafkaSender
 from paperec.services import Supervisor
 from schemas import Impression, Transition, decode, decode_snapshot_header, transition_id
-from simulator import ListRequest, Ranking, Simulator, SimulatorConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -87,86 +83,7 @@ LEARNER_FLAGS = [  # after the demo's flags: these win
 ]
 
 
-def as_env(s: Settings) -> dict[str, str]:
-    """Every setting as its PAPEREC_* variable: the services see this stack, whatever the
-    environment of the test run says."""
-    return {"PAPEREC_" + f.name.upper(): str(getattr(s, f.name)) for f in dataclasses.fields(Settings)}
-
-
-def serve_base_port() -> int:
-    """A port p with p + 1 and p + 2 free (demo_services puts the nodes there)."""
-    while True:
-        p = free_port()
-        if all(free_port_is(p + k) for k in (1, 2)):
-            return p
-
-
-def free_port_is(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 # ------------------------------------------------------------------------------ traffic
-class _Stopped(Exception):
-    pass
-
-
-class Traffic:
-    """Seeded simulated users ranked by ``POST /rank`` (alternating nodes; a non-200 raises in
-    HttpPolicy), their feedback sent to Kafka at wall time, at about ``LISTS_PER_S``; in a
-    thread. Records every answered list."""
-
-    def __init__(self, settings: Settings, urls: list[str]) -> None:
-        cfg = SimulatorConfig(seed=SEED, n_users=USERS)
-        self.sim = Simulator(cfg, stream_id=1)
-        self.policy = HttpPolicy(urls, cfg.list_len, PARALLEL)
-        self.sender = KafkaSender(settings)
-        self.answered: list[tuple[str, str]] = []  # (user_id, request_id)
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def rank(self, requests: Sequence[ListRequest]) -> list[Ranking]:
-        """The simulator's policy: one round of ``PARALLEL`` lists, all recorded once answered
-        (stopping between rounds, so no answered list goes unrecorded)."""
-        if self._stop.is_set():
-            raise _Stopped
-        rankings = self.policy.rank(requests)
-        self.answered.extend((r.user_id, r.request_id) for r in requests)
-        return rankings
-
-    def _run(self) -> None:
-        next_at = time.monotonic()
-        try:
-            for result in self.sim.run(self, self.sim.endless_sessions(), parallel=PARALLEL):
-                now_ms = int(time.time() * 1000)
-                for event in result.events()[1:]:  # the node logged the impression itself
-                    self.sender(dataclasses.replace(event, ts_ms=now_ms))
-                next_at += 1.0 / LISTS_PER_S
-                time.sleep(max(0.0, next_at - time.monotonic()))
-        except _Stopped:
-            pass
-        except BaseException as exc:  # a failed /rank: the test reports it
-            self.error = exc
-
-    def stop(self) -> None:
-        """Stop sending and deliver the feedback still buffered (idempotent)."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(30)
-        self.policy.close()
-        self.sender.close(timeout_s=60)
-
-
 # ------------------------------------------------------------------------------ observation
 class SnapshotWatch:
     """Follows the snapshot topic: (version, Kafka timestamp ms) of every snapshot."""
@@ -277,7 +194,7 @@ def test_the_loop_rides_out_broker_stop_broker_kill_and_clickhouse_restart(
     services, urls = demo_services(s, opts, tmp_path / "demo" / "logs")
     log.warning("services' logs: %s", tmp_path / "demo" / "logs")
     supervisor = Supervisor()
-    traffic = Traffic(s, urls)
+    traffic = Traffic(s, urls, seed=SEED, users=USERS, parallel=PARALLEL, lists_per_s=LISTS_PER_S)
     run = Run(supervisor, traffic)
     watch = SnapshotWatch(s)
     try:

@@ -1,0 +1,108 @@
+"""Driving the whole loop (streams, learner, two serving nodes) on a private stack in
+integration tests: the settings as the services' environment, ports for the nodes, and seeded
+simulated users ranked through ``POST /rank`` with their feedback sent to Kafka."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+import time
+from collections.abc import Sequence
+
+from private_stack import free_port
+
+from base.settings import Settings
+from paperec.demo_driver import HttpPolicy
+from paperec.replay import KafkaSender
+from simulator import ListRequest, Ranking, Simulator, SimulatorConfig
+
+
+def as_env(s: Settings) -> dict[str, str]:
+    """Every setting as its PAPEREC_* variable: the services see this stack, whatever the
+    environment of the test run says."""
+    return {"PAPEREC_" + f.name.upper(): str(getattr(s, f.name)) for f in dataclasses.fields(Settings)}
+
+
+def serve_base_port() -> int:
+    """A port p with p + 1 and p + 2 free (demo_services puts the nodes there)."""
+    while True:
+        p = free_port()
+        if all(port_is_free(p + k) for k in (1, 2)):
+            return p
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class _Stopped(Exception):
+    pass  # not StopIteration: raised inside a generator it would become a RuntimeError
+
+
+class Traffic:
+    """Seeded simulated users ranked by ``POST /rank`` (alternating nodes; a non-200 raises in
+    HttpPolicy), their feedback sent to Kafka as ``settings`` (its principal, if any) at wall
+    time, at about ``lists_per_s``; in a thread. Records every answered list."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        urls: list[str],
+        *,
+        seed: int,
+        users: int,
+        parallel: int,
+        lists_per_s: float,
+    ) -> None:
+        cfg = SimulatorConfig(seed=seed, n_users=users)
+        self.sim = Simulator(cfg, stream_id=1)
+        self.policy = HttpPolicy(urls, cfg.list_len, parallel)
+        self.sender = KafkaSender(settings)
+        self.parallel, self.lists_per_s = parallel, lists_per_s
+        self.answered: list[tuple[str, str]] = []  # (user_id, request_id)
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+
+    def start(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def rank(self, requests: Sequence[ListRequest]) -> list[Ranking]:
+        """The simulator's policy: one round of lists, all recorded once answered (stopping
+        between rounds, so no answered list goes unrecorded)."""
+        if self._stop.is_set():
+            raise _Stopped
+        rankings = self.policy.rank(requests)
+        self.answered.extend((r.user_id, r.request_id) for r in requests)
+        return rankings
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        try:
+            for result in self.sim.run(self, self.sim.endless_sessions(), parallel=self.parallel):
+                now_ms = int(time.time() * 1000)
+                for event in result.events()[1:]:  # the node logged the impression itself
+                    self.sender(dataclasses.replace(event, ts_ms=now_ms))
+                next_at += 1.0 / self.lists_per_s
+                time.sleep(max(0.0, next_at - time.monotonic()))
+        except _Stopped:
+            pass
+        except BaseException as exc:  # a failed /rank: the test reports it
+            self.error = exc
+
+    def stop(self) -> None:
+        """Stop sending and deliver the feedback still buffered (idempotent)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+        self.policy.close()
+        self.sender.close(timeout_s=60)
