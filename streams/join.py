@@ -249,7 +249,7 @@ class RequestJoin:
     def closed_through(self, partition: int, now_ms: int) -> int | None:
         """Every list of ``partition`` with ts <= this time has been closed (None: no
         watermark yet). Stage 2 links outcomes up to the minimum of this over all partitions."""
-        wm = self.watermarks.get(partition, now_ms)
+        wm = self.watermarks.get(partition)
         return None if wm is None else wm - self.config.window_ms - self.config.lateness_ms
 
     # ------------------------------------------------------------------------------- closing
@@ -260,7 +260,7 @@ class RequestJoin:
         rejects: list[Rejected] = []
         retention = self.config.closed_retention_ms
         for p, heap in self._due.items():
-            wm = self.watermarks.get(p, now_ms)
+            wm = self.watermarks.get(p)
             if wm is None:
                 continue
             while heap and heap[0][0] <= wm:

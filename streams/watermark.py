@@ -155,7 +155,7 @@ class Watermarks:
         if not part.inputs:
             part.inputs[RESTORED] = _Input(min(event_ms, now_ms + self.max_future_ms))
 
-    def get(self, partition: int, now_ms: int) -> int | None:
+    def get(self, partition: int) -> int | None:
         """The watermark of ``partition`` (None until something was read from it)."""
         part = self._parts.get(partition)
         if part is None:

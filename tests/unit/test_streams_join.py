@@ -198,7 +198,7 @@ def test_watermark_is_the_minimum_over_inputs_and_idle_inputs_advance() -> None:
     f = Feed(j)
     f.imp("r1", T0, now=T0)
     f.click("r1", 0, T0 + 3_000, now=T0)  # clicks run ahead (a backlog fetched unevenly)
-    assert j.watermarks.get(0, T0) == T0
+    assert j.watermarks.get(0) == T0
     assert f.close(now=T0 + 100) == []  # impressions input still at T0
     j.watermarks.backlog(0, IMP, T0 + 400)  # impressions still waiting on the broker: not idle
     f.at(T0 + 400)  # ... and read up by the fetch answered at T0 + 400
@@ -214,7 +214,7 @@ def test_an_input_with_a_backlog_but_nothing_read_holds_the_watermark() -> None:
     f = Feed(j)
     j.watermarks.backlog(0, IMP, T0)
     f.click("r1", 0, T0 + 5_000, now=T0)
-    assert j.watermarks.get(0, T0 + 100_000) is None  # impressions not read yet: no watermark
+    assert j.watermarks.get(0) is None  # impressions not read yet: no watermark
     f.imp("r1", T0 + 4_900, now=T0 + 1)
     assert f.stages() == []  # not late
 
@@ -224,9 +224,9 @@ def test_an_input_that_never_had_records_stops_holding_once_caught_up() -> None:
     f = Feed(j)
     j.watermarks.backlog(0, CLK, T0)  # before the first fetch every input looks backlogged
     f.imp("r1", T0, now=T0)
-    assert j.watermarks.get(0, T0) is None
+    assert j.watermarks.get(0) is None
     j.watermarks.caught_up(0, CLK, T0)  # the clicks partition turned out empty
-    assert j.watermarks.get(0, T0) == T0
+    assert j.watermarks.get(0) == T0
     assert len(f.close(now=T0 + 10_000)) == 1
 
 
@@ -235,7 +235,7 @@ def test_future_event_times_are_clamped() -> None:
     f = Feed(j)
     f.imp("r1", T0, now=T0)
     f.imp("bad-clock", T0 + 3_600_000, now=T0)
-    assert j.watermarks.get(0, T0) == T0 + 1_000  # clamped to now + max_future_ms
+    assert j.watermarks.get(0) == T0 + 1_000  # clamped to now + max_future_ms
     assert f.close(now=T0) == []  # r1 (closes at T0 + 1200) stays open
 
 
@@ -297,7 +297,7 @@ def test_load_keeps_only_the_given_partitions_and_forget_drops_them() -> None:
     only1.load_state_dict(state, now_ms=T0, partitions={1})
     assert set(only1.state_dict()) == {b"e:b", b"i:b"}
     j.forget_partitions({0})
-    assert set(j.state_dict()) == {b"e:b", b"i:b"} and j.watermarks.get(0, T0) is None
+    assert set(j.state_dict()) == {b"e:b", b"i:b"} and j.watermarks.get(0) is None
 
 
 def test_unreadable_state_entries_are_dropped_not_fatal(caplog: pytest.LogCaptureFixture) -> None:

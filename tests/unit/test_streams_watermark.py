@@ -49,10 +49,10 @@ def test_a_quiet_partition_advances_by_the_broker_answers_and_closes_its_windows
     wms.observe(0, IMP, T0, now_ms=T0)
     broker = Broker(wms, T0)
     broker.run(T0 + 400)
-    assert wms.get(0, broker.now) == T0  # idle for less than idle_ms
+    assert wms.get(0) == T0  # idle for less than idle_ms
     broker.run(T0 + 10_000)
     # advanced by the idle run up to the latest answer (at most one long poll behind the clock)
-    wm = wms.get(0, broker.now)
+    wm = wms.get(0)
     assert wm is not None and T0 + 10_000 - FETCH <= wm <= T0 + 10_000
 
 
@@ -61,11 +61,11 @@ def test_a_stalled_broker_does_not_advance_an_idle_input() -> None:
     wms.observe(0, IMP, T0, now_ms=T0)
     broker = Broker(wms, T0)
     broker.run(T0 + 3_000)
-    before = wms.get(0, broker.now)
+    before = wms.get(0)
     assert before is not None and before > T0 and broker.answered is not None
     broker.up = False  # SIGSTOP: the fetches hang, the end offset we know is stale
     broker.run(T0 + 33_000)
-    assert wms.get(0, broker.now) == before <= broker.answered  # not a millisecond past its word
+    assert wms.get(0) == before <= broker.answered  # not a millisecond past its word
 
 
 def test_after_an_outage_an_input_stays_put_for_idle_ms_then_moves_on_from_where_it_stopped() -> None:
@@ -75,14 +75,14 @@ def test_after_an_outage_an_input_stays_put_for_idle_ms_then_moves_on_from_where
     broker.run(T0 + 3_000)
     broker.up = False
     broker.run(T0 + 33_000)
-    stopped = wms.get(0, broker.now)
+    stopped = wms.get(0)
     assert stopped is not None
     broker.up, broker.answered = True, None  # back: the next tick brings the first answer
     broker.run(T0 + 33_000 + IDLE - TICK)
     back = T0 + 33_100  # the first answer after the outage
-    assert wms.get(0, broker.now) == stopped  # the grace: producers deliver what they buffered
+    assert wms.get(0) == stopped  # the grace: producers deliver what they buffered
     broker.run(T0 + 40_000)
-    wm = wms.get(0, broker.now)
+    wm = wms.get(0)
     # moves on from where it stopped, by the answers since it came back: the outage is not idle time
     assert wm is not None and broker.answered is not None
     assert wm == stopped + (broker.answered - back)
@@ -95,12 +95,12 @@ def test_a_gap_the_stage_did_not_see_still_restarts_the_idle_run() -> None:
     wms.observe(0, IMP, T0, now_ms=T0)
     for t in range(T0, T0 + 2_001, 1_000):
         wms.caught_up(0, IMP, t)
-    before = wms.get(0, T0 + 2_000)
+    before = wms.get(0)
     assert before == T0 + 2_000
     wms.caught_up(0, IMP, T0 + 32_000)  # the next answer the stage sees
-    assert wms.get(0, T0 + 32_000) == before
+    assert wms.get(0) == before
     wms.caught_up(0, IMP, T0 + 32_000 + IDLE)
-    assert wms.get(0, T0 + 32_000 + IDLE) == before + IDLE
+    assert wms.get(0) == before + IDLE
 
 
 def test_no_answer_yet_is_no_evidence_of_idleness() -> None:
@@ -108,20 +108,20 @@ def test_no_answer_yet_is_no_evidence_of_idleness() -> None:
     wms.observe(0, IMP, T0, now_ms=T0)
     for _ in range(T0, T0 + 20_001, TICK):  # the stage ticks for 20 s
         wms.caught_up(0, IMP, None)  # never answered since assignment
-    assert wms.get(0, T0 + 20_000) == T0
+    assert wms.get(0) == T0
 
 
 def test_the_restored_clock_idles_on_the_answers_to_the_partition_inputs() -> None:
     wms = watermarks(grace=0)  # the idle rule alone (the hold would add the grace)
     wms.seed(0, T0, now_ms=T0)
-    assert wms.get(0, T0 + 60_000) == T0  # restored, and nobody answered yet
+    assert wms.get(0) == T0  # restored, and nobody answered yet
     broker = Broker(wms, T0, inputs=(IMP, CLK, DWL))
     broker.up = False
     broker.run(T0 + 30_000)  # the inputs had never been read: no clock of their own
-    assert wms.get(0, broker.now) == T0
+    assert wms.get(0) == T0
     broker.up, broker.answered = True, None
     broker.run(T0 + 40_000)
-    wm = wms.get(0, broker.now)
+    wm = wms.get(0)
     assert wm is not None and T0 + 10_000 - 2 * FETCH <= wm < T0 + 10_000
     assert wms.input_clock(0, RESTORED) == T0
 
@@ -298,7 +298,7 @@ def test_the_hold_is_bounded_a_producer_that_never_delivers_does_not_stall_the_j
     assert o.closed == {} and o.join.watermarks.held(0)
     o.run(back + GRACE + 5_000)
     assert set(o.closed) == {"before", "after"} and not o.join.watermarks.held(0)
-    wm = o.join.watermarks.get(0, o.broker.now)
+    wm = o.join.watermarks.get(0)
     assert wm is not None and wm >= T0 + 31_200
     o.impression("too-late", T0 + 5_000)  # delivered after the grace: late, as documented
     assert o.stages() == ["streams.join.late"]
@@ -337,18 +337,18 @@ def test_a_gap_seen_by_a_backlogged_input_holds_too() -> None:
     for source in (IMP, CLK):
         wms.observe(0, source, T0, now_ms=T0)
         wms.caught_up(0, source, T0, T0)
-    assert wms.get(0, T0) == T0
+    assert wms.get(0) == T0
     wms.backlog(0, IMP, T0 + 30_000, answered_ms=T0 + 30_000)
     wms.caught_up(0, CLK, T0 + 30_000, T0 + 30_000)
     wms.observe(0, IMP, T0 + 29_000, now_ms=T0 + 30_000)
     wms.observe(0, CLK, T0 + 29_000, now_ms=T0 + 30_000)
-    assert wms.held(0) and wms.get(0, T0 + 30_000) == T0
+    assert wms.held(0) and wms.get(0) == T0
     assert wms.unheld(0) == T0 + 29_000  # what the inputs are paced against meanwhile
     for t in range(T0 + 30_000, T0 + 30_000 + GRACE, TICK):  # the broker answers on
         wms.caught_up(0, CLK, t, t)
-        assert wms.get(0, t) == T0
+        assert wms.get(0) == T0
     wms.caught_up(0, CLK, T0 + 30_000 + GRACE, T0 + 30_000 + GRACE)
-    assert wms.get(0, T0 + 30_000 + GRACE) == T0 + 29_000 and not wms.held(0)
+    assert wms.get(0) == T0 + 29_000 and not wms.held(0)
 
 
 def test_silence_while_not_fetched_is_no_gap() -> None:
@@ -363,4 +363,4 @@ def test_silence_while_not_fetched_is_no_gap() -> None:
     for t in range(T0 + 20_200, T0 + 22_001, TICK):
         wms.caught_up(0, IMP, t, t)
     assert not wms.held(0)
-    assert wms.get(0, T0 + 22_000) == T0 + (T0 + 22_000 - (T0 + 20_200))  # idle since the resume
+    assert wms.get(0) == T0 + (T0 + 22_000 - (T0 + 20_200))  # idle since the resume
