@@ -104,6 +104,11 @@ class RankResponse(BaseModel):
     objectives: list[str]
     weights: list[float] = Field(description="the user's objective weights actually used (after noise)")
     noise: list[float] = Field(description="exploration noise applied (weight-generator logit space)")
+    log_propensity: float | None = Field(
+        default=None,
+        description="log density of the served weights given the state (model.policy.log_propensity);"
+        " null when served without noise",
+    )
     items: list[RankedItem] = Field(description="the ranked list, top first")
 
 

@@ -49,17 +49,18 @@ def snapshot_record(
     *,
     created_at_ms: int | None = None,
     noise_std: float = 0.1,
+    exploration: Exploration | None = None,
 ) -> SnapshotRecord:
     """A record signed as the learner on ``settings`` would sign it (its signing key and id; the
-    dev key is allowed here: test and benchmark helper), recording exploration ``noise_std``
-    (0.1: the learner's default)."""
+    dev key is allowed here: test and benchmark helper), recording ``exploration``, by default
+    plain noise of std ``noise_std`` (0.1: the learner's default)."""
     key_id, key = snapshot_keys(settings.replace(dev_mode=True)).signing()
     header, payload = encode_snapshot(
         model,
         snapshot_version=version,
         training_step=version * 100,
         watermark_ms=int(time.time() * 1000),
-        exploration=Exploration(noise_std=noise_std),
+        exploration=Exploration(noise_std=noise_std) if exploration is None else exploration,
         key=key,
         key_id=key_id,
         max_message_bytes=settings.max_message_bytes,

@@ -11,13 +11,16 @@ The impression lists the items in SERVED order (position 0 = top) with their fea
 user features/history/context as the request gave them: the stream join and the learner then
 featurize the very list the user saw.
 
-Exploration is the served model's (``Served.exploration``: the snapshot header's, see
-:mod:`actor_service.model_slot`), so a micro-batch, which never mixes two models, explores with
-one setting; the noise actually drawn is logged on every impression.
+Exploration is the served model's (``Served.exploration``: the snapshot header's, all of it:
+plain and wide noise; see :mod:`actor_service.model_slot`), so a micro-batch, which never mixes
+two models, explores with one setting. Every impression logs the noise actually drawn and the
+log-propensity of the served weights (``model.policy.log_propensity``; null when the weights
+were served without noise), which off-policy estimators need.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -75,7 +78,7 @@ def rank_batch(
         for job in jobs:
             out.extend(rank_batch(served, [job], generator))
         return out
-    result = score(served.model, inputs, served.exploration.noise_std, generator)
+    result = score(served.model, inputs, served.exploration, generator)
     results: list[Ranked | FeatureError | SchemaError] = []
     for b, job in enumerate(jobs):
         try:
@@ -93,6 +96,8 @@ def _one(served: Served, job: Job, view: ListView, result: ScoreResult, b: int) 
     preds: list[list[float]] = result.preds[b, :n].tolist()
     weights: list[float] = result.weights[b].tolist()
     noise: list[float] = result.noise[b].tolist()
+    logp = float(result.log_propensity[b])
+    log_propensity = None if math.isnan(logp) else logp  # NaN: served deterministically
     objectives = list(served.objectives)
     item_ids, item_features = view.item_ids, view.item_features
 
@@ -116,6 +121,7 @@ def _one(served: Served, job: Job, view: ListView, result: ScoreResult, b: int) 
             "objectives": objectives,
             "weights": weights,
             "noise": noise,
+            "log_propensity": log_propensity,
             "items": ranked_items,
         }
     )
@@ -137,6 +143,7 @@ def _one(served: Served, job: Job, view: ListView, result: ScoreResult, b: int) 
             "history": req.history,
             "context": req.context,
             "items": logged_items,
+            "log_propensity": log_propensity,
         }
     )
     return Ranked(body=body, impression=encode(impression), version=served.version, n_items=len(order))

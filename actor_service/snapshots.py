@@ -177,12 +177,14 @@ class SnapshotLoader:
         self.m.snapshot_load_seconds.set(load_s)
         self.m.publish_to_served.observe(publish_to_served)
         log.info(
-            "serving snapshot %d (offset %d, training step %d, exploration noise std %g%s): verified "
-            "and built in %.0f ms, %.0f ms after publication",
+            "serving snapshot %d (offset %d, training step %d, exploration noise std %g, wide %g on "
+            "%.0f%% of lists%s): verified and built in %.0f ms, %.0f ms after publication",
             served.version,
             rec.offset,
             served.training_step,
             served.exploration.noise_std,
+            served.exploration.wide_std,
+            100 * served.exploration.wide_share,
             "" if header.exploration is not None else " from serve_noise_std: the header records none",
             load_s * 1e3,
             publish_to_served * 1e3,

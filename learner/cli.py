@@ -42,9 +42,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from learner.service import LearnerService, LearnerServiceConfig
     from learner.training import PAPERecConfig
 
-    cfg = build_config(LearnerServiceConfig, args, SERVICE[1])
-    train_cfg = build_config(PAPERecConfig, args, TRAIN[1])
     try:
+        cfg = build_config(LearnerServiceConfig, args, SERVICE[1])
+        train_cfg = build_config(PAPERecConfig, args, TRAIN[1])  # e.g. an unknown --reward
         service = LearnerService(settings, cfg, train_cfg)
     except ValueError as exc:  # unusable settings, e.g. the dev snapshot key outside dev mode
         print(f"paperec learner: {exc}", file=sys.stderr)

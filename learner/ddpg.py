@@ -8,6 +8,7 @@ ordinary control); this module adds the critic, the target networks and the opti
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,9 @@ Tensor = torch.Tensor
 class DDPGConfig:
     obs_dim: int = 64
     """state width S"""
+    obs: str = "ranker"
+    """what the state is, recorded in the actor's config (model.policy.ActorConfig.obs); DDPG reads
+    only its width"""
     action_dim: int = 2
     """action width A"""
     hidden: int = 64
@@ -89,11 +93,21 @@ class DDPG:
         self.num_updates = 0
 
     def update(
-        self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor, dones: Tensor
+        self,
+        obs: Tensor,
+        actions: Tensor,
+        rewards: Tensor,
+        next_obs: Tensor,
+        dones: Tensor,
+        *,
+        actor_penalty: Callable[[Tensor], Tensor] | None = None,
     ) -> dict[str, float]:
         """One critic TD step and (every policy_frequency) one actor + target step.
 
         obs, next_obs (B, S); actions (B, A); rewards, dones (B,). Inputs are not modified.
+        ``actor_penalty``: maps the actor's actions (B, A) to a per-row penalty (B,) that the actor
+        also minimizes (its loss is mean(-Q(s, mu(s)) + penalty(mu(s)))): a known, differentiable
+        cost of the action that the critic need not learn by TD.
         A non-finite loss or gradient skips the optimizer step it precedes and returns
         ``nonfinite_step = 1`` (if the actor's is, the critic has stepped already: undoing it is
         the caller's, see ``Trainer.step``).
@@ -118,7 +132,12 @@ class DDPG:
         if self.num_updates % cfg.policy_frequency == 0:
             # deterministic policy gradient: ascend Q(s, mu(s)) through the critic into the actor
             self.qf.requires_grad_(False)
-            actor_loss = -self.qf(obs, self.actor(obs)).mean()
+            pi = self.actor(obs)  # (B, A)
+            actor_loss = -self.qf(obs, pi).mean()
+            if actor_penalty is not None:
+                penalty = actor_penalty(pi).mean()
+                actor_loss = actor_loss + penalty
+                metrics["actor_penalty"] = penalty.item()
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             self.qf.requires_grad_(True)

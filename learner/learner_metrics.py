@@ -8,8 +8,10 @@ full: the training loop never waits for ClickHouse.
 
 Names (label in brackets):
 - ``loss`` [objective]: per-objective ranker loss; ``loss`` []: the weighted ranker loss;
-- ``reward`` []: PAPERec reward -||sum_k w_k g_k|| of the logged weights (``reward_best``: of the
-  min-norm weights); ``qf_loss``/``critic_loss``, ``actor_loss``, ``qf_value``, ``grad_norm``;
+- ``reward`` []: the weight generator's reward of the logged weights (``PAPERecConfig.reward``;
+  pareto: -||sum_k w_k g_k||, ``reward_best``: of the min-norm weights; engagement, hybrid: the
+  list's scaled clicks + dwell); ``qf_spread``, ``regret_spread``, ``regret``, ``actor_penalty``
+  (see learner/training.py); ``qf_loss``/``critic_loss``, ``actor_loss``, ``qf_value``, ``grad_norm``;
 - ``weight_mean`` / ``weight_std`` [objective]: the weight generator's weights over the users of
   a sampled batch (mean, and spread across users);
 - ``buffer_size``, ``consumer_lag``, ``step_time_s``, ``steps_per_s``, ``ingest_per_s``,
@@ -30,6 +32,7 @@ from typing import Any
 import torch
 
 from model.batch import ListBatch
+from model.scoring import policy_obs
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +118,8 @@ def weight_stats(trainer: Any, batch: ListBatch) -> dict[str, float]:
     if ddpg is None:
         return {}
     batch = batch.to(trainer.device)
-    state = trainer.ranker.user_state(batch.user_feats, batch.history, batch.context)
-    w = ddpg.actor(state)  # (B, K)
+    obs = policy_obs(trainer.ranker, trainer.cfg.policy_state, batch.user_feats, batch.history, batch.context)
+    w = ddpg.actor(obs)  # (B, K)
     out = {}
     for k, objective in enumerate(trainer.cfg.ranker.objectives):
         out[f"weight_mean/{objective}"] = float(w[:, k].mean())

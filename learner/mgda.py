@@ -144,6 +144,21 @@ def weighted_norm(grads: Tensor, weights: Tensor) -> Tensor:
     return (weights.unsqueeze(-1) * grads).sum(-2).norm(dim=-1)
 
 
+def gram_norm(gram: Tensor, weights: Tensor) -> Tensor:
+    """|| sum_k w_k g_k ||_2 = sqrt(w^T G w) from the Gram matrices ``gram`` (B, K, K) of the
+    gradients, for ``weights`` (B, K) -> (B,) or (B, G, K) -> (B, G); differentiable in w.
+
+    Computed in float64: near a Pareto-stationary point w^T G w cancels to ~0, and its square
+    root's gradient G w / sqrt(w^T G w) (bounded by sqrt of G's top eigenvalue) needs the digits.
+    """
+    w = weights.to(torch.float64)
+    one = w.dim() == 2
+    w = w.unsqueeze(1) if one else w  # (B, G, K)
+    quad = ((w @ gram.to(torch.float64)) * w).sum(-1)  # (B, G)
+    norm = quad.clamp_min(1e-30).sqrt().to(weights.dtype)
+    return norm.squeeze(1) if one else norm
+
+
 def _check_bounds(lower_bounds: Tensor, gram: Tensor) -> Tensor:
     c = lower_bounds.detach().to(gram.dtype).to(gram.device)
     c = c.expand(gram.shape[0], gram.shape[-1]) if c.dim() == 1 else c

@@ -2,14 +2,29 @@
 
 One ``Trainer.step(batch)`` on B logged transitions (s, list, labels, logged weights w, s'):
 
-1. ranker forward: user state s (B, S), shared representation h (B, L, D), per-list
+1. ranker forward: user state (B, D), shared representation h (B, L, D), per-list
    per-objective losses L (B, K) (masked mean over list positions);
 2. the strategy turns them into loss weights (B, K) or (K,):
-   - ``paperec``: per-list gradients g_bk of L_bk w.r.t. h (MGDA-UB, or w.r.t. all shared
-     parameters with grad_mode="full_params"); reward r_b = -|| sum_k w_bk g_bk ||_2 for the
-     *logged* weights (how close they came to a Pareto-stationary point, 0 at best);
-     one DDPG step of the weight generator on (s, w, r, s', done); loss weights = the
-     current actor's w(s) (detached) + ``single_loss_weight`` (the sum_k L_k term);
+   - ``paperec``: one DDPG step of the weight generator on (o(s), w, r, o(s'), done), w the
+     *logged* weights; loss weights = the current actor's w(s) (detached) +
+     ``single_loss_weight`` (the sum_k L_k term). The generator's observation o(s) is
+     ``policy_state``: "ranker" = the ranker's user state (as published; it drifts as the ranker
+     trains, under the critic's feet) or "features" = user features ⊕ context (stable). The
+     reward is ``reward`` (g_bk: list b's gradient of L_bk w.r.t. h, MGDA-UB, or w.r.t. all
+     shared parameters with grad_mode="full_params", after ``grad_normalize``):
+     * ``pareto`` (PAPERec as published): r_b = -|| sum_k w_bk g_bk ||_2, how close the logged
+       weights came to a Pareto-stationary point (0 at best); exact at any w, hence
+       ``counterfactual_actions``;
+     * ``engagement``: r_b = clicks_b / engagement_click_scale + dwell_b / engagement_dwell_scale_s,
+       the list's realized feedback; the TD target bootstraps unless the user left (done); no
+       gradients are computed (as fast as a pareto step without its K backward passes);
+     * ``hybrid``: the critic learns the engagement reward; the actor ascends
+       Q(o, mu(o)) - hybrid_lambda * regret(mu(o)), regret(w) = (sqrt(w^T G w) - sqrt(w*^T G w*))
+       / sum_k ||g_k|| with G the list's Gram matrix and w* its min-norm weights: exact and
+       differentiable in w (:class:`ListRegret`), so no critic has to learn it.
+     Metrics of every mode: ``reward`` and ``qf_spread`` (mean over lists of max - min of
+     Q(o, w) over 11 dwell weights); with gradients also ``regret_spread`` (the same for the
+     regret): hybrid_lambda is calibrated as c * qf_spread / regret_spread;
    - ``single``: one objective; ``fixed``: fixed global weights;
    - ``peltr`` (Lin et al. RecSys 2019): global weights = min-norm of the batch-mean gradients
      with lower bounds, recomputed every step;
@@ -30,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -37,17 +53,22 @@ import torch
 
 from learner.ddpg import DDPG, DDPGConfig
 from learner.grads import batch_grads, per_list_param_grads, per_list_repr_grads, shared_parameters
-from learner.mgda import Normalize, RunningGradScale, min_norm, normalize_grads, weighted_norm
+from learner.mgda import Normalize, RunningGradScale, gram_norm, min_norm, normalize_grads, weighted_norm
 from learner.numeric import all_finite, nonfinite_rows
 from model.batch import ListBatch
 from model.config import config_to_dict, sub_config
 from model.ranker import Ranker, RankerConfig
 from model.runtime import default_device, seeded
-from model.scoring import ActorModel
+from model.scoring import POLICY_OBS, ActorModel, policy_obs, policy_obs_dim
 from schemas import Exploration
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
+
+REWARDS = ("pareto", "engagement", "hybrid")
+"""the weight generator's rewards (``PAPERecConfig.reward``; see the module docstring)"""
+SPREAD_GRID = 11
+"""dwell weights 0, 0.1, ..., 1 at which the ``qf_spread``/``regret_spread`` metrics look"""
 
 
 @dataclass
@@ -71,6 +92,19 @@ class PAPERecConfig:
     """grad_normalize=running: EMA momentum of the per-objective gradient norms"""
     single_loss_weight: float = 1.0
     """paperec: weight of the unweighted sum_k L_k added to the personalized sum_k w_k(s) L_k"""
+    reward: str = "pareto"
+    """paperec: the weight generator's reward, "pareto", "engagement" or "hybrid" (see REWARDS and
+    the module docstring)"""
+    policy_state: str = "features"
+    """paperec: what the weight generator reads, "features" (user features + context: stable) or
+    "ranker" (the ranker's user state, as published: drifts as the ranker trains)"""
+    engagement_click_scale: float = 1.0
+    """engagement/hybrid: clicks per unit of engagement reward"""
+    engagement_dwell_scale_s: float = 60.0
+    """engagement/hybrid: dwell seconds per unit of engagement reward"""
+    hybrid_lambda: float = 1.0
+    """hybrid: weight of the list-scaled MGDA regret the actor pays (provisional, to be calibrated
+    as c * qf_spread / regret_spread)"""
     actor_hidden: int = 64
     """weight generator (DDPG actor) hidden width"""
     critic_hidden: int = 128
@@ -88,6 +122,10 @@ class PAPERecConfig:
     exploration_noise: float = 0.1
     """std of the logit-space exploration noise serving adds (recorded in every snapshot header,
     which the serving nodes follow; the simulator's evaluation trains with it too)"""
+    exploration_wide_noise: float = 1.0
+    """std of the logit noise on widely explored lists (wide enough to learn the response to weights)"""
+    exploration_wide_share: float = 0.25
+    """share of lists explored with exploration_wide_noise (drawn per list); the rest get exploration_noise"""
     list_scaled_reward: bool = False
     """divide each list's reward by sum_k ||g_k|| (after grad_normalize): every list counts the
     same in the critic's expectation, whatever its gradient magnitudes; the list's optimum is kept"""
@@ -109,13 +147,33 @@ class PAPERecConfig:
 
     def exploration(self) -> Exploration:
         """How serving is to explore around this learner's weights: what its snapshots record."""
-        return Exploration(noise_std=self.exploration_noise)
+        return Exploration(
+            noise_std=self.exploration_noise,
+            wide_std=self.exploration_wide_noise,
+            wide_share=self.exploration_wide_share,
+        )
+
+    def __post_init__(self) -> None:
+        if self.reward not in REWARDS:
+            raise ValueError(f"unknown reward {self.reward!r}; one of {list(REWARDS)}")
+        if self.policy_state not in POLICY_OBS:
+            raise ValueError(f"unknown policy_state {self.policy_state!r}; one of {list(POLICY_OBS)}")
+        if self.engagement_click_scale <= 0 or self.engagement_dwell_scale_s <= 0:
+            raise ValueError("engagement_click_scale and engagement_dwell_scale_s must be positive")
+        if self.hybrid_lambda < 0:
+            raise ValueError(f"hybrid_lambda must be >= 0, got {self.hybrid_lambda}")
+        if self.counterfactual_actions > 0 and self.reward != "pareto":
+            raise ValueError(
+                f"counterfactual_actions needs reward='pareto': the {self.reward} reward is not "
+                "computable at weights that were not served"
+            )
 
     def ddpg_config(self) -> DDPGConfig:
         return sub_config(
             DDPGConfig,
             self,
-            obs_dim=self.ranker.d_model,
+            obs_dim=policy_obs_dim(self.ranker, self.policy_state),
+            obs=self.policy_state,
             action_dim=len(self.ranker.objectives),
             hidden=self.actor_hidden,
             head="simplex",
@@ -127,15 +185,19 @@ class StepContext:
     """What a strategy sees of one step (graph attached: strategies may differentiate)."""
 
     batch: ListBatch
-    state: Tensor  # (B, S) user state of s
+    state: Tensor  # (B, D) the ranker's user state of s
     h: Tensor  # (B, L, D) shared representation
     losses: Tensor  # (B, K) per-list losses
+    obs: Tensor | None = None  # (B, S) the weight generator's observation of s (detached)
+    next_obs: Tensor | None = None  # (B, S) ... of s' (detached); both None without a weight generator
 
 
 class Strategy:
     """Turns one step's losses into loss weights; may learn on the side (paperec)."""
 
     name: ClassVar[str]
+    has_policy: ClassVar[bool] = False
+    """a weight generator: the step gives it ``StepContext.obs``/``next_obs``"""
 
     def __init__(self, cfg: PAPERecConfig, ranker: Ranker, device: torch.device) -> None:
         self.cfg, self.ranker, self.device = cfg, ranker, device
@@ -197,13 +259,68 @@ class PELTRStrategy(Strategy):
         return w, self._named("weight", w)
 
 
+def engagement_reward(batch: ListBatch, click_scale: float, dwell_scale_s: float) -> Tensor:
+    """Each list's realized engagement (B,): clicks / click_scale + dwell seconds / dwell_scale_s."""
+    mask = batch.mask.to(batch.clicks.dtype)  # (B, L)
+    clicks = (batch.clicks * mask).sum(-1)  # (B,)
+    dwell_s = (batch.dwell * mask).sum(-1)  # (B,)
+    return clicks / click_scale + dwell_s / dwell_scale_s
+
+
+def dwell_grid_weights(objectives: tuple[str, ...], dwell: Tensor) -> Tensor:
+    """Weights (G, K) for dwell weights ``dwell`` (G,): d on the dwell objective (the last one when
+    none is named "dwell"), 1 - d on the first other objective, 0 on the rest."""
+    k = len(objectives)
+    d_index = objectives.index("dwell") if "dwell" in objectives else k - 1
+    other = 0 if d_index != 0 else 1
+    w = torch.zeros(dwell.shape[0], k, dtype=dwell.dtype, device=dwell.device)
+    w[:, d_index] = dwell
+    w[:, other] = 1.0 - dwell
+    return w
+
+
+class ListRegret:
+    """regret(w) = (||sum_k w_k g_k|| - ||sum_k w*_k g_k||) / sum_k ||g_k|| of each list, exactly,
+    from the Gram matrices G (B, K, K) of its gradients (w* = the list's min-norm weights).
+
+    Dividing by sum_k ||g_k|| makes it a list-scale-free number in [0, 1] (by the triangle
+    inequality), so lists with large gradients do not dominate the actor's penalty.
+    """
+
+    def __init__(self, grads: Tensor) -> None:
+        grads = grads.detach()  # (B, K, D)
+        self.gram = grads @ grads.transpose(-1, -2)  # (B, K, K)
+        self.w_best = min_norm(grads)  # (B, K)
+        self.best = gram_norm(self.gram, self.w_best)  # (B,)
+        self.scale = self.gram.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt().sum(-1).clamp_min(1e-12)  # (B,)
+
+    def __call__(self, w: Tensor) -> Tensor:
+        """regret (B,) of weights (B, K), or (B, G) of weights (B, G, K); differentiable in w."""
+        best, scale = (self.best, self.scale) if w.dim() == 2 else (self.best[:, None], self.scale[:, None])
+        return (gram_norm(self.gram, w) - best) / scale
+
+    def scaled(self, factor: float) -> Callable[[Tensor], Tensor]:
+        """w -> factor * regret(w)."""
+        return lambda w: factor * self(w)
+
+
 class PAPERecStrategy(Strategy):
     name = "paperec"
+    has_policy = True
 
     def __init__(self, cfg: PAPERecConfig, ranker: Ranker, device: torch.device) -> None:
         super().__init__(cfg, ranker, device)
         self.ddpg = DDPG(cfg.ddpg_config(), device)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # counterfactual weights (CPU)
+        self.spread_grid = dwell_grid_weights(
+            cfg.ranker.objectives, torch.linspace(0.0, 1.0, SPREAD_GRID, device=device)
+        )  # (G, K)
+
+    @property
+    def needs_grads(self) -> bool:
+        """pareto's reward and hybrid's regret are functions of the list's gradients; engagement
+        needs none (and skips their K backward passes)."""
+        return self.cfg.reward in ("pareto", "hybrid")
 
     def reward_grads(self, ctx: StepContext, update: bool = True) -> Tensor:
         """Each list's per-objective gradients (B, K, D) as the reward -||sum_k w_k g_k|| sees
@@ -218,26 +335,62 @@ class PAPERecStrategy(Strategy):
         return grads
 
     def weights(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        batch = ctx.batch
-        grads = self.reward_grads(ctx)  # (B, K, D)
-        reward = -weighted_norm(grads, batch.action)  # (B,) for the logged weights
-        w_best = min_norm(grads)  # (B, K) each list's own min-norm weights
-        best = -weighted_norm(grads, w_best)  # (B,) the best any weights could do
+        cfg, batch = self.cfg, ctx.batch
+        assert ctx.obs is not None and ctx.next_obs is not None, "the trainer gives a policy its obs"
+        obs, next_obs = ctx.obs, ctx.next_obs  # (B, S) each, detached
+        metrics: dict[str, float] = {}
 
-        obs = ctx.state.detach()
-        with torch.no_grad():
-            next_obs = self.ranker.user_state(batch.next_user_feats, batch.next_history, batch.next_context)
-        actions, rewards = self._with_counterfactuals(grads, batch.action, reward)
+        # 1. the list's gradients and its exact MGDA regret (pareto, hybrid)
+        grads = self.reward_grads(ctx) if self.needs_grads else None  # (B, K, D)
+        regret = None if grads is None else ListRegret(grads)
+
+        # 2. the reward the critic learns by TD, and the actor's exact penalty (hybrid)
+        if cfg.reward == "pareto":
+            assert grads is not None and regret is not None
+            reward = -weighted_norm(grads, batch.action)  # (B,) for the logged weights
+            actions, rewards = self._with_counterfactuals(grads, batch.action, reward)
+            metrics["reward_best"] = -weighted_norm(grads, regret.w_best).mean().item()
+        else:  # engagement, hybrid: the list's realized clicks and dwell
+            reward = engagement_reward(batch, cfg.engagement_click_scale, cfg.engagement_dwell_scale_s)
+            actions, rewards = batch.action, reward
+        penalty = None
+        if cfg.reward == "hybrid":
+            assert regret is not None
+            penalty = regret.scaled(cfg.hybrid_lambda)  # w (B, K) -> lambda * regret(w) (B,)
+
+        # 3. one DDPG step: (1 - done) bootstraps truncated sessions, stops at a leave
         m = actions.shape[0] // reward.shape[0]  # 1 + counterfactual_actions
-        metrics = self.ddpg.update(
-            obs.repeat(m, 1), actions, rewards, next_obs.repeat(m, 1), batch.done.repeat(m)
+        metrics.update(
+            self.ddpg.update(
+                obs.repeat(m, 1),
+                actions,
+                rewards,
+                next_obs.repeat(m, 1),
+                batch.done.repeat(m),
+                actor_penalty=penalty,
+            )
         )
         with torch.no_grad():
             w = self.ddpg.actor(obs)  # (B, K) personalized weights of the updated actor
-        metrics.update(reward=reward.mean().item(), reward_best=best.mean().item())
+            metrics.update(reward=reward.mean().item(), **self._spreads(obs, regret))
+            if regret is not None:
+                metrics["regret"] = regret(w).mean().item()
+                metrics.update(self._named("best_weight", regret.w_best))
         metrics.update(self._named("weight", w))
-        metrics.update(self._named("best_weight", w_best))
-        return w + self.cfg.single_loss_weight, metrics
+        return w + cfg.single_loss_weight, metrics
+
+    def _spreads(self, obs: Tensor, regret: ListRegret | None) -> dict[str, float]:
+        """qf_spread: mean over lists of max - min of Q(s, w) over SPREAD_GRID dwell weights (how
+        much the critic says the weights matter); regret_spread: the same for the regret. The
+        hybrid's lambda is calibrated as c * qf_spread / regret_spread."""
+        b, g = obs.shape[0], self.spread_grid.shape[0]
+        grid = self.spread_grid.to(obs.dtype)  # (G, K)
+        q = self.ddpg.qf(obs.repeat_interleave(g, 0), grid.repeat(b, 1)).view(b, g)  # (B, G)
+        out = {"qf_spread": (q.amax(1) - q.amin(1)).mean().item()}
+        if regret is not None:
+            r = regret(grid.expand(b, g, -1))  # (B, G)
+            out["regret_spread"] = (r.amax(1) - r.amin(1)).mean().item()
+        return out
 
     def _with_counterfactuals(self, grads: Tensor, logged: Tensor, reward: Tensor) -> tuple[Tensor, Tensor]:
         """The logged (action, reward) pairs, then ``counterfactual_actions`` more per list.
@@ -299,7 +452,10 @@ class Trainer:
         """training steps applied (refused ones excluded)"""
         self.nonfinite_steps = 0
         """steps refused because an input, loss or gradient was not finite"""
-        log.info("trainer: strategy=%s grad_mode=%s device=%s", cfg.strategy, cfg.grad_mode, self.device)
+        log.info(
+            "trainer: strategy=%s reward=%s policy_state=%s grad_mode=%s device=%s",
+            *(cfg.strategy, cfg.reward, cfg.policy_state, cfg.grad_mode, self.device),
+        )
 
     def step(self, batch: ListBatch) -> dict[str, float]:
         """One training step on ``batch`` (not modified); returns metrics.
@@ -321,7 +477,10 @@ class Trainer:
             losses = self.ranker.losses_per_list(self.ranker.heads(h), batch)  # (B, K)
             if not all_finite([losses]):  # before the strategy: its reward would be NaN too
                 return self._refuse("loss", {})
-            weights, metrics = self.strategy.weights(StepContext(batch, state, h, losses))
+            ctx = StepContext(batch, state, h, losses)
+            if self.strategy.has_policy:
+                ctx.obs, ctx.next_obs = self._policy_obs(batch, state)
+            weights, metrics = self.strategy.weights(ctx)
             loss = (weights.detach() * losses).sum(-1).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -343,6 +502,27 @@ class Trainer:
         metrics.update({f"loss/{o}": float(mean_losses[k]) for k, o in enumerate(self.cfg.ranker.objectives)})
         return metrics
 
+    def _policy_obs(self, batch: ListBatch, state: Tensor) -> tuple[Tensor, Tensor]:
+        """The weight generator's observations (B, S) of s and s' (detached: the policy does not
+        train the ranker); ``state`` (B, D) is the ranker's state of s, already computed."""
+        obs = policy_obs(
+            self.ranker,
+            self.cfg.policy_state,
+            batch.user_feats,
+            batch.history,
+            batch.context,
+            user_state=state,
+        )
+        with torch.no_grad():
+            next_obs = policy_obs(
+                self.ranker,
+                self.cfg.policy_state,
+                batch.next_user_feats,
+                batch.next_history,
+                batch.next_context,
+            )
+        return obs.detach(), next_obs
+
     def _refuse(self, what: str, metrics: dict[str, float]) -> dict[str, float]:
         self.nonfinite_steps += 1
         log.warning(
@@ -361,28 +541,55 @@ class Trainer:
             modules += [d.actor, d.qf, d.actor_target, d.qf_target]
         return all_finite(p for m in modules for p in m.parameters())
 
-    def reward_probe(self, batch: ListBatch) -> tuple[Tensor, Tensor]:
-        """paperec only: the weight generator's w(s) (B, K) and each list's Gram matrix G (B, K, K)
-        of the gradients its reward sees, so that the reward of any weights w is -sqrt(w^T G w).
-        Looks without training: no update, no dropout, the running gradient scale untouched."""
-        if not isinstance(self.strategy, PAPERecStrategy):
+    def reward_probe(self, batch: ListBatch, dwell_grid: Tensor) -> tuple[Tensor, Tensor]:
+        """paperec only: the weight generator's w(s) (B, K) and the per-list objective (B, G) the
+        actor ascends at the weights of each dwell weight d of ``dwell_grid`` (G,) (see
+        :func:`dwell_grid_weights`): pareto -sqrt(w^T G w), the exact reward; engagement Q(s, w);
+        hybrid Q(s, w) - hybrid_lambda * regret(w). Looks without training: no update, no dropout,
+        the running gradient scale untouched."""
+        strategy = self.strategy
+        if not isinstance(strategy, PAPERecStrategy):
             raise ValueError("only the paperec strategy has a weight generator to probe")
         batch = batch.to(self.device)
+        grid = dwell_grid_weights(self.cfg.ranker.objectives, dwell_grid.to(self.device))  # (G, K)
+        b, g = batch.batch_size, grid.shape[0]
         training = self.ranker.training
         self.ranker.eval()
         try:
-            state = self.ranker.user_state(batch.user_feats, batch.history, batch.context)  # (B, S)
-            h = self.ranker.encode(batch, user_state=state)  # (B, L, D)
-            losses = self.ranker.losses_per_list(self.ranker.heads(h), batch)  # (B, K)
-            grads = self.strategy.reward_grads(StepContext(batch, state, h, losses), update=False).detach()
+            state = self.ranker.user_state(batch.user_feats, batch.history, batch.context)  # (B, D)
+            regret = None
+            if strategy.needs_grads:
+                h = self.ranker.encode(batch, user_state=state)  # (B, L, D)
+                losses = self.ranker.losses_per_list(self.ranker.heads(h), batch)  # (B, K)
+                ctx = StepContext(batch, state, h, losses)
+                regret = ListRegret(strategy.reward_grads(ctx, update=False))
             with torch.no_grad():
-                w = self.strategy.ddpg.actor(state.detach())
+                obs = policy_obs(
+                    self.ranker,
+                    self.cfg.policy_state,
+                    batch.user_feats,
+                    batch.history,
+                    batch.context,
+                    user_state=state,
+                )  # (B, S)
+                w = strategy.ddpg.actor(obs)  # (B, K)
+                grid_w = grid.to(obs.dtype).expand(b, g, -1)  # (B, G, K)
+                if self.cfg.reward == "pareto":
+                    assert regret is not None
+                    objective = -gram_norm(regret.gram, grid_w)  # (B, G)
+                else:
+                    q = strategy.ddpg.qf(obs.repeat_interleave(g, 0), grid_w.reshape(b * g, -1))
+                    objective = q.view(b, g)  # (B, G)
+                    if self.cfg.reward == "hybrid":
+                        assert regret is not None
+                        objective = objective - self.cfg.hybrid_lambda * regret(grid_w)
         finally:
             self.ranker.train(training)
-        return w, grads @ grads.transpose(-1, -2)  # (B, K), (B, K, K)
+        return w, objective
 
     def actor_model(self) -> ActorModel:
-        """A serving copy (ranker + weight generator) on CPU, in eval mode (paperec only)."""
+        """A serving copy (ranker + weight generator) on CPU, in eval mode (paperec only); its
+        actor config records what the generator reads (``obs``), so serving feeds it the same."""
         if not isinstance(self.strategy, PAPERecStrategy):
             raise ValueError("only the paperec strategy has a weight generator to serve")
         model = ActorModel(self.cfg.ranker, self.strategy.ddpg.actor.cfg)
@@ -401,6 +608,15 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.strategy.has_policy:
+            # a critic learned one reward on one observation: it cannot carry over to another
+            # (checkpoints from before these fields were the published PAPERec: pareto on the ranker)
+            for name, before in (("reward", "pareto"), ("policy_state", "ranker")):
+                was, now = state["config"].get(name, before), getattr(self.cfg, name)
+                if was != now:
+                    raise ValueError(
+                        f"the checkpoint was trained with {name}={was!r}, this trainer has {now!r}"
+                    )
         if state["config"] != config_to_dict(self.cfg):
             log.warning("loading a checkpoint written with a different config")
         self.ranker.load_state_dict(state["ranker"])

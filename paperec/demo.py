@@ -20,16 +20,18 @@ granted the services' ACLs first (:func:`secure_demo`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from base import kafka as kafka_clients
-from base.config_flags import to_flags
+from base.config_flags import parse_assignments, to_flags
 from base.kafka_acls import ADMIN, LEARNER, SERVING, STREAMS
 from base.settings import ENV_PREFIX, TOPIC_TRANSITIONS, Settings
 from paperec.demo_driver import DemoDriver, LocalStats, replay_log
@@ -66,6 +68,8 @@ class DemoOptions:
     speed: float | None
     out: Path
     keep_devstack: bool
+    learner: tuple[str, ...] = ()
+    """``FIELD=VALUE`` patches of the learner's PAPERecConfig (``--learner``), e.g. reward=hybrid"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +87,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-devstack", action="store_true", help="leave a dev stack this demo started running at the end"
     )
+    parser.add_argument(
+        "--learner",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="set a learner.training.PAPERecConfig field of the learner, e.g. reward=hybrid or "
+        "policy_state=ranker (repeatable; the value is parsed as JSON, else taken as a string)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -95,8 +107,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         speed=args.speed,
         out=Path(args.out),
         keep_devstack=args.keep_devstack,
+        learner=tuple(args.learner),
     )
+    try:
+        learner_patch_flags(opts.learner)  # a bad patch fails here, before any service starts
+    except ValueError as exc:
+        print(f"paperec demo: {exc}")
+        return 2
     return run_demo(settings, opts)
+
+
+def learner_patch_flags(items: Sequence[str]) -> list[str]:
+    """The ``paperec learner`` flags of ``--learner FIELD=VALUE`` patches of PAPERecConfig (the
+    reward mode, the policy state ...), checked against the config (ValueError if unusable)."""
+    from learner.training import PAPERecConfig
+
+    patch = parse_assignments(PAPERecConfig, items, "--learner", exclude={"ranker"})
+    dataclasses.replace(PAPERecConfig(), **patch)  # validates, e.g. an unknown reward mode
+    return to_flags(SimpleNamespace(**patch), "")
 
 
 def run_demo(settings: Settings, opts: DemoOptions) -> int:
@@ -185,6 +213,7 @@ def demo_services(
         # one checkpoint directory per run (prefix): a rerun with the same --out starts afresh
         *("--learner-checkpoint-dir", str(log_dir.parent / "checkpoints" / settings.topic_prefix.strip("."))),
         *to_flags(ranker, "ranker-"),
+        *learner_patch_flags(opts.learner),
     ]
     ports = [settings.serve_port + 1, settings.serve_port + 2]
     services = [

@@ -141,6 +141,7 @@ class HttpPolicy:
             noise=tuple(out["noise"]),
             objectives=tuple(out["objectives"]),
             snapshot_version=int(out["snapshot_version"]),
+            log_propensity=out.get("log_propensity"),  # absent from nodes before schema version 2
         )
 
     def rank(self, requests: Sequence[ListRequest]) -> list[Ranking]:

@@ -1,9 +1,10 @@
 """``paperec evaluate``: train and evaluate CTR-only, dwell-only, fixed global weights, PE-LTR
-and PAPERec on the simulator, with the same budget, and write a report.
+and PAPERec in each reward mode on the simulator, with the same budget, and write a report.
 
-    paperec evaluate --seed 0 --out runs/eval-0            # the full run (README numbers)
-    paperec evaluate --seed 0 --out runs/quick --quick     # < 3 minutes on 2 CPU cores
-    paperec evaluate --seed 0 --out runs/control --control # no preference heterogeneity
+    paperec evaluate --seed 0 --out runs/eval-0                      # the full run
+    paperec evaluate --seed 0 --out runs/quick --quick               # a small budget
+    paperec evaluate --seed 0 --out runs/control --setting control   # no preference heterogeneity
+    paperec evaluate --seed 0 --out runs/readers --setting readers --simulator n_users=1000
 
 Writes DIR/report.json, DIR/report.md and DIR/pareto.png (see docs/evaluation.md).
 """
@@ -23,9 +24,21 @@ from base.settings import Settings
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seeds the simulator, models and sampling")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--quick", action="store_true", help="small budget (< 3 minutes on 2 CPU cores)")
+    parser.add_argument("--quick", action="store_true", help="small budget: a check that everything runs")
     parser.add_argument(
-        "--control", action="store_true", help="control simulator: no preference heterogeneity"
+        "--setting",
+        default=None,
+        help="simulator setting (paperec/evaluation/settings.py): default; control (no preference "
+        "heterogeneity); readers (continuation keeps rising with dwell). Default: default",
+    )
+    parser.add_argument("--control", action="store_true", help="alias of --setting control")
+    parser.add_argument(
+        "--simulator",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a simulator.config.SimulatorConfig field after the setting, e.g. "
+        "dwell_satisfied_s=120 (repeatable; typed by the field)",
     )
     parser.add_argument("--steps", type=int, help="learner steps per policy (overrides the budget)")
     parser.add_argument(
@@ -51,6 +64,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="worker processes (0: min(CPU cores, 2)); results do not depend on it",
     )
+    parser.add_argument("--no-oracle", action="store_true", help="skip the oracle headroom")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -70,21 +84,31 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     # imported here: torch is heavy, and `paperec --help` should stay fast
     from paperec.evaluation.runner import EvaluationSpec, run_evaluation
+    from paperec.evaluation.settings import SETTINGS, parse_simulator_overrides
 
+    if args.setting is not None and args.setting not in SETTINGS:
+        print(f"error: --setting {args.setting!r}: one of {sorted(SETTINGS)}")
+        return 2
+    if args.control and args.setting not in (None, "control"):
+        print(f"error: --control is --setting control, not --setting {args.setting}")
+        return 2
     try:
         overrides = parse_overrides(args.learner)
+        simulator = parse_simulator_overrides(args.simulator)
     except ValueError as e:
         print(f"error: {e}")
         return 2
     spec = EvaluationSpec(
         seed=args.seed,
         learner_overrides=overrides,
-        control=args.control,
+        setting="control" if args.control else (args.setting or "default"),
+        simulator_overrides=simulator,
         quick=args.quick,
         grid=tuple(float(x) for x in args.grid.split(",")) if args.grid else None,
         policies=tuple(args.policies.split(",")) if args.policies else None,
         workers=args.workers or min(os.cpu_count() or 1, 2),
         progress=not args.no_progress,
+        oracle=not args.no_oracle,
     )
     budget = spec.the_budget()
     if args.steps is not None:

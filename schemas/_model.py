@@ -24,11 +24,14 @@ import orjson
 from schemas.errors import ROOT, SchemaError
 from schemas.validate import MISSING, type_error, type_name
 
-SCHEMA_VERSION: Final = 1
-"""The version every record is encoded with."""
+SCHEMA_VERSION: Final = 2
+"""The version every record is encoded with. 2 added ``Impression.log_propensity`` and the wide
+exploration of ``Exploration`` (``wide_std``, ``wide_share``), both optional."""
 
-SUPPORTED_SCHEMA_VERSIONS: Final = frozenset({1})
-"""Versions the decoder accepts (older known versions are upgraded to the in-memory form)."""
+SUPPORTED_SCHEMA_VERSIONS: Final = frozenset({1, 2})
+"""Versions the decoder accepts (older known versions are upgraded to the in-memory form: a
+version-1 record reads as version 2 with the new fields at their defaults; a snapshot header
+keeps the version it was signed with, see ``schemas.snapshot``)."""
 
 M = TypeVar("M", bound="Model")
 

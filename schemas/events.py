@@ -22,6 +22,7 @@ from schemas.validate import (
     v_ids,
     v_int,
     v_ints,
+    v_number,
     v_simplex,
 )
 
@@ -210,7 +211,13 @@ def v_objectives(value: Any, path: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Impression(Model):
-    """One ranked list shown to a user, with the objective weights that ranked it."""
+    """One ranked list shown to a user, with the objective weights that ranked it.
+
+    ``log_propensity`` (schema version 2): the log density of the served weights given the state
+    under the policy that served them (``model.policy.log_propensity``: additive-log-ratio
+    coordinates); None when the weights were served deterministically (no noise) or by a
+    producer that does not log it (version-1 records).
+    """
 
     TYPE: ClassVar[str | None] = "impression"
     type: Literal["impression"] = field(default="impression", init=False, repr=False)
@@ -226,6 +233,7 @@ class Impression(Model):
     history: tuple[str, ...]
     context: tuple[float, ...]
     items: tuple[Item, ...]
+    log_propensity: float | None = None  # absent in version-1 records
 
     _NESTED: ClassVar[tuple[str, ...]] = ("items",)
 
@@ -234,6 +242,7 @@ class Impression(Model):
         p = child_prefix(path)
         g = src.get
         objectives = v_objectives(g("objectives", MISSING), p + "objectives")
+        log_propensity = g("log_propensity")
         k = len(objectives)
         out = {
             "request_id": v_id(g("request_id", MISSING), p + "request_id"),
@@ -245,6 +254,9 @@ class Impression(Model):
             "noise": v_floats(g("noise", MISSING), p + "noise", length=k, what="one per objective"),
         }
         out.update(_state_fields(src, p))
+        out["log_propensity"] = (
+            None if log_propensity is None else v_number(log_propensity, p + "log_propensity")
+        )
         return out
 
     def list_state(self) -> ListState:

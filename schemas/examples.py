@@ -16,7 +16,7 @@ from schemas.codec import Record, decode
 from schemas.dead_letter import make_dead_letter
 from schemas.errors import SchemaError
 from schemas.events import Click, Dwell, Impression, Item, ListOutcome, ListState
-from schemas.snapshot import make_header
+from schemas.snapshot import Exploration, make_header
 from schemas.transition import Labels, Transition, transition_id
 
 EXAMPLE_HMAC_KEY: Final = b"paperec-dev-key-not-for-production"
@@ -24,6 +24,9 @@ EXAMPLE_HMAC_KEY: Final = b"paperec-dev-key-not-for-production"
 EXAMPLE_PAYLOAD: Final = b"example safetensors payload"
 
 _T0: Final = 1_732_795_200_000  # 2024-11-28T12:00:00Z
+
+EXPLORATION: Final = Exploration(noise_std=0.1, wide_std=1.0, wide_share=0.25)
+"""The learner's default exploration (``PAPERecConfig.exploration()``), recorded in the example header."""
 
 
 def _items(ids: list[str], rows: list[tuple[float, ...]]) -> tuple[Item, ...]:
@@ -47,6 +50,7 @@ IMPRESSION: Final = Impression(
         ["item-5521", "item-1208", "item-9954"],
         [(0.8, 0.1, -0.3, 0.05), (0.42, 0.9, 0.0, -0.12), (0.15, -0.7, 0.6, 0.3)],
     ),
+    log_propensity=0.6277,  # the noise's density under EXPLORATION (K = 2, temperature 1)
 )
 
 NEXT_IMPRESSION: Final = Impression(
@@ -64,6 +68,7 @@ NEXT_IMPRESSION: Final = Impression(
         ["item-4410", "item-8873", "item-1650"],
         [(0.3, 0.2, 0.1, 0.0), (-0.2, 0.5, 0.45, 0.9), (0.05, 0.05, -0.4, 0.7)],
     ),
+    log_propensity=0.6952,
 )
 
 CLICK: Final = Click(
@@ -112,6 +117,7 @@ SNAPSHOT_HEADER: Final = make_header(
     model_config={"objectives": ["click", "dwell"], "hidden_sizes": [128, 64], "n_item_features": 4},
     payload=EXAMPLE_PAYLOAD,
     key=EXAMPLE_HMAC_KEY,
+    exploration=EXPLORATION,
     chunk_count=1,
 )
 
@@ -186,6 +192,7 @@ def make_impression(
             )
             for i in range(n_items)
         ),
+        log_propensity=rng.gauss(0, 1),  # drawn last: the other fields are as before it existed
     )
 
 
@@ -224,6 +231,7 @@ __all__ = [
     "EXAMPLES",
     "EXAMPLE_HMAC_KEY",
     "EXAMPLE_PAYLOAD",
+    "EXPLORATION",
     "IMPRESSION",
     "LIST_OUTCOME",
     "LIST_STATE",

@@ -178,20 +178,32 @@ _K_COMMENT: Final = (
     f"weights sum to 1 (within {SIMPLEX_TOLERANCE}); weights and noise have one entry per objective."
 )
 
-_IMPRESSION: Final = _record(
-    "impression",
-    {
-        "request_id": _id("unique id of this ranked list (Kafka key of impressions, clicks, dwells)"),
-        "user_id": _id("user id"),
-        "ts_ms": _ms("time the list was served"),
-        "snapshot_version": _int("actor snapshot that ranked the list; 0 = none (cold start)"),
-        "objectives": _OBJECTIVES,
-        "weights": _numbers("objective weights actually used (after exploration); on the simplex", None, 0),
-        "noise": _numbers("exploration noise that was applied, one per objective"),
-        **_state_properties(),
-    },
-    "one ranked list shown to a user",
-    **{"$comment": f"{_LIST_COMMENT} {_K_COMMENT}"},
+_IMPRESSION: Final = _optional(
+    _record(
+        "impression",
+        {
+            "request_id": _id("unique id of this ranked list (Kafka key of impressions, clicks, dwells)"),
+            "user_id": _id("user id"),
+            "ts_ms": _ms("time the list was served"),
+            "snapshot_version": _int("actor snapshot that ranked the list; 0 = none (cold start)"),
+            "objectives": _OBJECTIVES,
+            "weights": _numbers(
+                "objective weights actually used (after exploration); on the simplex", None, 0
+            ),
+            "noise": _numbers("exploration noise that was applied, one per objective"),
+            **_state_properties(),
+            "log_propensity": {
+                "type": ["number", "null"],
+                "minimum": -MAX_ABS_NUMBER,
+                "maximum": MAX_ABS_NUMBER,
+                "description": "log density of the served weights given the state (additive-log-ratio"
+                " coordinates); null when served deterministically; absent in version-1 records",
+            },
+        },
+        "one ranked list shown to a user",
+        **{"$comment": f"{_LIST_COMMENT} {_K_COMMENT}"},
+    ),
+    "log_propensity",
 )
 
 _LABELS: Final = _object(
@@ -202,16 +214,28 @@ _LABELS: Final = _object(
     "per-position feedback of the state's list",
 )
 
-_EXPLORATION: Final = _object(
-    {
-        "noise_std": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": MAX_ABS_NUMBER,
-            "description": "std of the Gaussian noise on the weight generator's logits (0 = exploit only)",
+
+def _non_negative(description: str, maximum: float = MAX_ABS_NUMBER) -> JSON:
+    return {"type": "number", "minimum": 0, "maximum": maximum, "description": description}
+
+
+_EXPLORATION: Final = _optional(
+    _object(
+        {
+            "noise_std": _non_negative(
+                "std of the Gaussian noise on the weight generator's logits (0 = exploit only)"
+            ),
+            "wide_std": _non_negative(
+                "std of the logit noise on widely explored lists; written only when non-zero (absent = 0)"
+            ),
+            "wide_share": _non_negative(
+                "share of lists explored with wide_std instead of noise_std; written only when non-zero", 1
+            ),
         },
-    },
-    "the learner's exploration settings, which serving applies to this snapshot",
+        "the learner's exploration settings, which serving applies to this snapshot",
+    ),
+    "wide_std",
+    "wide_share",
 )
 
 _SNAPSHOT_HEADER: Final = _optional(

@@ -15,7 +15,13 @@ encoded, canonicalized and signed exactly as before, and verified against every 
 ``exploration`` (optional, signed) is how serving explores around the snapshot's weights: the
 learner records its configured exploration here, and the nodes serve the snapshot with it (one
 source of truth for training, evaluation and production). Added the way ``key_id`` was: absent
-is left out of the JSON, so older headers re-encode and verify byte for byte.
+is left out of the JSON, so older headers re-encode and verify byte for byte. Schema version 2
+added its wide exploration (``wide_std``, ``wide_share``), left out of the JSON at their default
+0 for the same reason.
+
+A header keeps the ``schema_version`` it was written with (every other record reads as the
+current version): the version is part of the signed bytes, so a version-1 header must be
+canonicalized as version 1 to verify.
 """
 
 from __future__ import annotations
@@ -50,18 +56,42 @@ def v_key_id(value: object, path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Exploration(Model):
-    """How serving explores around a snapshot's objective weights (the learner's setting)."""
+    """How serving explores around a snapshot's objective weights (the learner's setting).
+
+    Gaussian noise on the weight generator's logits: on a ``wide_share`` share of lists (drawn
+    per list) its std is ``wide_std``, on the rest ``noise_std``. The density of the served
+    weights under this mixture is ``model.policy.log_propensity``.
+    """
 
     noise_std: float
     """std of the Gaussian noise added to the weight generator's logits (0 = exploit only)"""
+    wide_std: float = 0.0
+    """std of the logit noise on the widely explored lists"""
+    wide_share: float = 0.0
+    """share of lists explored with ``wide_std`` instead of ``noise_std``, in [0, 1] (0 = none)"""
+
+    def _json(self) -> dict[str, Any]:
+        # Defaults are left out: an exploration without wide lists encodes (and is signed) as in
+        # version-1 headers, which had only noise_std.
+        out: dict[str, Any] = {"noise_std": self.noise_std}
+        if self.wide_std != 0.0:
+            out["wide_std"] = self.wide_std
+        if self.wide_share != 0.0:
+            out["wide_share"] = self.wide_share
+        return out
 
     @staticmethod
     def _check(src: Mapping[str, Any], path: str) -> dict[str, Any]:
         p = child_prefix(path)
-        noise_std = v_number(src.get("noise_std", MISSING), p + "noise_std")
-        if noise_std < 0.0:
-            raise SchemaError(p + "noise_std", f"must be >= 0, got {noise_std!r}")
-        return {"noise_std": noise_std}
+        out: dict[str, float] = {}
+        for name, default in (("noise_std", MISSING), ("wide_std", 0.0), ("wide_share", 0.0)):
+            value = v_number(src.get(name, default), p + name)
+            if value < 0.0:
+                raise SchemaError(p + name, f"must be >= 0, got {value!r}")
+            out[name] = value
+        if out["wide_share"] > 1.0:
+            raise SchemaError(p + "wide_share", f"must be in [0, 1], got {out['wide_share']!r}")
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +131,7 @@ class SnapshotHeader(Model):
         g = src.get
         key_id = g("key_id")
         exploration = g("exploration")
-        return {
+        out: dict[str, Any] = {
             "snapshot_version": v_int(g("snapshot_version", MISSING), p + "snapshot_version", 1),
             "created_at_ms": v_int(g("created_at_ms", MISSING), p + "created_at_ms"),
             "training_step": v_int(g("training_step", MISSING), p + "training_step"),
@@ -117,6 +147,12 @@ class SnapshotHeader(Model):
             if exploration is None
             else Exploration.nested(exploration, p + "exploration"),
         }
+        # Decoding (check_envelope has validated it): keep the version the header was signed with.
+        # Construction in Python has none in ``src`` and writes the current version.
+        version = g("schema_version")
+        if version is not None:
+            out["schema_version"] = version
+        return out
 
 
 def canonical_header_bytes(header: SnapshotHeader | Mapping[str, Any]) -> bytes:

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import torch
 
 from model.featurize import ListView, list_inputs
-from model.policy import Actor
+from model.policy import Actor, as_exploration
 from model.scoring import ActorModel, score
+from schemas import Exploration
 from simulator.session import ListRequest, Ranking
 
 # log(weight) of a zero weight: exp(-30) ~ 1e-13, far below anything noise of scale ~0.1 moves
@@ -37,17 +38,18 @@ def set_constant_weights(actor: Actor, weights: Sequence[float]) -> None:
 
 
 class ModelPolicy:
-    """Ranks requests with ``model``; weights explored with logit noise of std ``noise_std``."""
+    """Ranks requests with ``model``; weights explored with ``exploration`` (a float: plain logit
+    noise of that std), their log-propensity logged as serving logs it."""
 
     def __init__(
         self,
         model: ActorModel,
-        noise_std: float = 0.0,
+        exploration: Exploration | float = 0.0,
         generator: torch.Generator | None = None,
         snapshot_version: int = 0,
     ) -> None:
         self.model = model
-        self.noise_std = noise_std
+        self.exploration = as_exploration(exploration)
         self.generator = generator
         self.snapshot_version = snapshot_version
 
@@ -67,11 +69,12 @@ class ModelPolicy:
         ]
         device = next(self.model.parameters()).device
         inputs = list_inputs(views, cfg).to(device)
-        result = score(self.model, inputs, self.noise_std, self.generator)
+        result = score(self.model, inputs, self.exploration, self.generator)
         ranking = result.ranking.cpu().tolist()
         w64 = result.weights.double().cpu()
         weights = (w64 / w64.sum(-1, keepdim=True)).tolist()  # exact simplex after float32
         noise = result.noise.cpu().tolist()
+        logp = [None if math.isnan(x) else x for x in result.log_propensity.cpu().tolist()]
         objectives = tuple(cfg.objectives)
         return [
             Ranking(
@@ -80,6 +83,7 @@ class ModelPolicy:
                 noise=tuple(noise[b]),
                 objectives=objectives,
                 snapshot_version=self.snapshot_version,
+                log_propensity=logp[b],
             )
             for b, r in enumerate(requests)
         ]

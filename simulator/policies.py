@@ -1,7 +1,9 @@
 """Model-free policies for logs and tests: random, and a heuristic on the observable proxies.
 
-Both log objective weights like a real serving node: a base weight vector perturbed by Gaussian
-noise in logit space (the same exploration scheme as :mod:`model.policy`), noise logged too.
+Both log objective weights like a real serving node. The heuristic explores a base weight vector
+with Gaussian noise in logit space (the exploration scheme of :mod:`model.policy`, wide lists
+included) and logs the noise and the log-propensity of the weights: it is a logging policy whose
+propensities off-policy estimators can use. The random policy's weights are fixed (no propensity).
 """
 
 from __future__ import annotations
@@ -9,21 +11,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
+from model.policy import as_exploration, log_propensity
+from schemas import Exploration
 from simulator.config import SimulatorConfig
 from simulator.session import ListRequest, Ranking
 
 
 def explore_weights(
-    base: Sequence[float], noise_std: float, rng: np.random.Generator
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """softmax(log(base) + noise): weights stay on the simplex; returns (weights, noise)."""
+    base: Sequence[float], exploration: Exploration | float, rng: np.random.Generator
+) -> tuple[tuple[float, ...], tuple[float, ...], float | None]:
+    """softmax(log(base) + noise): weights stay on the simplex. The noise has std ``wide_std``
+    with probability ``wide_share``, else ``noise_std`` (a float: plain noise of that std).
+    Returns (weights, noise, log-propensity of the weights; None when the noise is zero)."""
+    e = as_exploration(exploration)
     logits = np.log(np.clip(np.asarray(base, dtype=np.float64), 1e-12, None))
-    noise = noise_std * rng.standard_normal(len(logits)) if noise_std > 0 else np.zeros(len(logits))
+    if e.wide_share > 0:  # the Bernoulli is drawn only then: plain exploration draws as it did
+        eps = rng.standard_normal(len(logits))
+        noise = (e.wide_std if rng.random() < e.wide_share else e.noise_std) * eps
+    else:
+        noise = e.noise_std * rng.standard_normal(len(logits)) if e.noise_std > 0 else np.zeros(len(logits))
     z = logits + noise
     w = np.exp(z - z.max())
     w /= w.sum()
-    return tuple(float(x) for x in w), tuple(float(x) for x in noise)
+    logp = None
+    if noise.any():
+        logp = float(log_propensity(torch.from_numpy(logits)[None], torch.from_numpy(w)[None], e)[0])
+    return tuple(float(x) for x in w), tuple(float(x) for x in noise), logp
 
 
 class RandomPolicy:
@@ -45,11 +60,15 @@ class HeuristicPolicy:
     explored weights around ``base``. Knows the simulator's feature layout; never its latents."""
 
     def __init__(
-        self, cfg: SimulatorConfig, base: Sequence[float] = (0.5, 0.5), noise_std: float = 0.3, seed: int = 0
+        self,
+        cfg: SimulatorConfig,
+        base: Sequence[float] = (0.5, 0.5),
+        exploration: Exploration | float = 0.3,
+        seed: int = 0,
     ) -> None:
         self.cfg = cfg
         self.base = tuple(base)
-        self.noise_std = noise_std
+        self.exploration = as_exploration(exploration)
         self.rng = np.random.default_rng(seed)
 
     def rank(self, requests: Sequence[ListRequest]) -> list[Ranking]:
@@ -60,10 +79,10 @@ class HeuristicPolicy:
             interest = items[:, :t] @ np.asarray(r.user_features[:t])
             click = _z(interest + items[:, t])
             dwell = _z(interest + items[:, t + 1] + items[:, t + 2])
-            weights, noise = explore_weights(self.base, self.noise_std, self.rng)
+            weights, noise, logp = explore_weights(self.base, self.exploration, self.rng)
             score = weights[0] * click + weights[1] * dwell
             order = np.argsort(-score, kind="stable")
-            out.append(Ranking(tuple(int(k) for k in order), weights, noise))
+            out.append(Ranking(tuple(int(k) for k in order), weights, noise, log_propensity=logp))
         return out
 
 

@@ -67,13 +67,15 @@ class ListRequest:
 @dataclass(frozen=True)
 class Ranking:
     """A policy's answer: candidate indices best first (the top ``list_len`` are shown) and the
-    objective weights that produced the ranking, with the exploration noise applied to them."""
+    objective weights that produced the ranking, with the exploration noise applied to them and
+    the log-propensity of those weights (None: served without noise); the impression logs all."""
 
     order: tuple[int, ...]
     weights: tuple[float, ...]
     noise: tuple[float, ...]
     objectives: tuple[str, ...] = OBJECTIVES
     snapshot_version: int = 0
+    log_propensity: float | None = None
 
 
 class Policy(Protocol):
@@ -231,6 +233,7 @@ class Simulator:
             items=tuple(
                 Item(item_id=c.item_id, position=p, features=c.features) for p, c in enumerate(chosen)
             ),
+            log_propensity=ranking.log_propensity,
         )
         history = self.histories.setdefault(session.spec.user, deque(maxlen=cfg.history_len))
         history.extend(impression.items[int(k)].item_id for k in np.flatnonzero(response.clicks))

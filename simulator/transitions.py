@@ -3,18 +3,33 @@
 In process, what the stream processors do over Kafka: the state is the shown list, the action
 the logged weights, the labels the per-position clicks and dwell, ``reward`` the list-level
 feedback per objective (clicks, dwell seconds; the learner computes PAPERec's own reward), and
-the next state is the session's next list, or none when the user left (done).
+the next state is the session's next list.
+
+Continuation: ``done`` only when the user left (``response.leave``). A session the simulator ended
+at its cap (``max_lists``) with the user still there is a *truncation*, not an ending: its last
+transition bootstraps (done = False). The simulator has no list after the cap, so its next state
+is the state that last list was shown in: the value after the cap is approximated by the value of
+the last state (Q(s', mu(s')) ~ Q(s, mu(s)); a user who would have stayed keeps earning). The
+streams (online) close a session by inactivity, which is a leave: done there.
 """
 
 from __future__ import annotations
 
-from schemas import Labels, Transition, transition_id
+from schemas import Labels, ListState, Transition, transition_id
 from simulator.session import ListResult
 
 
 def make_transition(result: ListResult, next_result: ListResult | None) -> Transition:
+    """The transition of ``result``'s list to ``next_result``'s; ``None``: the session ended after it
+    (a leave: done; the cap: truncated, next state = this state, see the module docstring)."""
     imp, r = result.impression, result.response
     nxt = None if next_result is None else next_result.impression
+    if nxt is not None:
+        next_state: ListState | None = nxt.list_state()
+    elif r.leave:
+        next_state = None  # the user left: done
+    else:
+        next_state = imp.list_state()  # truncated at the cap: bootstrap from the last state
     return Transition(
         transition_id=transition_id(imp.user_id, imp.request_id, None if nxt is None else nxt.request_id),
         user_id=imp.user_id,
@@ -25,8 +40,8 @@ def make_transition(result: ListResult, next_result: ListResult | None) -> Trans
         objectives=imp.objectives,
         labels=Labels(clicks=tuple(int(c) for c in r.clicks), dwell_ms=tuple(int(d) for d in r.dwell_ms)),
         reward=(float(r.n_clicks), r.total_dwell_s),
-        next_state=None if nxt is None else nxt.list_state(),
-        done=nxt is None,
+        next_state=next_state,
+        done=next_state is None,
     )
 
 

@@ -198,6 +198,14 @@ def _impression_ok(d: Any, raw: bytes) -> bool:
         return False  # range, an item without one of its fields
 
 
+def _log_propensity_ok(x: Any) -> bool:
+    """Absent or null (version 1, or served without noise), or a number as ``schemas.v_number``
+    takes it (no boolean: see _impression_ok); an int beyond float range raises OverflowError."""
+    return x is None or (
+        (type(x) is float or type(x) is int) and isfinite(x) and -MAX_ABS_NUMBER <= x <= MAX_ABS_NUMBER
+    )
+
+
 def _checked(d: dict[str, Any]) -> bool:
     g = d.get
     sv = g("schema_version")
@@ -224,6 +232,7 @@ def _checked(d: dict[str, Any]) -> bool:
         and _numbers_ok(g("user_features"), MAX_USER_FEATURES)
         and _ids_ok(g("history"), MAX_HISTORY)
         and _numbers_ok(g("context"), MAX_CONTEXT)
+        and _log_propensity_ok(g("log_propensity"))
     ):
         return False
     items = g("items")

@@ -7,10 +7,12 @@
 | fixed_<w>     | fixed (w, 1 - w)                          | (w, 1 - w)                                  |
 | peltr         | peltr as published (raw gradients)        | running mean of its per-step min-norm weights |
 | peltr_running | peltr, gradients scaled like paperec's    | the same                                    |
-| paperec       | paperec                                   | the weight generator's w(s), per user, state |
+| paperec_<mode> | paperec, reward pareto / engagement / hybrid | the generator's w(s), per user, state |
 
 Serving shares the trainer's modules (no copy): the policy always ranks with the latest model,
-as a serving node that hot-loads every snapshot would.
+as a serving node that hot-loads every snapshot would. :meth:`Contender.constant_weight_policy`
+serves the same trained ranker with global constant weights from an actor shell of its own
+(the matched-mean-weight comparison of the personalized contenders).
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from typing import Any
 
 import torch
 
-from learner.training import PAPERecConfig, PAPERecStrategy, Trainer
+from learner.training import REWARDS, PAPERecConfig, PAPERecStrategy, Trainer
 from model.policy import ActorConfig
 from model.scoring import ActorModel
+from schemas import Exploration
 from simulator.model_policy import ModelPolicy, set_constant_weights
 
 PELTR_WEIGHT_MOMENTUM = 0.95
@@ -44,9 +47,15 @@ class PolicySpec:
         """A member of the global fixed-weight family (single objectives included)."""
         return self.strategy in ("single", "fixed")
 
+    @property
+    def is_personalized(self) -> bool:
+        """Serves per-state weights from a weight generator (the paperec_* contenders)."""
+        return self.strategy == "paperec"
+
 
 def default_specs(grid: Sequence[float]) -> list[PolicySpec]:
-    """CTR-only, the fixed click weights in ``grid`` (dwell weight 1 - w), dwell-only, PE-LTR, PAPERec."""
+    """CTR-only, the fixed click weights in ``grid`` (dwell weight 1 - w), dwell-only, PE-LTR, and
+    PAPERec in each reward mode."""
     specs = [PolicySpec("ctr_only", "single", (1.0, 0.0), "click")]
     specs += [PolicySpec(f"fixed_{w:.2f}", "fixed", (w, 1.0 - w)) for w in grid]
     specs += [
@@ -56,8 +65,9 @@ def default_specs(grid: Sequence[float]) -> list[PolicySpec]:
         # the normalization alone can explain a difference
         PolicySpec("peltr", "peltr", learner=(("grad_normalize", "none"),)),
         PolicySpec("peltr_running", "peltr", learner=(("grad_normalize", "running"),)),
-        PolicySpec("paperec", "paperec"),
     ]
+    # PAPERec once per reward mode (learner.training.REWARDS): pareto, engagement, hybrid
+    specs += [PolicySpec(f"paperec_{mode}", "paperec", learner=(("reward", mode),)) for mode in REWARDS]
     return specs
 
 
@@ -76,20 +86,28 @@ class Contender:
         self.trainer = Trainer(cfg)
         strategy = self.trainer.strategy
         if isinstance(strategy, PAPERecStrategy):
-            actor_cfg = strategy.ddpg.actor.cfg
-        else:
-            actor_cfg = ActorConfig(obs_dim=cfg.ranker.d_model, action_dim=k, hidden=8, head="simplex")
-        with torch.random.fork_rng():  # building the shell must not move the global RNG
-            self.model = ActorModel(cfg.ranker, actor_cfg)
-        self.model.ranker = self.trainer.ranker  # share, don't copy
-        if isinstance(strategy, PAPERecStrategy):
+            self.model = self._shell(strategy.ddpg.actor.cfg)
             self.model.actor = strategy.ddpg.actor
+        else:
+            self.model = self._shell(None)
         self.serving_weights: tuple[float, ...] | None = spec.weights or tuple([1.0 / k] * k)
         if not isinstance(strategy, PAPERecStrategy):
             set_constant_weights(self.model.actor, self.serving_weights)
         else:
             self.serving_weights = None  # per state
         self.model.eval()
+
+    def _shell(self, actor_cfg: ActorConfig | None) -> ActorModel:
+        """A serving model around the trainer's ranker (shared, not copied); ``None``: an actor
+        for constant weights (reads the ranker state; its last layer is zeroed anyway)."""
+        ranker_cfg = self.trainer.cfg.ranker
+        if actor_cfg is None:
+            k = len(ranker_cfg.objectives)
+            actor_cfg = ActorConfig(obs_dim=ranker_cfg.d_model, action_dim=k, hidden=8, head="simplex")
+        with torch.random.fork_rng():  # building the shell must not move the global RNG
+            model = ActorModel(ranker_cfg, actor_cfg).eval()
+        model.ranker = self.trainer.ranker
+        return model
 
     @property
     def name(self) -> str:
@@ -116,5 +134,12 @@ class Contender:
         if self.serving_weights is not None:
             set_constant_weights(self.model.actor, self.serving_weights)
 
-    def policy(self, noise_std: float, generator: torch.Generator | None) -> ModelPolicy:
-        return ModelPolicy(self.model, noise_std, generator)
+    def policy(self, exploration: Exploration | float, generator: torch.Generator | None) -> ModelPolicy:
+        return ModelPolicy(self.model, exploration, generator)
+
+    def constant_weight_policy(self, weights: Sequence[float]) -> ModelPolicy:
+        """The trained ranker served with global constant ``weights`` and no exploration, from an
+        actor shell of its own: the trained weight generator is neither used nor touched."""
+        model = self._shell(None)
+        set_constant_weights(model.actor, weights)
+        return ModelPolicy(model, 0.0, None)

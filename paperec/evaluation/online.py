@@ -5,7 +5,10 @@ Training loop, the same for every contender (same budget, same seeds):
   session become transitions (done at the session's end) -> a FIFO replay buffer -> one learner
   step on a uniformly sampled batch per ``lists_per_step`` new lists.
 Evaluation: sessions of a separate random stream (the same users and luck for every contender),
-no exploration noise, the users' click histories as training left them.
+no exploration noise, the users' click histories as training left them. A personalized
+contender is then evaluated a second time on the same sessions, from the same histories, with
+its trained ranker served at global constant weights equal to its mean served weights (the
+*matched mean weight* policy): the difference between the two isolates the personalization.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from paperec.evaluation.buffer import TensorReplay
 from paperec.evaluation.contenders import Contender
 from paperec.evaluation.reward_probe import probe
 from schemas import Transition
-from simulator.session import Simulator
+from simulator.session import Policy, Simulator
 from simulator.transitions import TransitionLinker
 from simulator.world import World
 
@@ -46,7 +49,9 @@ class Budget:
     parallel: int = 32
     """concurrent sessions while training (one batched policy call per round)"""
     eval_sessions: int = 3000
+    """evaluation sessions, the same for every contender (common random numbers)"""
     eval_parallel: int = 128
+    """concurrent sessions while evaluating"""
 
     @property
     def train_lists(self) -> int:
@@ -55,7 +60,8 @@ class Budget:
 
 @dataclass
 class EvalData:
-    """Per evaluation session: lists, shown items, clicks, dwell seconds, user; per list: weights."""
+    """Per evaluation session (session i of the evaluation stream for every contender): lists,
+    shown items, clicks, dwell seconds, user; per list: its user and the served weights."""
 
     lists: np.ndarray
     impressions: np.ndarray
@@ -68,6 +74,8 @@ class EvalData:
     eval_seconds: float = 0.0
     train_metrics: dict[str, float] = field(default_factory=dict)
     reward_probe: dict[str, Any] | None = None  # paperec: see paperec/evaluation/reward_probe.py
+    matched: EvalData | None = None  # personalized: the same ranker at its mean served weights
+    matched_weights: tuple[float, ...] | None = None  # those constant weights
 
 
 def train(
@@ -79,7 +87,7 @@ def train(
     # exploration: what the learner config records in its snapshot headers, so serving nodes
     # explore alike; logit-space noise on the serving weights, for everyone
     exploration = contender.trainer.cfg.exploration()
-    policy = contender.policy(exploration.noise_std, torch.Generator().manual_seed(seed))
+    policy = contender.policy(exploration, torch.Generator().manual_seed(seed))
     results = sim.run(policy, sim.endless_sessions(), parallel=budget.parallel)
     linker = TransitionLinker()
     buffer = TensorReplay(budget.buffer_size, contender.trainer.cfg.ranker, world.cfg.list_len)
@@ -108,8 +116,9 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(contender: Contender, world: World, budget: Budget, histories: Simulator | None) -> EvalData:
-    """Run the evaluation sessions without exploration and collect per-session outcomes."""
+def evaluate(policy: Policy, world: World, budget: Budget, histories: Simulator | None) -> EvalData:
+    """Run the evaluation sessions with ``policy`` and collect per-session outcomes; the users'
+    click histories start as ``histories`` left them (copied: every call starts alike)."""
     sim = Simulator(world.cfg, world, stream_id=EVAL_STREAM)
     if histories is not None:
         sim.histories = {u: deque(h, maxlen=world.cfg.history_len) for u, h in histories.histories.items()}
@@ -120,7 +129,7 @@ def evaluate(contender: Contender, world: World, budget: Budget, histories: Simu
     users = np.array([s.user for s in specs])
     list_user: list[int] = []
     list_weights: list[tuple[float, ...]] = []
-    for r in sim.run(contender.policy(0.0, None), specs, parallel=budget.eval_parallel):
+    for r in sim.run(policy, specs, parallel=budget.eval_parallel):
         i = r.session
         lists[i] += 1
         imps[i] += len(r.impression.items)
@@ -135,7 +144,11 @@ def run_contender(contender: Contender, world: World, budget: Budget, seed: int,
     t0 = time.perf_counter()
     sim, metrics, reward_probe = train(contender, world, budget, seed, progress)
     t1 = time.perf_counter()
-    data = evaluate(contender, world, budget, sim)
+    data = evaluate(contender.policy(0.0, None), world, budget, sim)
+    if contender.spec.is_personalized:
+        w = data.list_weights.mean(axis=0)
+        data.matched_weights = tuple(float(x) for x in w / w.sum())
+        data.matched = evaluate(contender.constant_weight_policy(data.matched_weights), world, budget, sim)
     data.train_seconds, data.eval_seconds = t1 - t0, time.perf_counter() - t1
     data.train_metrics, data.reward_probe = metrics, reward_probe
     log.info(

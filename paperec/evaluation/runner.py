@@ -1,6 +1,7 @@
 """One evaluation run: every contender trained and evaluated on the same simulator with the
-same budget and seeds, then the report. Contenders are independent (each a pure function of
-the run's settings), so they can run in worker processes; results do not depend on the count.
+same budget and seeds, the oracle headroom on the same evaluation sessions, then the report.
+Contenders and the oracle are independent (each a pure function of the run's settings), so they
+can run in worker processes; results do not depend on the count.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from tqdm import tqdm
 from learner.training import PAPERecConfig
 from model.config import config_to_dict
 from paperec.evaluation.contenders import Contender, PolicySpec, default_specs
+from paperec.evaluation.headroom import Engagement, OracleData, oracle_headroom
 from paperec.evaluation.online import Budget, EvalData, run_contender
 from paperec.evaluation.report import build_report, markdown, plot
+from paperec.evaluation.settings import simulator_config
 from simulator.config import SimulatorConfig
 from simulator.world import World
 
@@ -39,7 +42,8 @@ FULL_GRID = (0.9, 0.7, 0.5, 0.3, 0.1)
 @dataclass(frozen=True)
 class EvaluationSpec:
     seed: int = 0
-    control: bool = False
+    setting: str = "default"  # paperec.evaluation.settings.SETTINGS
+    simulator_overrides: dict[str, Any] = field(default_factory=dict)  # fields, applied after the setting
     quick: bool = False
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     budget: Budget | None = None  # default: QUICK_BUDGET or FULL_BUDGET
@@ -49,10 +53,15 @@ class EvaluationSpec:
     workers: int = 1
     threads: int = 1  # torch threads per process (tiny models: 1 is fastest)
     progress: bool = True
+    oracle: bool = True  # the oracle headroom on the evaluation sessions
 
     def simulator_config(self) -> SimulatorConfig:
-        cfg = self.simulator.replace(seed=self.seed)
-        return cfg.control() if self.control else cfg
+        base = self.simulator.replace(seed=self.seed)
+        return simulator_config(base, self.setting, self.simulator_overrides)
+
+    def engagement(self) -> Engagement:
+        cfg = self.learner_config()
+        return Engagement(cfg.engagement_click_scale, cfg.engagement_dwell_scale_s)
 
     def the_budget(self) -> Budget:
         return self.budget or (QUICK_BUDGET if self.quick else FULL_BUDGET)
@@ -85,38 +94,55 @@ def _run_one(
     return run_contender(contender, world, spec.the_budget(), spec.seed, progress)
 
 
+def _run_oracle(spec: EvaluationSpec) -> OracleData:
+    world = World.build(spec.simulator_config())
+    return oracle_headroom(world, spec.the_budget().eval_sessions, spec.engagement())
+
+
 def run_evaluation(spec: EvaluationSpec, out_dir: Path | None = None) -> dict[str, Any]:
-    """Train and evaluate every contender; write report.json, report.md, pareto.png to out_dir."""
+    """Train and evaluate every contender and the oracle; write report.json, report.md,
+    pareto.png to out_dir."""
     t0 = time.perf_counter()
     sim_cfg = spec.simulator_config()
     specs = spec.specs()
     log.info(
-        "evaluation: seed %d, %s simulator, %d policies, %d workers",
+        "evaluation: seed %d, %s simulator (overrides %s), %d policies, %d workers",
         spec.seed,
-        "control" if spec.control else "default",
+        spec.setting,
+        spec.simulator_overrides or "none",
         len(specs),
         spec.workers,
     )
     results: dict[str, EvalData] = {}
+    oracle: OracleData | None = None
     if spec.workers <= 1:
         for p in tqdm(specs, desc="policies", disable=not spec.progress):
             results[p.name] = _run_one(spec, p, spec.progress)
+        oracle = _run_oracle(spec) if spec.oracle else None
     else:
         ctx = mp.get_context("spawn")  # no fork after torch has started its threads
         with cf.ProcessPoolExecutor(max_workers=spec.workers, mp_context=ctx) as pool:
             level = logging.getLogger().getEffectiveLevel()
-            futures = {pool.submit(_run_one, spec, p, False, level): p.name for p in specs}
+            futures: dict[cf.Future[Any], str] = {
+                pool.submit(_run_one, spec, p, False, level): p.name for p in specs
+            }
+            if spec.oracle:
+                futures[pool.submit(_run_oracle, spec)] = "oracle"
             bar = tqdm(
                 cf.as_completed(futures), total=len(futures), desc="policies", disable=not spec.progress
             )
             for fut in bar:
-                results[futures[fut]] = fut.result()
+                if futures[fut] == "oracle":
+                    oracle = fut.result()
+                else:
+                    results[futures[fut]] = fut.result()
                 bar.set_postfix_str(futures[fut])
     world = World.build(sim_cfg)
     objectives = tuple(spec.learner_config().ranker.objectives)
-    report = build_report(specs, results, world.users.alpha, objectives, spec.seed)
+    report = build_report(specs, results, world.users.alpha, objectives, spec.seed, spec.engagement(), oracle)
     report.update(
-        setting="control" if spec.control else "default",
+        setting=spec.setting,
+        simulator_overrides=spec.simulator_overrides,
         quick=spec.quick,
         simulator=sim_cfg.to_dict(),
         budget=dataclasses.asdict(spec.the_budget()),

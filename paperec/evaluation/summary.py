@@ -1,61 +1,151 @@
-"""Summarize several evaluation reports (e.g. seeds x settings) in one markdown table.
+"""Summarize several evaluation reports (e.g. settings x seeds) in markdown tables.
 
-python -m paperec.evaluation.summary runs/full-default-* runs/full-control-*
+python -m paperec.evaluation.summary runs/*
+
+Tables: per-session totals of every policy; paired differences of each personalized contender
+vs PE-LTR (with the achieved half-widths); personalized vs matched mean weight per preference
+tercile; oracle headroom and captured share; the reward probe of every mode.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 
-def _ci(e: dict[str, Any], digits: int) -> str:
+def _ci(e: Mapping[str, Any] | None, digits: int) -> str:
+    if not e:
+        return "n/a"
     lo, hi = e["ci95"]
     return f"{e['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def summarize(reports: Sequence[dict[str, Any]]) -> str:
+def _pm(e: Mapping[str, Any], digits: int) -> str:
+    pct = e.get("half_width_pct_of_comparator")
+    return _ci(e, digits) + ("" if pct is None else f" ±{pct:.1f}%")
+
+
+def _run(r: Mapping[str, Any]) -> str:
+    return f"| {r['setting']} | {r['seed']} |"
+
+
+def totals_table(reports: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [
-        "| setting | seed | policy | CTR | dwell s / imp. | session length | hypervolume | dominated by |",
+        "| setting | seed | policy | clicks / session | dwell s / session | lists / session "
+        "| engagement / session | CTR | dwell s / imp. | dominated by |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        for name, p in r["policies"].items():
+            rows = [(name, p)]
+            if p.get("matched"):
+                rows.append((f"{name} @ matched weight", {**p["matched"], "dominated_by": ["n/a"]}))
+            for label, q in rows:
+                lines.append(
+                    f"{_run(r)} {label} | {_ci(q['clicks_per_session'], 2)} | "
+                    f"{_ci(q['dwell_s_per_session'], 1)} | {_ci(q['lists_per_session'], 2)} | "
+                    f"{_ci(q['engagement_per_session'], 2)} | {_ci(q.get('ctr'), 4)} | "
+                    f"{_ci(q.get('dwell_per_impression_s'), 3)} | "
+                    + (", ".join(q["dominated_by"]) or "-")
+                    + " |"
+                )
+    return lines
+
+
+def paired_table(reports: Sequence[Mapping[str, Any]], comparator: str = "peltr") -> list[str]:
+    lines = [
+        f"| setting | seed | policy | Δ clicks / session vs {comparator} | Δ dwell s / session "
+        "| Δ lists / session | P(dominates) | dwell half-width (s) | sessions for 1% |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        for name, by in (r.get("paired") or {}).items():
+            c = by.get(comparator)
+            if c is None:
+                continue
+            d = c["dwell_s_per_session"]
+            lines.append(
+                f"{_run(r)} {name} | {_pm(c['clicks_per_session'], 3)} | {_pm(d, 2)} | "
+                f"{_pm(c['lists_per_session'], 3)} | {c['p_dominates']:.3f} | {d['half_width']:.2f} | "
+                f"{d['sessions_for_1pct']} |"
+            )
+    return lines
+
+
+def tercile_table(reports: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "| setting | seed | policy | tercile | sessions | Δ clicks / session vs matched weight "
+        "| Δ dwell s / session |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        for name, t in (r.get("terciles") or {}).items():
+            for group, g in [*t["groups"].items(), ("all", t["all"])]:
+                lines.append(
+                    f"{_run(r)} {name} | {group} | {g['sessions']} | {_pm(g['clicks_per_session'], 3)} | "
+                    f"{_pm(g['dwell_s_per_session'], 2)} |"
+                )
+    return lines
+
+
+def headroom_table(reports: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "| setting | seed | best global w_click | chosen map (c, s) | headroom (E / session) "
+        "| policy | gain over matched weight | captured share |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
-        for name in ("peltr", "peltr_running", "paperec"):
-            p = r["policies"].get(name)
-            if p is None:
-                continue
-            lines.append(
-                f"| {r['setting']} | {r['seed']} | {name} | {_ci(p['ctr'], 4)} | "
-                f"{_ci(p['dwell_per_impression_s'], 3)} | {_ci(p['session_length'], 2)} | "
-                f"{_ci(p['hypervolume'], 4)} | {', '.join(p['dominated_by']) or '-'} |"
-            )
-    lines += [
-        "",
-        "| setting | seed | largest hypervolume | fixed front HV | + PE-LTR | + PAPERec "
-        "| PAPERec dwell weight | weight-preference Pearson | generator vs reward optimum "
-        "| reward optimum vs preference | PAPERec - PE-LTR HV | PAPERec better beyond noise |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        h = r.get("headroom")
+        if not h:
+            continue
+        head = (
+            f"{_run(r)} {h['best_global_click_weight']:.1f} | "
+            f"({h['chosen_map']['offset']:.1f}, {h['chosen_map']['slope']:.1f}) | {_ci(h['headroom'], 3)} |"
+        )
+        for name, c in h["captured_share"].items() or [("-", None)]:
+            share = "n/a" if c is None else _ci(c["share"], 2) if c["share"] else "headroom not resolved"
+            gain = "n/a" if c is None else _ci(c["gain_over_matched"], 3)
+            lines.append(f"{head} {name} | {gain} | {share} |")
+    return lines
+
+
+def probe_table(reports: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "| setting | seed | policy | mode | users | generator vs optimum | optimum vs preference "
+        "| generator vs preference | mean optimum / generator dwell weight |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
-        s, f = r["summary"], r["fixed_weight_front"]
-        corr = s.get("paperec_weight_preference_pearson")
-        vs = s.get("paperec_vs_peltr", {})
-        pap = r["policies"].get("paperec", {})
-        probes = (s.get("paperec_generator_vs_reward_optimum"), s.get("paperec_reward_optimum_vs_preference"))
-        lines.append(
-            f"| {r['setting']} | {r['seed']} | {s['largest_hypervolume']} | {f['hypervolume']:.4f} | "
-            f"{f.get('hypervolume_with_peltr', float('nan')):.4f} | "
-            f"{f.get('hypervolume_with_paperec', float('nan')):.4f} | "
-            f"{pap.get('mean_weights', {}).get('dwell', float('nan')):.3f} | "
-            f"{_ci(corr, 3) if corr else 'n/a'} | "
-            + "".join(f"{_ci(e, 3) if e else 'n/a'} | " for e in probes)
-            + f"{_ci(vs['hypervolume_diff'], 4) if vs else 'n/a'} | "
-            f"{('yes' if vs.get('better_beyond_noise') else 'no') if vs else 'n/a'} |"
-        )
-    return "\n".join(lines) + "\n"
+        for name, p in r["policies"].items():
+            rp = p.get("reward_probe")
+            if not rp:
+                continue
+            means = (rp.get("optimum_dwell_weight_mean"), rp.get("generator_dwell_weight_mean"))
+            lines.append(
+                f"{_run(r)} {name} | {rp.get('mode', 'pareto')} | {rp['users']} | "
+                f"{_ci(rp['generator_vs_optimum'], 3)} | {_ci(rp['optimum_vs_preference'], 3)} | "
+                f"{_ci(rp['generator_vs_preference'], 3)} | "
+                + " / ".join("n/a" if m is None else f"{m:.3f}" for m in means)
+                + " |"
+            )
+    return lines
+
+
+def summarize(reports: Sequence[Mapping[str, Any]]) -> str:
+    sections = [
+        ("Per-session totals", totals_table(reports)),
+        ("Paired differences vs PE-LTR (by session)", paired_table(reports)),
+        ("Personalized minus matched mean weight, per preference tercile", tercile_table(reports)),
+        ("Oracle headroom and captured share", headroom_table(reports)),
+        ("Reward probe", probe_table(reports)),
+    ]
+    out: list[str] = []
+    for title, table in sections:
+        out += [f"### {title}", "", *table, ""]
+    return "\n".join(out)
 
 
 def main() -> None:

@@ -36,6 +36,8 @@ from schemas import Exploration, SnapshotHeader, decode_dead_letter, encode
 
 KEY = "integration-test-key"
 EXPLORATION_NOISE = 0.05  # not the default: the headers must record the configured value
+# not the defaults either
+EXPLORATION = Exploration(noise_std=EXPLORATION_NOISE, wide_std=0.7, wide_share=0.5)
 KAFKA_DEFAULT_MESSAGE_BYTES = 1_048_588  # the broker default we must be above to prove the policy
 # hash_buckets 20_000 x d_model 16 floats: the snapshot is > 1 MiB, so it needs the raised limits
 RANKER = RankerConfig(
@@ -98,6 +100,8 @@ class Learner:
             *("--snapshot-every-steps", "15", "--snapshot-every-s", "2", "--checkpoint-every-s", "2"),
             *("--metrics-interval-s", "1", "--log-every-s", "2", "--metrics-source", source),
             *("--exploration-noise", str(EXPLORATION_NOISE)),
+            *("--exploration-wide-noise", str(EXPLORATION.wide_std)),
+            *("--exploration-wide-share", str(EXPLORATION.wide_share)),
             *RANKER_FLAGS,
         ]
         self.log_path = log_path
@@ -164,7 +168,7 @@ def test_learner_trains_publishes_survives_sigkill_and_resumes(
         assert size > KAFKA_DEFAULT_MESSAGE_BYTES  # one message above Kafka's default limit
         assert header.payload_size == size and 0 < header.watermark_ms <= max_ts
         assert header.model_config["ranker"]["hash_buckets"] == RANKER.hash_buckets
-        assert header.exploration == Exploration(noise_std=EXPLORATION_NOISE)  # what nodes explore with
+        assert header.exploration == EXPLORATION  # what nodes explore with
         result = score(model, list_inputs([view], RANKER))  # loads into the serving model and ranks
         assert torch.isfinite(result.scores[result.scores > -torch.inf]).all()
     assert [h.training_step for h, _, _ in snaps] == sorted(h.training_step for h, _, _ in snaps)

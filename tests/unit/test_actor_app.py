@@ -5,6 +5,7 @@ metrics, OpenAPI, impressions, and serving through a Kafka outage."""
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from actor_service.devtools import (
 from actor_service.node import Node
 from base.settings import TOPIC_SNAPSHOTS, Settings
 from model.ranker import RankerConfig
-from schemas import decode_impression
+from schemas import Exploration, decode_impression
 
 TINY = RankerConfig.tiny()
 TINY_JSON = json.dumps({"ranker": {k: getattr(TINY, k) for k in ("user_dim", "item_dim", "context_dim",
@@ -130,6 +131,39 @@ def test_a_snapshot_is_served_with_the_exploration_its_header_records(make_harne
     topic.append(snapshot_record(make_model(2, TINY), 5, BASE, noise_std=0.0))
     h.wait(lambda: h.rank(example_request(3, TINY)).json()["snapshot_version"] == 5)
     assert h.rank(example_request(3, TINY)).json()["noise"] == [0.0, 0.0]
+
+
+def test_rank_logs_the_propensity_of_the_served_weights(make_harness: Any) -> None:
+    """A snapshot with wide exploration: every impression carries a finite log_propensity (the
+    response too); served without noise, it is null."""
+    topic = FakeSnapshotConsumer("paperec.actor-snapshots")
+    h = make_harness(topic=topic, serve_noise_std=0.0)
+    cold = h.rank(example_request(3, TINY)).json()
+    assert cold["log_propensity"] is None  # the cold-start model, exploiting
+    wide = Exploration(noise_std=0.1, wide_std=1.0, wide_share=0.5)
+    topic.append(snapshot_record(make_model(1, TINY), 4, BASE, exploration=wide))
+    h.wait(lambda: h.rank(example_request(3, TINY)).json()["snapshot_version"] == 4)
+    bodies = [h.rank(example_request(3, TINY, request_id=f"req-{i}")).json() for i in range(20)]
+    h.wait(lambda: {k.decode() for _, k, _ in h.producer.sent} >= {b["request_id"] for b in bodies})
+    logged = {imp.request_id: imp for imp in (decode_impression(v) for _, _, v in h.producer.sent)}
+    for body in bodies:
+        imp = logged[body["request_id"]]
+        assert imp.schema_version == 2 and imp.snapshot_version == 4
+        assert imp.log_propensity is not None and math.isfinite(imp.log_propensity)
+        assert imp.log_propensity == body["log_propensity"]
+        assert imp.log_propensity == pytest.approx(_density(imp.noise, wide), abs=1e-6)
+    assert cold["request_id"] in logged and logged[cold["request_id"]].log_propensity is None
+
+
+def _density(noise: tuple[float, ...], e: Exploration) -> float:
+    """The mixture density of K = 2 logit noise at temperature 1 (docs/schemas.md: Propensity)."""
+    d = noise[0] - noise[1]  # y - mu
+    return math.log(
+        sum(
+            share / (s * math.sqrt(2 * math.pi * 2)) * math.exp(-(d * d) / (2 * 2 * s * s))
+            for share, s in ((1 - e.wide_share, e.noise_std), (e.wide_share, e.wide_std))
+        )
+    )
 
 
 def test_refuse_policy_is_503_until_a_snapshot_arrives(make_harness: Any) -> None:

@@ -88,6 +88,10 @@ def test_exploration_noise_is_the_served_models_and_is_logged(served: Served) ->
     ref = score(served.model, list_inputs([_view(request(4))], TINY), 0.5, torch.Generator().manual_seed(0))
     assert body["noise"] == pytest.approx(ref.noise[0].tolist(), abs=1e-6)
     assert list(decode_impression(out.impression).noise) == body["noise"]
+    # and the log-propensity of the served weights (null when served without noise)
+    logp = decode_impression(out.impression).log_propensity
+    assert logp == body["log_propensity"] == pytest.approx(ref.log_propensity[0].item(), abs=1e-9)
+    assert greedy["log_propensity"] is None
 
 
 def test_a_snapshot_is_served_with_its_headers_exploration_else_the_nodes() -> None:

@@ -23,7 +23,7 @@ from actor_service.snapshots import SnapshotConsumer, SnapshotLoader, rejection_
 from base.settings import Settings
 from model.ranker import RankerConfig
 from model.snapshot import SnapshotRecord
-from schemas import Exploration
+from schemas import SCHEMA_VERSION, Exploration
 
 TINY = RankerConfig.tiny()
 SETTINGS = Settings()
@@ -78,9 +78,9 @@ def test_invalid_snapshot_is_rejected_and_the_old_one_keeps_serving(
 
 def test_schema_version_mismatch_is_rejected() -> None:
     good = rec(2)
-    header = dict(good.headers)["paperec-snapshot-header"].replace(
-        b'"schema_version":1', b'"schema_version":99'
-    )
+    current = f'"schema_version":{SCHEMA_VERSION}'.encode()
+    assert current in dict(good.headers)["paperec-snapshot-header"]
+    header = dict(good.headers)["paperec-snapshot-header"].replace(current, b'"schema_version":99')
     ld, slot, _m = loader()
     (out,) = ld.handle([FakeRecord(0, good.key, good.value, [("paperec-snapshot-header", header)])])
     assert out.status == "rejected" and slot.current is None

@@ -27,7 +27,8 @@ Transitions = list[Tensor]
 @torch.no_grad()
 def explore(agent: DDPG, obs: Tensor, std: float, g: torch.Generator) -> tuple[Tensor, Tensor]:
     """What serving does: the actor's action with exploration noise, (action, noise)."""
-    return agent.actor.explore(obs, std, g)
+    action, noise, _ = agent.actor.explore(obs, std, g)
+    return action, noise
 
 
 def point_mass_rollout(
@@ -107,16 +108,16 @@ def test_heads_respect_their_action_sets() -> None:
     g = torch.Generator().manual_seed(0)
     obs = torch.randn(64, 4, generator=g)
     simplex = Actor(ActorConfig(obs_dim=4, action_dim=3, head="simplex", temperature=0.5))
-    w, noise = simplex.explore(obs, 1.0, torch.Generator().manual_seed(1))
+    w, noise, _ = simplex.explore(obs, 1.0, torch.Generator().manual_seed(1))
     assert torch.allclose(w.sum(-1), torch.ones(64)) and (w > 0).all()
     assert torch.allclose(w, torch.softmax((simplex.net(obs) + noise) / 0.5, -1))
-    w0, noise0 = simplex.explore(obs, 0.0)
+    w0, noise0, _ = simplex.explore(obs, 0.0)
     assert torch.equal(noise0, torch.zeros_like(noise0)) and torch.allclose(w0, simplex(obs))
-    w_again, noise_again = simplex.explore(obs, 1.0, torch.Generator().manual_seed(1))
+    w_again, noise_again, _ = simplex.explore(obs, 1.0, torch.Generator().manual_seed(1))
     assert torch.equal(w, w_again) and torch.equal(noise, noise_again)  # seeded
 
     tanh = Actor(ActorConfig(obs_dim=4, action_dim=2, head="tanh", action_scale=2.0))
-    a, _ = tanh.explore(obs, 5.0, g)
+    a, _, _ = tanh.explore(obs, 5.0, g)
     assert a.abs().max() <= 2.0 and (a.abs() == 2.0).any()  # clipped to the bound
 
 

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as sps
 
 from paperec.evaluation.pareto import dominates, hypervolume, non_dominated, reference_point
-from paperec.evaluation.stats import bootstrap_indices, pearson, ratio_replicates, spearman
+from paperec.evaluation.stats import PairedBootstrap, pearson, spearman
 
 
 def test_dominates() -> None:
@@ -69,7 +69,11 @@ def test_correlations_match_scipy() -> None:
 
 def test_ratio_bootstrap() -> None:
     numer, denom = np.array([1.0, 2.0, 3.0]), np.array([10.0, 10.0, 10.0])
-    idx = np.array([[0, 1, 2], [2, 2, 2], [0, 0, 1]])
-    assert ratio_replicates(numer, denom, idx).tolist() == pytest.approx([0.2, 0.3, 4 / 30])
-    reps = ratio_replicates(numer, denom, bootstrap_indices(3, 500, np.random.default_rng(0)))
+    boot = PairedBootstrap(3, 500, seed=0)
+    assert (boot.counts.sum(axis=1) == 3).all()  # every resample draws n sessions
+    reps = boot.sums(numer) / boot.sums(denom)
     assert reps.min() >= 0.1 and reps.max() <= 0.3
+    # a resample's ratio is that of its drawn sessions' sums
+    r = 7
+    drawn = np.repeat(np.arange(3), boot.counts[r])
+    assert reps[r] == pytest.approx(numer[drawn].sum() / denom[drawn].sum())

@@ -41,7 +41,7 @@ def test_ranker_config_fits_the_simulator_and_policies_rank() -> None:
     from learner.training import PAPERecConfig
 
     learner = PAPERecConfig(ranker=rcfg, device="cpu")
-    for spec in default_specs((0.5,))[::2]:  # ctr_only, dwell_only, paperec
+    for spec in default_specs((0.5,))[::2]:  # ctr_only, dwell_only, peltr_running, paperec_engagement
         contender = Contender(spec, learner)
         sim = Simulator(SIM)
         results = list(
@@ -90,36 +90,47 @@ def test_tensor_replay_matches_transition_batch() -> None:
 
 
 def test_tiny_evaluation_writes_a_complete_report(tmp_path: Path) -> None:
-    spec = EvaluationSpec(
-        seed=1, simulator=SIM, budget=TINY_BUDGET, grid=(0.5,), workers=1, progress=False,
-        policies=("ctr_only", "fixed_0.50", "dwell_only", "peltr", "paperec"),
-    )  # fmt: skip
+    names = {"ctr_only", "fixed_0.50", "dwell_only", "peltr", "paperec_pareto", "paperec_hybrid"}
+    spec = EvaluationSpec(seed=1, simulator=SIM, budget=TINY_BUDGET, grid=(0.5,), workers=1, progress=False,
+                          policies=tuple(names), simulator_overrides={"dwell_satisfied_s": 90.0})  # fmt: skip
     report = run_evaluation(spec, tmp_path)
     for name in ("report.json", "report.md", "pareto.png"):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert set(saved["policies"]) == {"ctr_only", "fixed_0.50", "dwell_only", "peltr", "paperec"}
+    assert set(saved["policies"]) == names
+    totals = ("clicks_per_session", "dwell_s_per_session", "lists_per_session", "engagement_per_session")
     for p in saved["policies"].values():
-        for key in ("ctr", "dwell_per_impression_s", "session_length", "hypervolume"):
+        for key in ("ctr", "dwell_per_impression_s", "hypervolume", *totals):
             lo, hi = p[key]["ci95"]
             assert lo <= p[key]["value"] <= hi or np.isclose(lo, hi)
         assert p["sessions"] == TINY_BUDGET.eval_sessions
+        assert (p["matched"] is not None) == p["personalized"]
     assert saved["policies"]["ctr_only"]["weight_preference_correlation"] is None  # global weights
     assert saved["policies"]["ctr_only"]["reward_probe"] is None  # no weight generator to probe
-    probe = saved["policies"]["paperec"]["reward_probe"]
-    assert probe["lists"] > 0 and "generator_vs_optimum" in probe
-    assert "paperec_vs_peltr" in saved["summary"] and "largest_hypervolume" in saved["summary"]
-    assert saved["fixed_weight_front"]["members"]
+    for mode in ("pareto", "hybrid"):
+        probe = saved["policies"][f"paperec_{mode}"]["reward_probe"]
+        assert probe["lists"] > 0 and "generator_vs_optimum" in probe and probe["mode"] == mode
+        assert f"paperec_{mode}_vs_peltr" in saved["summary"]
+        # paired by session against every global-weight contender, and the matched mean weight
+        assert set(saved["paired"][f"paperec_{mode}"]) == names - {"paperec_pareto", "paperec_hybrid"}
+        assert set(saved["terciles"][f"paperec_{mode}"]["groups"]) <= {"click-seekers", "middle", "readers"}
+        assert f"paperec_{mode}" in saved["headroom"]["captured_share"]
+    assert "largest_hypervolume" in saved["summary"] and saved["fixed_weight_front"]["members"]
     assert report["setting"] == "default" and saved["budget"]["train_steps"] == 3
-    assert "| paperec |" in (tmp_path / "report.md").read_text()
+    assert saved["simulator_overrides"] == {"dwell_satisfied_s": 90.0}
+    assert saved["simulator"]["dwell_satisfied_s"] == 90.0 and saved["simulator"]["seed"] == 1
+    md = (tmp_path / "report.md").read_text()
+    assert "| paperec_hybrid |" in md and "Achieved half-width of paperec_hybrid - peltr" in md
 
 
 def test_control_run_has_no_preference_correlation(tmp_path: Path) -> None:
-    spec = EvaluationSpec(seed=1, control=True, simulator=SIM, budget=TINY_BUDGET, progress=False,
-                          policies=("paperec",))  # fmt: skip
+    spec = EvaluationSpec(seed=1, setting="control", simulator=SIM, budget=TINY_BUDGET, progress=False,
+                          policies=("paperec_pareto",), oracle=False)  # fmt: skip
     report = run_evaluation(spec, None)
-    assert report["setting"] == "control"
-    assert report["policies"]["paperec"]["weight_preference_correlation"] is None
+    assert report["setting"] == "control" and report["simulator"]["heterogeneous"] is False
+    assert report["policies"]["paperec_pareto"]["weight_preference_correlation"] is None
+    assert report["terciles"]["paperec_pareto"]["cuts"] is None  # constant alpha: no terciles
+    assert report["headroom"] is None
 
 
 def test_contender_state_dict_round_trip() -> None:
@@ -142,10 +153,14 @@ def test_summary_of_reports(tmp_path: Path) -> None:
     from paperec.evaluation.summary import summarize
 
     spec = EvaluationSpec(
-        seed=1, simulator=SIM, budget=TINY_BUDGET, progress=False, policies=("ctr_only", "paperec")
+        seed=1, simulator=SIM, budget=TINY_BUDGET, progress=False, policies=("peltr", "paperec_engagement")
     )
     table = summarize([run_evaluation(spec, None)])
-    assert "| default | 1 | paperec |" in table
+    assert "| default | 1 | paperec_engagement |" in table  # per-session totals
+    assert "| default | 1 | paperec_engagement @ matched weight |" in table
+    assert "| default | 1 | paperec_engagement | engagement |" in table  # the reward probe
+    for title in ("Paired differences vs PE-LTR", "per preference tercile", "Oracle headroom"):
+        assert title in table
 
 
 def test_learner_overrides_are_parsed_by_field_type() -> None:
@@ -177,4 +192,8 @@ def test_peltr_runs_as_published_and_with_the_running_scale() -> None:
     running = Contender(specs["peltr_running"], cfg).trainer.cfg
     assert (published.strategy, published.grad_normalize) == ("peltr", "none")  # whatever --learner says
     assert (running.strategy, running.grad_normalize) == ("peltr", "running")
-    assert Contender(specs["paperec"], cfg).trainer.cfg.grad_normalize == "l2"
+    assert Contender(specs["paperec_pareto"], cfg).trainer.cfg.grad_normalize == "l2"
+    assert {m: Contender(specs[f"paperec_{m}"], cfg).trainer.cfg.reward for m in ("pareto", "hybrid")} == {
+        "pareto": "pareto",
+        "hybrid": "hybrid",
+    }

@@ -136,11 +136,11 @@ def test_the_critic_also_learns_the_exact_reward_at_counterfactual_weights() -> 
     seen: list[tuple[torch.Tensor, ...]] = []
     update = strategy.ddpg.update
 
-    def spy(*args: torch.Tensor) -> dict[str, float]:
+    def spy(*args: torch.Tensor, **kwargs: object) -> dict[str, float]:
         seen.append(tuple(a.clone() for a in args))
-        return update(*args)
+        return update(*args, **kwargs)  # type: ignore[arg-type]
 
-    strategy.ddpg.update = spy  # type: ignore[method-assign, assignment]
+    strategy.ddpg.update = spy  # type: ignore[method-assign]
     batch = batches(cfg, 1, size=8)[0]
     grads_seen: list[torch.Tensor] = []
     real = strategy._with_counterfactuals

@@ -109,9 +109,28 @@ def test_ints_in_float_fields_become_floats() -> None:
     assert schemas.decode(schemas.encode(imp)) == imp
 
 
+def test_version_1_impression_reads_as_version_2_without_propensity() -> None:
+    d = IMPRESSION.to_dict()
+    del d["log_propensity"]
+    d["schema_version"] = 1
+    old = schemas.decode(orjson.dumps(d), Impression)
+    assert old.log_propensity is None and old.schema_version == 2
+    assert old == dataclasses.replace(IMPRESSION, log_propensity=None)
+    assert orjson.loads(schemas.encode(old))["log_propensity"] is None  # re-encoded as version 2
+    # nested in a list outcome too
+    outcome = schemas.examples.LIST_OUTCOME.to_dict()
+    outcome["impression"] = d
+    assert schemas.decode_list_outcome(orjson.dumps(outcome)).impression == old
+    # the field is validated on construction as on decoding, naming it
+    assert IMPRESSION.log_propensity == 0.6277
+    with pytest.raises(SchemaError) as info:
+        dataclasses.replace(IMPRESSION, log_propensity=float("nan"))
+    assert info.value.field == "log_propensity"
+
+
 def test_python_construction_validates_and_normalizes() -> None:
     c = Click(request_id="r", user_id="u", item_id="i", position=2, ts_ms=5)
-    assert c.type == "click" and c.schema_version == 1
+    assert c.type == "click" and c.schema_version == schemas.SCHEMA_VERSION == 2
     it = Item(item_id="a", position=0, features=[1, 2.5])  # type: ignore[arg-type]
     assert it.features == (1.0, 2.5)
     with pytest.raises(SchemaError) as info:

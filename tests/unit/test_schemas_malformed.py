@@ -49,7 +49,7 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("click", "type", 5, "type"),
     ("click", "type", None, "type"),
     ("click", "schema_version", _DELETE, "schema_version"),
-    ("click", "schema_version", 2, "schema_version"),
+    ("click", "schema_version", 3, "schema_version"),
     ("click", "schema_version", 0, "schema_version"),
     ("click", "schema_version", True, "schema_version"),
     ("click", "schema_version", 1.0, "schema_version"),
@@ -87,6 +87,12 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("impression", "noise", [0.1], "noise"),
     ("impression", "noise", [0.1, None], "noise[1]"),
     ("impression", "noise", [0.1, [0.2]], "noise[1]"),
+    ("impression", "log_propensity", "0.5", "log_propensity"),
+    ("impression", "log_propensity", True, "log_propensity"),
+    ("impression", "log_propensity", [0.5], "log_propensity"),
+    ("impression", "log_propensity", 1e300, "log_propensity"),
+    ("impression", "log_propensity", -(2**64), "log_propensity"),
+    ("list_outcome", "impression.log_propensity", "x", "impression.log_propensity"),
     # --- state vectors
     ("impression", "user_features", [0.0] * 1025, "user_features"),
     ("impression", "user_features", [1.0, "a"], "user_features[1]"),
@@ -217,6 +223,11 @@ VALID: list[tuple[str, str, Any]] = [
     ("impression", "snapshot_version", 0),  # cold start
     ("impression", "history", []),
     ("impression", "weights", [0.5004, 0.5]),  # within 1e-3 of 1
+    ("impression", "schema_version", 1),  # version 1 is still read
+    ("impression", "log_propensity", _DELETE),  # as version-1 records have it
+    ("impression", "log_propensity", None),  # served without noise
+    ("impression", "log_propensity", -17),
+    ("impression", "log_propensity", 1e15),
     ("dead_letter", "key", None),
     ("dead_letter", "error_field", None),
     ("dead_letter", "raw", "é" * (32 * 1024)),  # exactly 64 KiB in UTF-8

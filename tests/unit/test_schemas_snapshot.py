@@ -161,14 +161,51 @@ def test_documented_test_vector() -> None:
 
     verify_snapshot(SNAPSHOT_HEADER, EXAMPLE_PAYLOAD, EXAMPLE_HMAC_KEY)
     canon = (
-        b'{"chunk_count":1,"created_at_ms":1732795170000,"model_config":{"hidden_sizes":[128,64],'
+        b'{"chunk_count":1,"created_at_ms":1732795170000,'
+        b'"exploration":{"noise_std":0.1,"wide_share":0.25,"wide_std":1.0},'
+        b'"model_config":{"hidden_sizes":[128,64],'
         b'"n_item_features":4,"objectives":["click","dwell"]},"payload_format":"safetensors",'
         b'"payload_sha256":"a3fb12c6931e9489c025a4386b292fe95be819221676421104986d0407a0dc5c",'
-        b'"payload_size":27,"schema_version":1,"snapshot_version":12,"training_step":48000,'
+        b'"payload_size":27,"schema_version":2,"snapshot_version":12,"training_step":48000,'
         b'"type":"snapshot_header","watermark_ms":1732795168500}'
     )
     assert canonical_header_bytes(SNAPSHOT_HEADER) == canon
     assert SNAPSHOT_HEADER.signature == hmac.new(EXAMPLE_HMAC_KEY, canon, hashlib.sha256).hexdigest()
+    assert SNAPSHOT_HEADER.signature == "548f1c7febd964f78113b767e5cea96246dc1e72f8a84bf69c0f653c3a3ec04d"
+
+
+# The schema-version-1 example header (docs/schemas.md before version 2), as its learner wrote it.
+V1_HEADER = (
+    b'{"type":"snapshot_header","schema_version":1,"snapshot_version":12,"created_at_ms":1732795170000,'
+    b'"training_step":48000,"watermark_ms":1732795168500,"model_config":{"objectives":["click","dwell"],'
+    b'"hidden_sizes":[128,64],"n_item_features":4},"payload_format":"safetensors","payload_size":27,'
+    b'"payload_sha256":"a3fb12c6931e9489c025a4386b292fe95be819221676421104986d0407a0dc5c","chunk_count":1,'
+    b'"signature":"759fd889c9da8e757393dca2f891b417649186668e97199cc162480e4bab53ea"}'
+)
+
+
+def test_version_1_header_keeps_its_version_and_verifies() -> None:
+    """The version is signed: a version-1 header is canonicalized as version 1, byte for byte."""
+    from schemas.examples import EXAMPLE_HMAC_KEY, EXAMPLE_PAYLOAD
+
+    old = schemas.decode_snapshot_header(V1_HEADER)
+    assert old.schema_version == 1 and old.exploration is None
+    verify_snapshot(old, EXAMPLE_PAYLOAD, EXAMPLE_HMAC_KEY)
+    assert b'"schema_version":1' in canonical_header_bytes(old)
+    assert schemas.decode_snapshot_header(schemas.encode(old)) == old  # re-encodes as version 1
+    # the same header claiming version 2 is not what was signed
+    claimed = schemas.decode_snapshot_header(V1_HEADER.replace(b'"schema_version":1', b'"schema_version":2'))
+    with pytest.raises(SchemaError) as info:
+        verify_snapshot(claimed, EXAMPLE_PAYLOAD, EXAMPLE_HMAC_KEY)
+    assert info.value.field == "signature"
+    # a version-1 header with the exploration it could record (noise_std only) verifies too
+    d = orjson.loads(V1_HEADER)
+    d["exploration"] = {"noise_std": 0.1}
+    d["signature"] = sign(d, EXAMPLE_HMAC_KEY)
+    assert b'"exploration":{"noise_std":0.1}' in canonical_header_bytes(d)
+    verify_snapshot(schemas.decode_snapshot_header(orjson.dumps(d)), EXAMPLE_PAYLOAD, EXAMPLE_HMAC_KEY)
+    # a header built in Python is the current version
+    assert _header().schema_version == schemas.SCHEMA_VERSION == 2
 
 
 # --------------------------------------------------------------------------------- exploration
@@ -213,6 +250,11 @@ def test_header_without_exploration_is_encoded_and_signed_as_before() -> None:
         ({"noise_std": True}, "exploration.noise_std"),
         ({"noise_std": 1e300}, "exploration.noise_std"),
         ({}, "exploration.noise_std"),
+        ({"noise_std": 0.1, "wide_std": -1.0}, "exploration.wide_std"),
+        ({"noise_std": 0.1, "wide_std": None}, "exploration.wide_std"),
+        ({"noise_std": 0.1, "wide_share": 1.5}, "exploration.wide_share"),
+        ({"noise_std": 0.1, "wide_share": -0.25}, "exploration.wide_share"),
+        ({"noise_std": 0.1, "wide_share": "0.5"}, "exploration.wide_share"),
         ([0.1], "exploration"),
         ("0.1", "exploration"),
     ],
@@ -238,3 +280,34 @@ def test_exploration_validates_on_construction() -> None:
     with pytest.raises(SchemaError) as info:
         Exploration(noise_std=-1.0)
     assert info.value.field == "noise_std"
+    for kwargs, field in (({"wide_std": -0.5}, "wide_std"), ({"wide_share": 1.01}, "wide_share")):
+        with pytest.raises(SchemaError) as info:
+            Exploration(noise_std=0.1, **kwargs)
+        assert info.value.field == field
+    assert Exploration(noise_std=0.1, wide_std=1, wide_share=1).wide_share == 1.0  # bounds included
+
+
+def test_wide_exploration_is_recorded_signed_and_old_explorations_decode() -> None:
+    wide = Exploration(noise_std=0.1, wide_std=1.0, wide_share=0.25)
+    h = _header(exploration=wide)
+    assert h.to_dict()["exploration"] == {"noise_std": 0.1, "wide_std": 1.0, "wide_share": 0.25}
+    back = schemas.decode_snapshot_header(schemas.encode(h))
+    assert back.exploration == wide
+    verify_snapshot(back, PAYLOAD, KEY)
+    raw = schemas.encode(h)
+    for tampered in (
+        raw.replace(b'"wide_share":0.25', b'"wide_share":0.5'),
+        raw.replace(b',"wide_std":1.0', b""),
+    ):
+        assert tampered != raw
+        with pytest.raises(SchemaError) as info:
+            verify_snapshot(schemas.decode_snapshot_header(tampered), PAYLOAD, KEY)
+        assert info.value.field == "signature"
+    # an exploration without the wide fields (older headers) reads as no wide exploration, and
+    # one without wide lists is written as before them (defaults left out of the signed bytes)
+    d = h.to_dict()
+    d["exploration"] = {"noise_std": 0.2}
+    assert schemas.decode_snapshot_header(orjson.dumps(d)).exploration == Exploration(0.2, 0.0, 0.0)
+    assert _header(exploration=Exploration(noise_std=0.2)).to_dict()["exploration"] == {"noise_std": 0.2}
+    validator = jsonschema.Draft202012Validator(record_schema("snapshot_header"))
+    assert validator.is_valid(d) and validator.is_valid(h.to_dict())

@@ -65,8 +65,8 @@ def test_padding_content_does_not_change_scores() -> None:
 
 def test_exploration_noise_is_seeded_and_logged() -> None:
     model, batch = model_and_inputs()
-    a = score(model, batch, noise_std=0.5, generator=torch.Generator().manual_seed(3))
-    b = score(model, batch, noise_std=0.5, generator=torch.Generator().manual_seed(3))
+    a = score(model, batch, 0.5, generator=torch.Generator().manual_seed(3))  # a float: plain noise std
+    b = score(model, batch, 0.5, generator=torch.Generator().manual_seed(3))
     clean = score(model, batch)
     assert torch.equal(a.weights, b.weights) and torch.equal(a.noise, b.noise)
     assert a.noise.abs().sum() > 0 and not torch.allclose(a.weights, clean.weights)
@@ -96,9 +96,10 @@ def test_trainer_exports_the_serving_model() -> None:
     trainer.step(batch)
     model = trainer.actor_model()
     out = score(model, batch)
+    assert model.actor.cfg.obs == cfg.policy_state == "features"
     with torch.no_grad():
-        state = trainer.ranker.user_state(batch.user_feats, batch.history, batch.context)
-        assert torch.allclose(out.weights, trainer.strategy.ddpg.actor(state))  # type: ignore[attr-defined]
+        obs = torch.cat([batch.user_feats, batch.context], -1)  # what the generator reads
+        assert torch.allclose(out.weights, trainer.strategy.ddpg.actor(obs))  # type: ignore[attr-defined]
 
 
 def test_scoring_imports_no_training_code() -> None:

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from schemas import Click, Dwell, Impression
+from schemas import Click, Dwell, Exploration, Impression
 from simulator import HeuristicPolicy, RandomPolicy, Ranking, Simulator, SimulatorConfig, World
 from simulator.behaviour import click_probability, examination, leave_probability, respond, satisfaction
 from simulator.oracle import OraclePolicy
@@ -199,3 +199,43 @@ def test_rank_request_body_is_what_the_serving_nodes_accept() -> None:
     parsed = RankRequest.model_validate(req.rank_request_body(top_k=SMALL.list_len))
     assert parsed.request_id == req.request_id and len(parsed.items) == SMALL.n_candidates
     assert parsed.items[3].features == list(req.candidates[3].features)
+
+
+def test_exploring_policies_log_the_propensity_on_the_impression() -> None:
+    """The heuristic (a logging policy for off-policy estimates) and a model policy log the
+    log-propensity of the weights they served; fixed weights log none."""
+    import torch
+
+    from actor_service.devtools import make_model
+    from model.policy import log_propensity
+    from model.ranker import RankerConfig
+    from simulator.model_policy import ModelPolicy
+
+    wide = Exploration(noise_std=0.1, wide_std=1.0, wide_share=0.25)
+    results = _run(SMALL, 20, HeuristicPolicy(SMALL, exploration=wide, seed=2))
+    for r in results:
+        imp = r.impression
+        base = torch.log(torch.tensor([[0.5, 0.5]], dtype=torch.float64))
+        expected = log_propensity(base, torch.tensor([imp.weights], dtype=torch.float64), wide)
+        assert imp.log_propensity == pytest.approx(expected.item(), abs=1e-9)
+        assert imp.log_propensity == pytest.approx(_mixture_k2(imp.noise, wide), abs=1e-9)
+    assert all(r.impression.log_propensity is None for r in _run(SMALL, 5))  # RandomPolicy: fixed weights
+    plain = _run(SMALL, 5, HeuristicPolicy(SMALL, exploration=0.0))
+    assert all(r.impression.log_propensity is None for r in plain)
+    # a model policy: the served weights' density, as serving computes it
+    cfg = RankerConfig.tiny(user_dim=SMALL.user_dim, item_dim=SMALL.item_dim, context_dim=SMALL.context_dim)
+    policy = ModelPolicy(make_model(0, cfg), wide, torch.Generator().manual_seed(0))
+    logged = [r.impression.log_propensity for r in _run(SMALL, 10, policy)]
+    assert all(x is not None and np.isfinite(x) for x in logged) and len(set(logged)) == len(logged)
+    greedy = [r.impression.log_propensity for r in _run(SMALL, 5, ModelPolicy(make_model(0, cfg)))]
+    assert greedy == [None] * len(greedy)
+
+
+def _mixture_k2(noise: tuple[float, ...], e: Exploration) -> float:
+    """Reference density of K = 2 logit noise at temperature 1: y - mu = n_1 - n_2 ~ N(0, 2 s^2)."""
+    d = noise[0] - noise[1]
+    terms = [
+        share * np.exp(-(d * d) / (4 * s * s)) / np.sqrt(4 * np.pi * s * s)
+        for share, s in ((1 - e.wide_share, e.noise_std), (e.wide_share, e.wide_std))
+    ]
+    return float(np.log(sum(terms)))

@@ -16,7 +16,7 @@ import schemas
 from schemas import Click, Dwell, Impression, SchemaError
 from schemas.examples import make_impression
 from streams import fixtures as fx
-from streams.decoding import STATE_FIELDS, decode_feedback, decode_impression
+from streams.decoding import STATE_FIELDS, _checked, decode_feedback, decode_impression
 
 TYPES: dict[str, type[Any]] = {"impression": Impression, "click": Click, "dwell": Dwell}
 
@@ -62,6 +62,26 @@ def test_valid_fixtures_decode_alike() -> None:
         (fx.dumps(fx.dwell("r1", "u1", 2, 1_200, 3_000)), Dwell),
     ]:
         assert same_outcome(raw, cls)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("log_propensity", ["absent", None, -1.25, 3])
+def test_impression_versions_with_and_without_propensity_decode_alike(
+    version: int, log_propensity: Any
+) -> None:
+    """Version-1 impressions (no log_propensity) and version-2 ones (null, a number, or none) are
+    accepted by both decoders, on the fast path: the fast checks must not refuse them."""
+    d = make_impression(20, 8, seed=5).to_dict()
+    d["schema_version"] = version
+    if log_propensity == "absent":
+        del d["log_propensity"]
+    else:
+        d["log_propensity"] = log_propensity
+    raw = orjson.dumps(d)
+    assert same_outcome(raw, Impression)
+    assert _checked(orjson.loads(raw))  # the fast path took it (no fallback to schemas.decode)
+    expected = None if log_propensity == "absent" else log_propensity
+    assert schemas.decode(raw, Impression).log_propensity == expected
 
 
 @pytest.mark.parametrize(("record_type", "path", "value", "field"), [c for c in CASES if c[0] in TYPES])
