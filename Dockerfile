@@ -19,6 +19,7 @@ COPY streams ./streams
 COPY learner ./learner
 COPY actor_service ./actor_service
 COPY simulator ./simulator
+COPY rollout ./rollout
 COPY paperec ./paperec
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 

@@ -109,6 +109,11 @@ class RankResponse(BaseModel):
         description="log density of the served weights given the state (model.policy.log_propensity);"
         " null when served without noise",
     )
+    arm: str | None = Field(
+        default=None,
+        description="rollout arm that served the list: holdout (fixed weights), personalized or canary"
+        " (docs/rollout.md); null in direct mode without a holdout",
+    )
     items: list[RankedItem] = Field(description="the ranked list, top first")
 
 

@@ -253,8 +253,8 @@ def create_app(node: Node) -> FastAPI:
                 media_type="application/json",
             )
         ts_ms = int(time.time() * 1000)
-        served = node.slot.current  # captured once: this request uses this model to the end
-        if served is None or not node.ready():
+        routing = node.slot.routing  # captured once: this request uses its model to the end
+        if routing is None or not node.ready():
             node.m.errors.labels("not_ready").inc()
             return _error(503, "$", "no actor snapshot loaded yet", "not_ready", headers={"Retry-After": "1"})
         if len(req.items) > s.serve_max_items:
@@ -263,8 +263,17 @@ def create_app(node: Node) -> FastAPI:
                 422, "items", f"{len(req.items)} items, at most {s.serve_max_items} allowed", "too_long"
             )
         request_id = req.request_id or uuid.uuid4().hex
+        route = routing.route(req.user_id)  # the arm: one hash of the user id (two during a canary)
         try:
-            ranked = await node.batcher.rank(served, req, request_id, ts_ms, request.scope.get(ARRIVED_KEY))
+            ranked = await node.batcher.rank(
+                route.served,
+                req,
+                request_id,
+                ts_ms,
+                request.scope.get(ARRIVED_KEY),
+                route.arm if routing.log_arms else None,
+                route.fixed_weights,
+            )
         except Shed as exc:  # not scored, so no impression either
             node.m.errors.labels(exc.kind).inc()
             return _shed_response(exc)
@@ -277,6 +286,9 @@ def create_app(node: Node) -> FastAPI:
             return _error(500, "$", "internal error while ranking", "internal")
         node.impressions.submit(request_id.encode(), ranked.impression)
         node.m.candidates.inc(ranked.n_items)
+        node.m.arm_requests.labels(route.arm).inc()
+        if route.fallback:
+            node.m.canary_fallback.inc()
         return Response(ranked.body, media_type="application/json")
 
     @app.get("/healthz", summary="Liveness: the process answers")
@@ -287,12 +299,18 @@ def create_app(node: Node) -> FastAPI:
     async def readyz() -> Response:
         cur = node.slot.current
         ready = node.ready()
+        decision = node.slot.decision
         body = {
             "ready": ready,
             "snapshot_version": None if cur is None else cur.version,
             "cold_start": None if cur is None else cur.cold_start,
             "caught_up": node.snapshots.caught_up.is_set(),
             "node": node.node_id,
+            "rollout": s.rollout,
+            "candidate_version": node.slot.candidate_version(),
+            "canary_share": None if node.slot.routing is None else node.slot.routing.canary_share,
+            "decision_id": None if decision is None else decision.decision_id,
+            "decisions_caught_up": None if node.decisions is None else node.decisions.caught_up.is_set(),
         }
         return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
 

@@ -11,7 +11,9 @@ batch size), so batches stop at 512 slots: a bigger one costs no less per list a
 every list in it wait for the others.
 
 A request's model is the one it captured at its start: a batch never mixes two models, so a
-snapshot swap between two requests cannot change which model ranks either of them.
+snapshot swap between two requests cannot change which model ranks either of them. The holdout
+and personalized arms of one model share batches (a holdout list only swaps in fixed weights:
+:func:`actor_service.ranking.rank_batch`); a canary's lists, of another model, batch apart.
 
 Overload. The queue is bounded (``max_queue``: a request beyond it is refused at once) and each
 request has a deadline, ``deadline_s`` after its arrival: one still queued at its deadline leaves
@@ -116,16 +118,22 @@ class MicroBatcher:
         request_id: str,
         ts_ms: int,
         arrived: float | None = None,
+        arm: str | None = None,
+        fixed_weights: torch.Tensor | None = None,
     ) -> Ranked:
         """Rank one request; raises FeatureError/SchemaError naming the field, or Shed when the
         queue is full or the deadline (``deadline_s`` after ``arrived``, a ``time.monotonic()``
-        reading, default now) passes before it is scored."""
+        reading, default now) passes before it is scored. ``arm`` and ``fixed_weights``: see
+        :class:`actor_service.ranking.Job`."""
         if len(self._pending) >= self.max_queue:
             raise Shed(OVERLOADED, f"scoring queue full ({self.max_queue} requests)")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Ranked] = loop.create_future()
         p = _Pending(
-            served, Job(req, request_id, ts_ms), fut, time.monotonic() if arrived is None else arrived
+            served,
+            Job(req, request_id, ts_ms, arm, fixed_weights),
+            fut,
+            time.monotonic() if arrived is None else arrived,
         )
         self._pending.append(p)
         self._dispatch()

@@ -20,13 +20,14 @@ from typing import Any
 import httpx
 import torch
 
-from base.settings import TOPIC_SNAPSHOTS, Settings
+from base.settings import TOPIC_ROLLOUT, TOPIC_SNAPSHOTS, Settings
 from model.policy import ActorConfig
 from model.ranker import RankerConfig
+from model.rollout_signing import encode_decision, sign_decision
 from model.scoring import ActorModel
 from model.snapshot import SnapshotRecord, encode_snapshot, to_record
 from model.snapshot_keys import snapshot_keys
-from schemas import Exploration
+from schemas import Exploration, RolloutDecision
 
 
 def small_ranker(**overrides: Any) -> RankerConfig:
@@ -69,6 +70,37 @@ def snapshot_record(
     return to_record(header, payload)
 
 
+def signed_decision(
+    settings: Settings,
+    decision: str,
+    version: int,
+    *,
+    incumbent: int | None,
+    candidate: int | None = None,
+    canary_share: float = 0.0,
+    rejected: Sequence[int] = (),
+    decided_at_ms: int | None = None,
+    reason: str = "test",
+) -> RolloutDecision:
+    """A rollout decision signed as the controller on ``settings`` would sign it (the dev key is
+    allowed here: test and benchmark helper); the canary start is the decision time."""
+    now = int(time.time() * 1000) if decided_at_ms is None else decided_at_ms
+    return sign_decision(
+        snapshot_keys(settings.replace(dev_mode=True)),
+        decision_id=f"{version}-{decision}-{now}",
+        decided_at_ms=now,
+        decision=decision,
+        version=version,
+        incumbent=incumbent,
+        candidate=candidate,
+        canary_share=canary_share,
+        canary_started_at_ms=None if candidate is None else now,
+        reason=reason,
+        evidence={},
+        rejected=tuple(rejected),
+    )
+
+
 def tampered(rec: SnapshotRecord) -> SnapshotRecord:
     """One payload bit flipped: the checksum no longer matches the signed header."""
     value = bytearray(rec.value)
@@ -98,6 +130,7 @@ class SnapshotPublisher:
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topic(TOPIC_SNAPSHOTS)
+        self.rollout_topic = settings.topic(TOPIC_ROLLOUT)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="snapshot-publisher", daemon=True)
         self._thread.start()
@@ -121,6 +154,12 @@ class SnapshotPublisher:
         """Send and wait for the broker's acknowledgement."""
         send = self._producer.send_and_wait(self.topic, rec.value, key=rec.key, headers=list(rec.headers))
         self._call(send, timeout_s)
+
+    def publish_decision(self, decision: RolloutDecision | bytes, timeout_s: float = 30.0) -> None:
+        """Send a rollout decision (or raw bytes: a forged record) to the control topic and wait
+        for the broker's acknowledgement."""
+        key, value = (b"rollout", decision) if isinstance(decision, bytes) else encode_decision(decision)
+        self._call(self._producer.send_and_wait(self.rollout_topic, value, key=key), timeout_s)
 
     def close(self) -> None:
         try:
@@ -279,6 +318,11 @@ class FakeSnapshotConsumer:
 
     def append(self, rec: SnapshotRecord) -> None:
         self.records.append(FakeRecord.of(rec, len(self.records)))
+
+    def append_decision(self, decision: RolloutDecision | bytes | None) -> None:
+        """A control-topic record: a decision, raw bytes (a forged record) or None (a tombstone)."""
+        value = decision if decision is None or isinstance(decision, bytes) else encode_decision(decision)[1]
+        self.records.append(FakeRecord(len(self.records), b"rollout", value, []))
 
     async def start(self) -> None:
         if self.fail_start:

@@ -38,6 +38,8 @@ P = "paperec_serving_"
 
 # Seconds from a snapshot's publication (Kafka record timestamp) to the node serving it.
 PUBLISH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
+# Seconds from a rollout decision (its decided_at_ms) to this node applying it.
+DECISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class NodeState:
     snapshot_created_at_ms: Callable[[], int | None] = lambda: None
     ready: Callable[[], bool] = lambda: False
     cold_start: Callable[[], bool | None] = lambda: None
+    candidate_version: Callable[[], int | None] = lambda: None
+    canary_share: Callable[[], float | None] = lambda: None
+    snapshots_held: Callable[[], int | None] = lambda: None
 
 
 class Instruments:
@@ -94,6 +99,47 @@ class Instruments:
             buckets=PUBLISH_BUCKETS,
             registry=r,
         )
+        self.arm_requests = Counter(
+            P + "arm_requests_total",
+            "ranked lists by the rollout arm that served them (holdout, personalized, canary)",
+            ["arm"],
+            registry=r,
+        )
+        self.canary_fallback = Counter(
+            P + "canary_fallback_total",
+            "lists of canary users served by the incumbent: the candidate's snapshot was not held",
+            registry=r,
+        )
+        self.decisions_applied = Counter(
+            P + "rollout_decisions_total",
+            "rollout decisions applied, by decision (canary, promote, rollback, reject_ope, bootstrap)",
+            ["decision"],
+            registry=r,
+        )
+        self.decisions_rejected = Counter(
+            P + "rollout_decisions_rejected_total",
+            "control-topic records rejected (forged, unsigned, malformed), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.decisions_ignored = Counter(
+            P + "rollout_decisions_ignored_total",
+            "valid decisions not applied: duplicate, or stale (decided before the applied one)",
+            ["reason"],
+            registry=r,
+        )
+        self.decision_unheld = Counter(
+            P + "rollout_unheld_total",
+            "decisions naming a snapshot this node did not hold yet, by role (incumbent, candidate)",
+            ["role"],
+            registry=r,
+        )
+        self.decision_to_applied = Histogram(
+            P + "rollout_decision_to_applied_seconds",
+            "a rollout decision's decided_at_ms to the moment this node applied it",
+            buckets=DECISION_BUCKETS,
+            registry=r,
+        )
         self.impressions = Counter(
             P + "impressions_total",
             "impressions by outcome (sent, retried, dropped_*)",
@@ -131,6 +177,21 @@ class Instruments:
                         P + "cold_start",
                         "1 while the cold-start model serves",
                         lambda: _float(st.cold_start()),
+                    ),
+                    ScrapeGauge(
+                        P + "candidate_version",
+                        "version of the snapshot serving the canary arm (absent: no canary)",
+                        lambda: _float(st.candidate_version()),
+                    ),
+                    ScrapeGauge(
+                        P + "canary_share",
+                        "share of non-holdout users in the canary arm (guarded rollout)",
+                        lambda: _float(st.canary_share()),
+                    ),
+                    ScrapeGauge(
+                        P + "snapshots_held",
+                        "verified snapshots held for the guarded rollout",
+                        lambda: _float(st.snapshots_held()),
                     ),
                 ]
             )

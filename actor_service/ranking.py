@@ -16,6 +16,12 @@ plain and wide noise; see :mod:`actor_service.model_slot`), so a micro-batch, wh
 two models, explores with one setting. Every impression logs the noise actually drawn and the
 log-propensity of the served weights (``model.policy.log_propensity``; null when the weights
 were served without noise), which off-policy estimators need.
+
+Arms (:mod:`actor_service.routing`): a job of the holdout arm carries fixed objective weights;
+its list is ranked by the same ranker predictions with those weights instead of the weight
+generator's, without noise (log-propensity null: a deterministic policy). Holdout and
+personalized lists of one model share a micro-batch. Every impression and response names the
+arm that served it (None in direct mode without a holdout, as before arms existed).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ import torch
 
 from actor_service.api import RankRequest
 from actor_service.model_slot import Served
+from model.batch import ListInputs
 from model.featurize import FeatureError, ListView, list_inputs
-from model.scoring import ScoreResult, score
+from model.scoring import ActorModel, ScoreResult, normalized_values, score
 from schemas import SCHEMA_VERSION, Impression, SchemaError, encode
 
 
@@ -39,6 +46,8 @@ class Job:
     req: RankRequest
     request_id: str
     ts_ms: int
+    arm: str | None = None  # logged with the impression (actor_service.arms); None: no arms
+    fixed_weights: torch.Tensor | None = None  # (K,): the holdout's weights; None: the generator's
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,11 @@ def rank_batch(
             out.extend(rank_batch(served, [job], generator))
         return out
     result = score(served.model, inputs, served.exploration, generator)
+    fixed = [b for b, job in enumerate(jobs) if job.fixed_weights is not None]
+    if fixed:
+        result = with_fixed_weights(
+            served.model, inputs, result, fixed, [jobs[b].fixed_weights for b in fixed]
+        )
     results: list[Ranked | FeatureError | SchemaError] = []
     for b, job in enumerate(jobs):
         try:
@@ -86,6 +100,31 @@ def rank_batch(
         except SchemaError as exc:
             results.append(exc)
     return results
+
+
+def with_fixed_weights(
+    model: ActorModel,
+    inputs: ListInputs,
+    result: ScoreResult,
+    rows: list[int],
+    weights: Sequence[torch.Tensor | None],
+) -> ScoreResult:
+    """``result`` with the lists at ``rows`` ranked by fixed ``weights`` (one (K,) tensor each)
+    instead of the weight generator's: the same predictions, combined as ``model.scoring.score``
+    combines them, without noise and without a density (log-propensity NaN)."""
+    idx = torch.tensor(rows)
+    w = result.weights.clone()
+    w[idx] = torch.stack([x for x in weights if x is not None]).to(w.dtype)
+    noise = result.noise.clone()
+    noise[idx] = 0.0
+    logp = result.log_propensity.clone()
+    logp[idx] = math.nan
+    scores = (normalized_values(model, result.preds, inputs.mask) * w.unsqueeze(1)).sum(-1)  # (B, L)
+    scores = scores.masked_fill(~inputs.mask, -torch.inf)
+    ranking = torch.sort(scores, dim=1, descending=True, stable=True).indices  # (B, L)
+    return ScoreResult(
+        weights=w, noise=noise, log_propensity=logp, preds=result.preds, scores=scores, ranking=ranking
+    )
 
 
 def _one(served: Served, job: Job, view: ListView, result: ScoreResult, b: int) -> Ranked:
@@ -122,6 +161,7 @@ def _one(served: Served, job: Job, view: ListView, result: ScoreResult, b: int) 
             "weights": weights,
             "noise": noise,
             "log_propensity": log_propensity,
+            "arm": job.arm,
             "items": ranked_items,
         }
     )
@@ -144,6 +184,7 @@ def _one(served: Served, job: Job, view: ListView, result: ScoreResult, b: int) 
             "context": req.context,
             "items": logged_items,
             "log_propensity": log_propensity,
+            "arm": job.arm,
         }
     )
     return Ranked(body=body, impression=encode(impression), version=served.version, n_items=len(order))
@@ -155,9 +196,11 @@ def rank(
     request_id: str,
     ts_ms: int,
     generator: torch.Generator | None,
+    arm: str | None = None,
+    fixed_weights: torch.Tensor | None = None,
 ) -> Ranked:
     """Rank one request; raises FeatureError/SchemaError naming the field."""
-    (out,) = rank_batch(served, [Job(req, request_id, ts_ms)], generator)
+    (out,) = rank_batch(served, [Job(req, request_id, ts_ms, arm, fixed_weights)], generator)
     if isinstance(out, Exception):
         raise out
     return out

@@ -11,6 +11,14 @@ the previous model keeps serving.
 Each loaded snapshot is also written to the node's local store (:mod:`actor_service.snapshot_store`)
 and loaded from there at the next start, before the topic is read: a compacted topic whose newest
 record is an older snapshot or a tombstone cannot roll a restarted node back.
+
+In guarded rollout mode (:mod:`actor_service.model_slot`) a verified snapshot is *held*, not
+served, until a rollout decision names it; the loader builds the newest version and any version
+the latest decision names (the others of a catch-up batch are skipped unverified), and the store
+keeps the node's incumbent (written when a decision makes a snapshot the incumbent), so a
+restarted node finds the incumbent even once compaction has dropped its record. A decision naming
+a version this node read past without building it makes the consumer read the topic again from
+its start (:meth:`SnapshotConsumer.rescan`).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from actor_service.follower import TopicFollower
 from actor_service.instruments import Instruments
 from actor_service.model_slot import ModelSlot, Served, check_servable, served_snapshot
 from actor_service.snapshot_store import SnapshotStore, StoredSnapshot
@@ -93,6 +102,7 @@ class SnapshotLoader:
         self.m = instruments
         self.clock = clock
         self.store = store
+        self.max_seen_version = 0  # the newest version read on the topic (built or not)
 
     def load_stored(self) -> int | None:
         """At start, before the topic: serve the snapshot this node stored last, verified again
@@ -121,8 +131,8 @@ class SnapshotLoader:
         )
         return header.snapshot_version
 
-    def _served(self, header: SnapshotHeader, model: ActorModel) -> Served:
-        return served_snapshot(header, model, self.default_exploration)
+    def _served(self, header: SnapshotHeader, model: ActorModel, raw: StoredSnapshot | None = None) -> Served:
+        return served_snapshot(header, model, self.default_exploration, raw)
 
     def _store(self, header_bytes: bytes, payload: bytes, version: int) -> None:
         if self.store is None:
@@ -132,14 +142,20 @@ class SnapshotLoader:
         except OSError as exc:  # a full or read-only disk must not stop serving
             log.error("could not store snapshot %d in %s: %s", version, self.store.directory, exc)
 
+    def store_served(self, served: Served) -> None:
+        """Guarded mode: store a new incumbent (on the loader thread: never delays serving)."""
+        if served.raw is not None:
+            self._store(served.raw.header, served.raw.payload, served.version)
+
     def handle(self, records: Sequence[RecordLike]) -> list[Outcome]:
         """Newest first: the first valid record newer than the served model is loaded and the
-        older ones of the batch are not worth verifying (a catch-up batch may hold many)."""
+        older ones of the batch are not worth verifying (a catch-up batch may hold many). In
+        guarded mode the older ones are read on: one the latest decision names is built too."""
         out: list[Outcome] = []
         for rec in sorted(records, key=lambda r: r.offset, reverse=True):
             outcome = self.handle_one(rec)
             out.append(outcome)
-            if outcome.status == "loaded":
+            if outcome.status == "loaded" and not self.slot.guarded:
                 break
         return out
 
@@ -153,10 +169,11 @@ class SnapshotLoader:
             version = decode_snapshot_header(header_bytes).snapshot_version
         except (SnapshotRejected, SchemaError) as exc:
             return self._reject(rec, None, f"bad header: {exc}", "header")
-        current = self.slot.version()
-        if current is not None and version <= current:
-            # Replay of the topic on start, or a duplicate: never roll back. (The version is read
-            # before verification; a forged one can only make this node skip, not load, a record.)
+        self.max_seen_version = max(self.max_seen_version, version)
+        if not self.slot.wants(version):
+            # Replay of the topic on start, or a duplicate: never roll back (guarded: held already,
+            # rejected, or neither the newest nor named by a decision). The version is read before
+            # verification; a forged one can only make this node skip, not load, a record.
             self.m.snapshots_skipped.inc()
             return Outcome(rec.offset, "skipped", version)
         started = time.perf_counter()
@@ -167,8 +184,9 @@ class SnapshotLoader:
             return self._reject(rec, version, str(exc), rejection_kind(str(exc)))
         except ValueError as exc:
             return self._reject(rec, version, str(exc), "model")
-        served = self._served(header, model)
-        if not self.slot.offer(served):
+        guarded = self.slot.guarded
+        served = self._served(header, model, StoredSnapshot(header_bytes, rec.value) if guarded else None)
+        if not self.slot.hold(served):
             self.m.snapshots_skipped.inc()
             return Outcome(rec.offset, "skipped", version)
         load_s = time.perf_counter() - started
@@ -177,19 +195,22 @@ class SnapshotLoader:
         self.m.snapshot_load_seconds.set(load_s)
         self.m.publish_to_served.observe(publish_to_served)
         log.info(
-            "serving snapshot %d (offset %d, training step %d, exploration noise std %g, wide %g on "
-            "%.0f%% of lists%s): verified and built in %.0f ms, %.0f ms after publication",
+            "%s snapshot %d (offset %d, training step %d, exploration noise std %g, wide %g on "
+            "%.0f%% of lists, uniform on %.0f%%%s): verified and built in %.0f ms, %.0f ms after publication",
+            "holding (serves once a rollout decision names it)" if guarded else "serving",
             served.version,
             rec.offset,
             served.training_step,
             served.exploration.noise_std,
             served.exploration.wide_std,
             100 * served.exploration.wide_share,
+            100 * served.exploration.uniform_share,
             "" if header.exploration is not None else " from serve_noise_std: the header records none",
             load_s * 1e3,
             publish_to_served * 1e3,
         )
-        self._store(header_bytes, rec.value, served.version)  # after the swap: never delays serving
+        if not guarded:  # guarded: the incumbent is stored when a decision makes it one
+            self._store(header_bytes, rec.value, served.version)  # after the swap: never delays serving
         return Outcome(rec.offset, "loaded", served.version)
 
     def _reject(self, rec: RecordLike, version: int | None, reason: str, kind: str) -> Outcome:
@@ -204,7 +225,7 @@ class SnapshotLoader:
         return Outcome(rec.offset, "rejected", version, kind)
 
 
-class SnapshotConsumer:
+class SnapshotConsumer(TopicFollower):
     """The background task that follows the topic and feeds the loader (on its own thread)."""
 
     def __init__(
@@ -213,69 +234,30 @@ class SnapshotConsumer:
         make_consumer: Callable[[], Any],
         topic: str,
         max_backoff_s: float = 5.0,
+        start_after: asyncio.Event | None = None,
+        start_after_timeout_s: float = 30.0,
     ) -> None:
+        super().__init__(
+            "snapshot consumer",
+            make_consumer,
+            topic,
+            self._load,
+            max_backoff_s,
+            start_after,
+            start_after_timeout_s,
+        )
         self.loader = loader
-        self._make_consumer = make_consumer
-        self.topic = topic
-        self.max_backoff_s = max_backoff_s
-        self.caught_up = asyncio.Event()  # set once the topic was read up to its end at start
-        self._next_offset: int | None = None
         # Its own thread: verifying and building a model never waits behind, or holds up, scoring.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="snapshot-loader")
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="snapshot-consumer")
+    async def _load(self, records: Sequence[RecordLike]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self.loader.handle, records)
 
-    async def _run(self) -> None:
-        backoff = 0.2
-        while True:
-            consumer = None
-            try:
-                consumer = self._make_consumer()
-                await consumer.start()
-                backoff = 0.2
-                await self._follow(consumer)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("snapshot consumer failed (%r); reconnecting in %.1f s", exc, backoff)
-            finally:
-                if consumer is not None:
-                    with contextlib.suppress(Exception):
-                        await consumer.stop()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff_s)
-
-    async def _follow(self, consumer: Any) -> None:
-        from aiokafka import TopicPartition  # local: keeps this module importable without a broker
-
-        # Assigning a missing topic makes aiokafka spin on metadata errors: check it exists first.
-        if self.topic not in await consumer.topics():
-            raise LookupError(f"topic {self.topic} does not exist (run `paperec topics create`)")
-        tp = TopicPartition(self.topic, 0)
-        consumer.assign([tp])
-        if self._next_offset is None:
-            await consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek(tp, self._next_offset)
-        end = (await consumer.end_offsets([tp]))[tp]
-        log.info(
-            "following %s from offset %s (end offset at start: %d)", self.topic, self._next_offset or 0, end
-        )
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self.caught_up.is_set() and await consumer.position(tp) >= end:
-                self.caught_up.set()
-            batch = await consumer.getmany(tp, timeout_ms=1000)
-            records = batch.get(tp, [])
-            if records:
-                await loop.run_in_executor(self._pool, self.loader.handle, records)
-                self._next_offset = records[-1].offset + 1
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        """Run ``fn`` on the loader thread (after what it is doing): the store's writes."""
+        with contextlib.suppress(RuntimeError):  # shut down: the node is stopping
+            self._pool.submit(fn, *args)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await super().close()
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -24,6 +24,7 @@ from base.settings import (
     TOPIC_JOIN_CHANGELOG,
     TOPIC_LINK_CHANGELOG,
     TOPIC_LIST_OUTCOMES,
+    TOPIC_ROLLOUT,
     TOPIC_SNAPSHOTS,
     TOPIC_TRANSITIONS,
     Settings,
@@ -32,11 +33,13 @@ from base.settings import (
 log = logging.getLogger(__name__)
 
 ADMIN, SERVING, STREAMS, LEARNER = "admin", "serving", "streams", "learner"
-FEEDBACK, REPLAY = "feedback", "replay"
+FEEDBACK, REPLAY, ROLLOUT = "feedback", "replay", "rollout"
 # `feedback` is the clients' (clicks and dwells); `replay` publishes recorded traffic (all three
-# events: `paperec replay`, the compose simulator); `admin` is the operator's (a super user on the
-# broker, `super.users`: creates topics and ACLs, needs no ACL itself).
-ROLES = (ADMIN, SERVING, STREAMS, LEARNER, FEEDBACK, REPLAY)
+# events: `paperec replay`, the compose simulator); `rollout` is the rollout controller's (`paperec
+# rollout`: reads list outcomes and snapshots, alone writes the control topic); `admin` is the
+# operator's (a super user on the broker, `super.users`: creates topics and ACLs, needs no ACL
+# itself). A dev stack secured before `rollout` existed has no user for it: wipe its Kafka once.
+ROLES = (ADMIN, SERVING, STREAMS, LEARNER, FEEDBACK, REPLAY, ROLLOUT)
 SERVICE_ROLES = ROLES[1:]
 # The admin's name is only the broker's business (its `super.users`); the dev stack and compose
 # both use this one.
@@ -87,10 +90,10 @@ def acl_plan(settings: Settings) -> list[AclEntry]:
 
     leaders = [FAUST_LEADER_TOPIC.format(app_id=a) for a in (s.streams_app_id, s.streams_link_app_id)]
     return [
-        # serving: logs impressions, reads snapshots (as no group: every node reads every one).
-        # There is no control topic today; one would get a READ here.
+        # serving: logs impressions, reads snapshots and the rollout's decisions (as no group:
+        # every node reads every one)
         *topics(SERVING, "WRITE", TOPIC_IMPRESSIONS),
-        *topics(SERVING, "READ", TOPIC_SNAPSHOTS),
+        *topics(SERVING, "READ", TOPIC_SNAPSHOTS, TOPIC_ROLLOUT),
         # clients: their feedback only
         *topics(FEEDBACK, "WRITE", TOPIC_CLICKS, TOPIC_DWELLS),
         # recorded traffic: the three events (the impressions a node would have logged)
@@ -108,10 +111,15 @@ def acl_plan(settings: Settings) -> list[AclEntry]:
         entry(STREAMS, "group", s.streams_app_id, "READ"),
         entry(STREAMS, "group", s.streams_link_app_id, "READ"),
         # learner: reads transitions in its group, alone writes snapshots (and reads them back
-        # for its version scan), writes dead letters
-        *topics(LEARNER, "READ", TOPIC_TRANSITIONS, TOPIC_SNAPSHOTS),
+        # for its version scan), writes dead letters; follows the rollout's decisions (no group)
+        *topics(LEARNER, "READ", TOPIC_TRANSITIONS, TOPIC_SNAPSHOTS, TOPIC_ROLLOUT),
         *topics(LEARNER, "WRITE", TOPIC_SNAPSHOTS, TOPIC_DEAD_LETTER),
         entry(LEARNER, "group", s.learner_group_id, "READ"),
+        # rollout controller: reads list outcomes per arm and the snapshots it decides on, alone
+        # writes the control topic and reads it back (its state after a restart)
+        *topics(ROLLOUT, "READ", TOPIC_LIST_OUTCOMES, TOPIC_SNAPSHOTS, TOPIC_ROLLOUT),
+        *topics(ROLLOUT, "WRITE", TOPIC_ROLLOUT),
+        entry(ROLLOUT, "group", s.rollout_group_id, "READ"),
     ]
 
 

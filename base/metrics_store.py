@@ -2,7 +2,8 @@
 
 The SQL is restricted to what ClickHouse 18.16 (the dev stack's Debian package) and current
 ClickHouse both run: MergeTree family with PARTITION BY/ORDER BY, DateTime, Float64, String,
-Array, UInt*. No DateTime64, TTL, Map, JSON or LowCardinality.
+Array, UInt*, Nullable. No DateTime64, TTL, Map, JSON or LowCardinality (18.16 refuses it
+without an experimental setting: the rollout arm is a plain String).
 
 Idempotent rows: inserts are at-least-once (a writer retries a batch whose insert may have landed;
 the streams worker re-emits the list outcomes of its uncommitted tail after a restart). So every
@@ -10,7 +11,8 @@ row carries a deterministic ``row_id`` (a list outcome's is its ``request_id``; 
 given by its writer, the same on every retry), the tables are ``ReplacingMergeTree`` with the
 row id in the sorting key, and every query reads them with ``FINAL``, which collapses the
 copies that background merges have not collapsed yet. ``init_tables`` migrates tables created
-before (plain MergeTree, no ``row_id``) in place.
+before (plain MergeTree, no ``row_id``) in place, and adds the columns added since
+(``ADDED_COLUMNS``) that a table lacks with ``ALTER TABLE ... ADD COLUMN``.
 
 Users (docs/security.md): ``client`` connects as one of three roles' users: the services write
 as the writer, ``paperec dashboard`` reads as the read-only dashboard user, and ``init_tables``
@@ -18,8 +20,9 @@ as the writer, ``paperec dashboard`` reads as the read-only dashboard user, and 
 
 Tables
 - ``list_outcomes``: one row per served list once its feedback window closed (per-objective event
-  metrics). CTR, dwell per impression, per minute / snapshot version / weight bucket are
-  aggregates over it (see ``QUERIES``).
+  metrics). CTR, dwell per impression, per minute / snapshot version / weight bucket / rollout
+  arm are aggregates over it (see ``QUERIES``).
+- ``rollout_decisions``: one row per decision of the rollout controller (docs/rollout.md).
 - ``stream_metrics``, ``learner_metrics``, ``serving_metrics``: long-format samples
   (name, label, value) written by the streams worker, the learner and the serving nodes.
 """
@@ -50,8 +53,39 @@ LIST_OUTCOMES_COLUMNS = """
     clicks UInt32,
     dwell_ms UInt64,
     complete UInt8,
+    arm String DEFAULT '',
+    log_propensity Nullable(Float64),
     row_id String DEFAULT request_id
 """
+# ``arm``: the rollout arm that served the list ('' = none: served without a guarded rollout, or
+# written before it existed); ``log_propensity``: the impression's (NULL = none). Both were added
+# after the table existed (ADDED_COLUMNS).
+
+ROLLOUT_DECISIONS_COLUMNS = """
+    ts DateTime,
+    decision_id String,
+    decision String,
+    version UInt64,
+    incumbent Nullable(UInt64),
+    candidate Nullable(UInt64),
+    canary_share Float64,
+    reason String,
+    evidence_json String,
+    row_id String DEFAULT decision_id
+"""
+ROLLOUT_DECISION_FIELDS: tuple[str, ...] = (
+    "ts",
+    "decision_id",
+    "decision",
+    "version",
+    "incumbent",
+    "candidate",
+    "canary_share",
+    "reason",
+    "evidence_json",
+)
+"""The columns a writer of rollout decisions inserts (row_id = decision_id, added by the writer):
+``rollout_decision_writer``. ``evidence_json`` is the decision's ``evidence`` as JSON."""
 
 
 class MetricRow(NamedTuple):
@@ -88,8 +122,18 @@ TABLES: dict[str, tuple[str, str]] = {
     "stream_metrics": (SAMPLE_COLUMNS, "(name, ts, row_id)"),
     "learner_metrics": (SAMPLE_COLUMNS, "(name, ts, row_id)"),
     "serving_metrics": (SAMPLE_COLUMNS, "(name, ts, row_id)"),
+    "rollout_decisions": (ROLLOUT_DECISIONS_COLUMNS, "(ts, row_id)"),
 }
 ENGINE = "ReplacingMergeTree"
+
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    # table -> (column, type, the column it follows) added after the table was first created:
+    # existing tables get them from init_tables, where the CREATE has them.
+    "list_outcomes": (
+        ("arm", "String DEFAULT ''", "complete"),
+        ("log_propensity", "Nullable(Float64)", "arm"),
+    ),
+}
 
 # Reference aggregates (also what the dashboards run). `{db}` is the database name. Aliases must
 # not reuse a column name: ClickHouse 18.16 resolves `sum(clicks)` to the alias `clicks` if it exists.
@@ -111,6 +155,11 @@ QUERIES: dict[str, str] = {
                sum(dwell_ms) / 1000 / sum(n_items) AS dwell_s_per_impression
         FROM {db}.list_outcomes FINAL WHERE length(weights) >= 2
         GROUP BY dwell_weight_bucket ORDER BY dwell_weight_bucket
+    """,
+    "objectives_per_arm": """
+        SELECT arm, count() AS lists, sum(clicks) / sum(n_items) AS ctr,
+               sum(dwell_ms) / 1000 / sum(n_items) AS dwell_s_per_impression
+        FROM {db}.list_outcomes FINAL WHERE n_items > 0 GROUP BY arm ORDER BY arm
     """,
 }
 
@@ -165,6 +214,20 @@ def sample_writer(
     )
 
 
+def rollout_decision_writer(settings: Settings, flush_interval_s: float = 1.0) -> MetricsWriter:
+    """A MetricsWriter of ``rollout_decisions`` rows (:data:`ROLLOUT_DECISION_FIELDS`, in that
+    order); the row id is the decision id, so a decision written twice is kept once."""
+    db = settings.clickhouse_database
+    index = ROLLOUT_DECISION_FIELDS.index("decision_id")
+    return MetricsWriter(
+        lambda: client(settings, db),
+        f"{db}.rollout_decisions",
+        ROLLOUT_DECISION_FIELDS,
+        flush_interval_s=flush_interval_s,
+        row_id=lambda row: str(row[index]),
+    )
+
+
 def create_table(database: str, table: str, name: str | None = None) -> str:
     """CREATE statement of ``table``'s current schema, as ``name`` (default: ``table``)."""
     columns, order_by = TABLES[table]
@@ -179,6 +242,14 @@ def ddl(database: str) -> list[str]:
     return [f"CREATE DATABASE IF NOT EXISTS {database}", *(create_table(database, t) for t in TABLES)]
 
 
+def add_column(database: str, table: str, column: str) -> str:
+    """The statement adding ``column`` (one of ``ADDED_COLUMNS``) to an existing ``table``. Not
+    ``ADD COLUMN IF NOT EXISTS``: ClickHouse 18.16 has no such clause, so ``init_tables`` adds only
+    the columns ``missing_columns`` reports."""
+    kind, after = next((k, a) for name, k, a in ADDED_COLUMNS[table] if name == column)
+    return f"ALTER TABLE {database}.{table} ADD COLUMN {column} {kind} AFTER {after}"
+
+
 def migration(database: str, table: str) -> list[str]:
     """Statements that move a table created before row ids (plain MergeTree) to the current
     schema. The old table is renamed away first, so a writer's insert in between fails and is
@@ -187,7 +258,8 @@ def migration(database: str, table: str) -> list[str]:
     by earlier at-least-once inserts collapse too."""
     old = f"{database}.{table}__premigration"
     columns = [line.split()[0] for line in TABLES[table][0].strip().splitlines()]
-    kept = ", ".join(c for c in columns if c != "row_id")
+    added = {name for name, _, _ in ADDED_COLUMNS.get(table, ())}  # newer than any outdated table
+    kept = ", ".join(c for c in columns if c != "row_id" and c not in added)
     return [
         f"RENAME TABLE {database}.{table} TO {old}",
         create_table(database, table),
@@ -208,11 +280,25 @@ def outdated_tables(ch: Client, database: str) -> list[str]:
     ]
 
 
+def missing_columns(ch: Client, database: str) -> list[tuple[str, str]]:
+    """(table, column) of ``ADDED_COLUMNS`` missing from existing tables of ours."""
+    rows = ch.execute("SELECT table, name FROM system.columns WHERE database = %(db)s", {"db": database})
+    present = {(table, name) for table, name in rows}
+    tables = {table for table, _ in present}
+    return [
+        (table, name)
+        for table, columns in ADDED_COLUMNS.items()
+        if table in tables
+        for name, _, _ in columns
+        if (table, name) not in present
+    ]
+
+
 def tables_current(ch: Client, database: str) -> bool:
-    """Every table of ours exists in ``database`` with the current engine (a read of
-    system.tables, which a writer user may do)."""
+    """Every table of ours exists in ``database`` with the current engine and columns (reads of
+    system.tables and system.columns, which a writer user may do)."""
     engines = _table_engines(ch, database)
-    return all(engines.get(table) == ENGINE for table in TABLES)
+    return all(engines.get(table) == ENGINE for table in TABLES) and not missing_columns(ch, database)
 
 
 def init_tables(settings: Settings) -> None:
@@ -246,6 +332,14 @@ def init_tables(settings: Settings) -> None:
                     raise
         for table in TABLES:
             ch.execute(create_table(db, table))
+        for table, column in missing_columns(ch, db):
+            log.warning("adding column %s to %s.%s", column, db, table)
+            try:
+                ch.execute(add_column(db, table, column))
+            except Exception:
+                # Another service starting at the same time may have added it meanwhile.
+                if (table, column) in missing_columns(ch, db):
+                    raise
     finally:
         ch.disconnect()
     log.info("metric tables ready in %s", db)

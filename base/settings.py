@@ -48,6 +48,12 @@ STREAMS_TOPICS = (TOPIC_LIST_OUTCOMES, TOPIC_JOIN_CHANGELOG, TOPIC_LINK_CHANGELO
 ALL_TOPICS = (*ALL_TOPICS, *STREAMS_TOPICS)  # type: ignore[assignment]  # extends the tuple above
 # --- end Streams
 
+# --- Rollout: the control topic of the guarded rollout (schemas.RolloutDecision, one partition,
+# compacted, every record keyed b"rollout": the latest record is the whole serving state).
+TOPIC_ROLLOUT = "rollout"
+ALL_TOPICS = (*ALL_TOPICS, TOPIC_ROLLOUT)  # type: ignore[assignment]  # extends the tuple above
+# --- end Rollout
+
 
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -97,6 +103,11 @@ class Settings:
     )
     kafka_replay_principal: str = _opt(
         "paperec-replay", "Kafka ACLs: username of recorded traffic (`paperec replay`: writes the 3 events)"
+    )
+    kafka_rollout_principal: str = _opt(
+        "paperec-rollout",
+        "Kafka ACLs: username of the rollout controller (reads list outcomes, alone writes the "
+        "control topic)",
     )
     # --- ClickHouse
     clickhouse_host: str = _opt("127.0.0.1", "ClickHouse host (native protocol)")
@@ -225,6 +236,46 @@ class Settings:
     streams_create_topics: bool = _opt(True, "streams: create missing topics (as `topics create`) on start")
     # --- end Streams
 
+    # --- Guarded rollout (actor_service/arms.py, rollout/, `paperec rollout`; docs/rollout.md)
+    rollout: str = _opt(
+        "direct",
+        "serve: 'direct' (every verified snapshot serves everyone at once) or 'guarded' (follow the "
+        "rollout controller's decisions on the control topic: holdout, canary, rollback)",
+    )
+    holdout_share: float = _opt(
+        0.0, "serve: share of users (stable hash of user id) always served fixed global weights, in [0, 1)"
+    )
+    holdout_salt: str = _opt(
+        "paperec", "serve: salt of the user hash that assigns the holdout and canary arms"
+    )
+    holdout_weights: str = _opt(
+        "",
+        "serve: the holdout's fixed weights, comma floats, one per objective (empty = the incumbent "
+        "snapshot header's global_weights, else uniform)",
+    )
+    canary_share: float = _opt(
+        0.2, "rollout: share of non-holdout users a candidate snapshot serves as canary"
+    )
+    rollout_max_drop: float = _opt(
+        0.05,
+        "rollout: guard-rail: largest relative drop per objective a candidate may cause "
+        "(0.05: a 5 percent drop)",
+    )
+    rollout_alpha: float = _opt(
+        0.05,
+        "rollout: bound on the false-decision rate of a canary's always-valid test (all objectives, "
+        "rollback and promotion together)",
+    )
+    rollout_min_lists: int = _opt(200, "rollout: lists per arm needed before a candidate may be promoted")
+    rollout_max_lists: int = _opt(
+        20_000, "rollout: lists per arm at which a canary still undecided is rolled back"
+    )
+    rollout_ope_lists: int = _opt(
+        2_000, "rollout: recent logged lists the off-policy estimate of a new snapshot uses (0 = no gate)"
+    )
+    rollout_port: int = _opt(18095, "rollout: HTTP port of the controller's /metrics and /healthz")
+    # --- end Guarded rollout
+
     # --- Learner service (learner/, `paperec learner`)
     learner_checkpoint_dir: str = _opt(
         "", "learner: checkpoint directory (default: <state_dir>/learner/<topic_prefix>)"
@@ -261,6 +312,11 @@ class Settings:
         return self.state_path / "learner" / (self.topic_prefix.strip(".") or "default")
 
     # --- end Learner service
+    @property
+    def rollout_group_id(self) -> str:
+        """Consumer group of the rollout controller, if it uses one: one per topic prefix."""
+        return f"{self.topic_prefix}rollout"
+
     def serve_bearer_token(self) -> str:
         """The token /rank and /metrics require ("" = none): serve_auth_token, or the first line
         of serve_auth_token_file (read on each call: servers and clients call it once at start)."""

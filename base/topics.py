@@ -24,6 +24,7 @@ from base.settings import (
     TOPIC_JOIN_CHANGELOG,
     TOPIC_LINK_CHANGELOG,
     TOPIC_LIST_OUTCOMES,
+    TOPIC_ROLLOUT,
     TOPIC_SNAPSHOTS,
     TOPIC_TRANSITIONS,
     Settings,
@@ -79,6 +80,20 @@ def topic_plan(settings: Settings) -> list[TopicSpec]:
                 "cleanup.policy": "compact",
                 "retention.ms": "-1",
                 "max.message.bytes": str(settings.max_message_bytes),
+                "segment.ms": str(10 * 60 * 1000),
+                "min.cleanable.dirty.ratio": "0.1",
+            },
+        ),
+        # The guarded rollout's control topic: one key, compacted, so the latest decision (the
+        # whole serving state) is kept forever and a node that restarts applies it; one partition
+        # keeps decisions in order.
+        TopicSpec(
+            settings.topic(TOPIC_ROLLOUT),
+            1,
+            rf,
+            {
+                "cleanup.policy": "compact",
+                "retention.ms": "-1",
                 "segment.ms": str(10 * 60 * 1000),
                 "min.cleanable.dirty.ratio": "0.1",
             },

@@ -52,6 +52,8 @@ class DDPGConfig:
     """target smoothing: target <- (1 - tau) target + tau online"""
     policy_frequency: int = 1
     """actor and target updates every this many critic updates"""
+    preactivation_penalty: float = 0.0
+    """weight of mean(z^2) of the actor's pre-head outputs z in its loss (0 = plain DDPG)"""
 
     def actor_config(self) -> ActorConfig:
         return sub_config(ActorConfig, self)
@@ -132,8 +134,15 @@ class DDPG:
         if self.num_updates % cfg.policy_frequency == 0:
             # deterministic policy gradient: ascend Q(s, mu(s)) through the critic into the actor
             self.qf.requires_grad_(False)
-            pi = self.actor(obs)  # (B, A)
+            z = self.actor.net(obs)  # (B, A) pre-head outputs (logits for the simplex head)
+            pi = self.actor.head(z)  # (B, A)
             actor_loss = -self.qf(obs, pi).mean()
+            if cfg.preactivation_penalty > 0:
+                # A saturated head (softmax at a corner, tanh at its bound) passes almost no
+                # gradient of Q back to z: once there, the actor cannot return, whatever the
+                # critic learns. The penalty's gradient on z does not vanish and keeps z where
+                # the head still responds.
+                actor_loss = actor_loss + cfg.preactivation_penalty * z.pow(2).mean()
             if actor_penalty is not None:
                 penalty = actor_penalty(pi).mean()
                 actor_loss = actor_loss + penalty

@@ -12,6 +12,9 @@ producer's ``max_request_size`` is ``Settings.max_message_bytes``, the same valu
 ``max.message.bytes`` and the dev broker's ``message.max.bytes`` are set from (16 MiB default;
 the default model's snapshot is ~4.5 MB, already over Kafka's 1 MiB default).
 
+Global weights: every header carries ``global_weights`` (:class:`GlobalWeights`), the learner's
+moving average of its weight generator's mean weights, which the rollout's holdout arm is served.
+
 Versions: strictly increasing across restarts. The first version of a run is
 ``max(version in the checkpoint, newest verified version on the topic) + 1``. Only records that
 verify with the accepted keys count: anyone who can write to the topic could otherwise push the
@@ -21,10 +24,11 @@ learner's versions to the int64 limit with one unsigned header and stop publishi
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from base import kafka as kafka_clients
@@ -45,6 +49,62 @@ class PublishResult:
     send_s: float  # send until the broker's ack
     ok: bool
     error: str = ""
+
+
+GLOBAL_WEIGHTS_MOMENTUM = 0.99
+"""Momentum of :class:`GlobalWeights`: each training batch's mean weights count 1%, so the average
+spans the last few hundred batches (half-life ln 0.5 / ln 0.99 ~ 69 steps, about one snapshot
+interval at the defaults): smooth enough that one batch does not move the holdout, recent enough
+to follow the generator."""
+
+
+@dataclass
+class GlobalWeights:
+    """The exponential moving average of the weight generator's mean weights over training
+    batches, one per objective: the "matched mean weight" the evaluation compares personalized
+    weights against, published in every snapshot header as ``global_weights`` and served to the
+    rollout's holdout arm. Starts at the first batch's mean (no bias toward zero)."""
+
+    momentum: float = GLOBAL_WEIGHTS_MOMENTUM
+    """weight of the previous average in each update"""
+    mean: list[float] | None = None
+    """the average (None until the first batch)"""
+    updates: int = 0
+    """batches averaged"""
+    skipped: int = field(default=0, compare=False)
+    """batch means refused: not finite, negative or of another length"""
+
+    def update(self, batch_mean: Sequence[float]) -> None:
+        """Fold in one training batch's mean weights."""
+        x = [float(v) for v in batch_mean]
+        if (
+            not x
+            or not all(math.isfinite(v) and v >= 0.0 for v in x)
+            or (self.mean is not None and len(x) != len(self.mean))
+        ):
+            self.skipped += 1
+            return
+        if self.mean is None:
+            self.mean = x
+        else:
+            m = self.momentum
+            self.mean = [m * a + (1.0 - m) * b for a, b in zip(self.mean, x, strict=True)]
+        self.updates += 1
+
+    def value(self) -> tuple[float, ...] | None:
+        """The average, renormalized onto the simplex (rounding); None before any batch."""
+        if self.mean is None or sum(self.mean) <= 0.0:
+            return None
+        total = math.fsum(self.mean)
+        return tuple(v / total for v in self.mean)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"momentum": self.momentum, "mean": self.mean, "updates": self.updates}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.momentum = float(state["momentum"])
+        self.mean = None if state["mean"] is None else [float(v) for v in state["mean"]]
+        self.updates = int(state["updates"])
 
 
 @dataclass(frozen=True)
@@ -180,10 +240,16 @@ class SnapshotPublisher:
         return self.next_version - 1
 
     def publish(
-        self, make_model: Callable[[], ActorModel], *, training_step: int, watermark_ms: int
+        self,
+        make_model: Callable[[], ActorModel],
+        *,
+        training_step: int,
+        watermark_ms: int,
+        global_weights: tuple[float, ...] | None = None,
     ) -> SnapshotHeader | None:
         """Build the serving model and encode it now (caller's thread: between two training
-        steps, so the weights are consistent), send it in the background. None on failure."""
+        steps, so the weights are consistent), send it in the background. ``global_weights``:
+        the header's (:class:`GlobalWeights`; None: none yet). None on failure."""
         start = time.perf_counter()
         version = self.next_version
         try:
@@ -196,6 +262,7 @@ class SnapshotPublisher:
                 key=self.key,
                 key_id=self.key_id,
                 max_message_bytes=self.max_message_bytes,
+                global_weights=global_weights,
             )
         except Exception as exc:  # e.g. over the size limit: log and keep training
             self.failed += 1

@@ -10,6 +10,9 @@ Threads:
   (:mod:`learner.publisher`);
 - ``metrics-writer``: batched ClickHouse inserts (:mod:`learner.learner_metrics`).
 
+The guarded rollout's control topic is followed from the main thread, between steps
+(:mod:`learner.rollout_follow`): rejected versions are recorded, training goes on.
+
 Clients are injected (:class:`LearnerClients`, as serving's ``Node`` takes its Kafka clients):
 :func:`kafka_clients` builds the real ones from Settings, tests pass in-memory ones.
 
@@ -36,14 +39,15 @@ from typing import Any
 
 import torch
 
-from base.settings import TOPIC_DEAD_LETTER, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
+from base.settings import TOPIC_DEAD_LETTER, TOPIC_ROLLOUT, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
 from learner.checkpoint import CheckpointStore
 from learner.ingest import ChunkSource, Ingestor, IngestStats, PreparingSource
 from learner.ingest_process import ProcessSource, SourceFactory
 from learner.kafka_io import CommitAfterFlush, KafkaDeadLetters, KafkaSource
 from learner.learner_metrics import LearnerMetrics, clickhouse_writer
-from learner.publisher import PublishResult, SnapshotPublisher, VersionScan, latest_version
+from learner.publisher import GlobalWeights, PublishResult, SnapshotPublisher, VersionScan, latest_version
 from learner.replay_buffer import ReplayBuffer
+from learner.rollout_follow import KafkaDecisionSource, RolloutFollower
 from learner.training import PAPERecConfig, Trainer
 from learner.training_loop import TrainingLoop, observe_publish
 from model.runtime import default_device, training_threads
@@ -117,6 +121,8 @@ class LearnerClients:
     metrics_writer: Callable[[], Any | None]
     """opens the metric rows' writer (None: metrics for the log lines only)"""
     checkpoints: CheckpointStore
+    rollout: Callable[[], RolloutFollower | None] = lambda: None
+    """opens the follower of the rollout's control topic (None: not followed)"""
 
 
 def kafka_clients(settings: Settings, cfg: LearnerServiceConfig, train_cfg: PAPERecConfig) -> LearnerClients:
@@ -149,6 +155,7 @@ def kafka_clients(settings: Settings, cfg: LearnerServiceConfig, train_cfg: PAPE
         publisher=publisher,
         metrics_writer=lambda: clickhouse_writer(s) if cfg.metrics_clickhouse else None,
         checkpoints=CheckpointStore(s.learner_checkpoint_path, cfg.checkpoint_keep),
+        rollout=lambda: RolloutFollower(KafkaDecisionSource(s, s.topic(TOPIC_ROLLOUT)), keys.accepted),
     )
 
 
@@ -163,6 +170,7 @@ class Resumed:
     watermark_ms: int
     ingest_stats: IngestStats
     checkpoint: Path | None = None
+    rollout: dict[str, Any] | None = None  # global weights and rollout ledger (None: older checkpoint)
 
 
 class LearnerService:
@@ -245,6 +253,7 @@ class LearnerService:
             watermark_ms=int(state["watermark_ms"]),
             ingest_stats=IngestStats(**state["ingest"]),
             checkpoint=path,
+            rollout=state.get("rollout"),
         )
         log.info(
             "resume: checkpoint %s step=%d buffer=%d snapshot_version=%d offsets=%s",
@@ -293,6 +302,12 @@ class LearnerService:
             on_topic.unverified,
             publisher.key_id,
         )
+        global_weights, rollout = GlobalWeights(), c.rollout()
+        if resumed.rollout is not None:
+            global_weights.load_state_dict(resumed.rollout["global_weights"])
+            if rollout is not None:
+                rollout.ledger.load_state_dict(resumed.rollout["ledger"])
+                log.info("rollout: rejected versions so far %s", rollout.ledger.rejected or "none")
         loop = TrainingLoop(
             cfg,
             resumed.trainer,
@@ -304,6 +319,8 @@ class LearnerService:
             CommitAfterFlush(dead_letters, ingestor.request_commit),
             self.topic,
             resumed.watermark_ms,
+            global_weights=global_weights,
+            rollout=rollout,
         )
         ingestor.start()
         return loop
@@ -328,6 +345,8 @@ class LearnerService:
             loop.finish()
         loop.ingestor.close()  # commits what the last checkpoint holds
         loop.publisher.close()
+        if loop.rollout is not None:
+            loop.rollout.close()
         self.dead_letters.close()
         loop.observe_state()
         loop.metrics.close()

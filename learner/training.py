@@ -124,8 +124,11 @@ class PAPERecConfig:
     which the serving nodes follow; the simulator's evaluation trains with it too)"""
     exploration_wide_noise: float = 1.0
     """std of the logit noise on widely explored lists (wide enough to learn the response to weights)"""
-    exploration_wide_share: float = 0.25
-    """share of lists explored with exploration_wide_noise (drawn per list); the rest get exploration_noise"""
+    exploration_wide_share: float = 0.0
+    """share of lists explored with exploration_wide_noise (drawn per list)"""
+    exploration_uniform_share: float = 0.25
+    """share of lists served weights uniform on the simplex, whatever the actor outputs (covers the
+    interior once the softmax saturates); the rest (1 - wide - uniform) get exploration_noise"""
     list_scaled_reward: bool = False
     """divide each list's reward by sum_k ||g_k|| (after grad_normalize): every list counts the
     same in the critic's expectation, whatever its gradient magnitudes; the list's optimum is kept"""
@@ -134,6 +137,9 @@ class PAPERecConfig:
     reward, which is computable for any weights; 0 = the logged weights only (plain DDPG)"""
     policy_frequency: int = 1
     """actor updates every this many critic updates"""
+    preactivation_penalty: float = 1e-3
+    """weight of mean(z^2) of the weight generator's logits z in its loss: keeps the softmax off
+    the corners, where the gradient of Q vanishes and the actor could never come back (learner.md)"""
     single_objective: str = "click"
     """single: the objective trained"""
     fixed_weights: tuple[float, ...] = (0.5, 0.5)
@@ -151,6 +157,7 @@ class PAPERecConfig:
             noise_std=self.exploration_noise,
             wide_std=self.exploration_wide_noise,
             wide_share=self.exploration_wide_share,
+            uniform_share=self.exploration_uniform_share,
         )
 
     def __post_init__(self) -> None:

@@ -16,6 +16,12 @@ never published or saved; the trainer goes back to its last good state and train
 Delivery: a checkpoint captures trainer, buffer and consumed offsets together; the offsets are
 committed to Kafka only after the file is durable and the dead letters before them are
 acknowledged (:class:`learner.kafka_io.CommitAfterFlush`).
+
+Guarded rollout (docs/rollout.md): each trained batch's mean weights feed the moving average
+that snapshot headers carry as ``global_weights`` (:class:`learner.publisher.GlobalWeights`), and
+between steps the control topic is polled (:class:`learner.rollout_follow.RolloutFollower`): a
+rejected version is recorded (log, metric, checkpoint) and training goes on. Both are in the
+checkpoint (key ``rollout``).
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ from learner.ingest import Ingestor
 from learner.kafka_io import CommitAfterFlush
 from learner.learner_metrics import LearnerMetrics, weight_stats
 from learner.numeric import FiniteGuard
-from learner.publisher import PublishResult, SnapshotPublisher
+from learner.publisher import GlobalWeights, PublishResult, SnapshotPublisher
 from learner.replay_buffer import ReplayBuffer
+from learner.rollout_follow import RolloutFollower, RolloutLedger
 from learner.training import PAPERecStrategy, Trainer
 from model.batch import ListBatch
 from model.config import config_to_dict
@@ -66,6 +73,8 @@ class TrainingLoop:
         topic: str,
         watermark_ms: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        global_weights: GlobalWeights | None = None,
+        rollout: RolloutFollower | None = None,
     ) -> None:
         self.cfg, self.trainer, self.buffer, self.ingestor = cfg, trainer, buffer, ingestor
         self.publisher, self.metrics, self.checkpoints, self.commits = (
@@ -75,6 +84,9 @@ class TrainingLoop:
             commits,
         )
         self.topic, self.watermark_ms, self.clock = topic, watermark_ms, clock
+        self.global_weights = global_weights or GlobalWeights()
+        self.rollout = rollout  # None: the control topic is not followed
+        self.ledger = rollout.ledger if rollout is not None else RolloutLedger()
         # never checkpoint or publish non-finite weights: the guard restores the last good state
         self.guard = FiniteGuard(trainer)
         self.can_snapshot = isinstance(trainer.strategy, PAPERecStrategy)
@@ -129,6 +141,9 @@ class TrainingLoop:
         else:
             self.batch = sample.batch
             self.watermark_ms = max(self.watermark_ms, sample.max_ts_ms)
+            names = [f"weight/{o}" for o in self.trainer.cfg.ranker.objectives]
+            if all(n in step_metrics for n in names):  # a strategy with a weight generator
+                self.global_weights.update([step_metrics[n] for n in names])
         self.metrics.observe(step_metrics)
         self.metrics.observe(
             {
@@ -146,6 +161,8 @@ class TrainingLoop:
             self.checkpoint()
             self.last_checkpoint_t = now
         self.commits.poll()
+        if self.rollout is not None:
+            self.rollout.poll()
         if now - self.last_log_t >= self.cfg.log_every_s:
             dt = now - self.last_log_t
             steps_per_s = (self.trainer.num_steps - self.last_log_step) / dt
@@ -164,7 +181,10 @@ class TrainingLoop:
     def snapshot(self) -> None:
         if self.guard.verify("snapshot"):  # else restored: the last good weights are served already
             self.publisher.publish(
-                self.trainer.actor_model, training_step=self.trainer.num_steps, watermark_ms=self.watermark_ms
+                self.trainer.actor_model,
+                training_step=self.trainer.num_steps,
+                watermark_ms=self.watermark_ms,
+                global_weights=self.global_weights.value(),
             )
         self.last_snapshot_t, self.last_snapshot_step = self.clock(), self.trainer.num_steps
 
@@ -179,6 +199,10 @@ class TrainingLoop:
             "ingest": dataclasses.asdict(stats),
             "snapshot_version": self.publisher.last_version,
             "watermark_ms": self.watermark_ms,
+            "rollout": {
+                "global_weights": self.global_weights.state_dict(),
+                "ledger": self.ledger.state_dict(),
+            },
             "service": config_to_dict(self.cfg),
             "created_at_ms": int(time.time() * 1000),
         }
@@ -216,6 +240,8 @@ class TrainingLoop:
         }
         if self.ingestor.last_lag is not None:
             values["consumer_lag"] = float(self.ingestor.last_lag)
+        if self.rollout is not None:
+            values.update(self.ledger.metrics())
         self.metrics.observe(values)
 
     def _log_progress(self, steps_per_s: float, ingest_per_s: float) -> None:

@@ -74,9 +74,11 @@ def encode_snapshot(
     max_message_bytes: int,
     key_id: str | None = None,
     created_at_ms: int | None = None,
+    global_weights: tuple[float, ...] | None = None,
 ) -> tuple[SnapshotHeader, bytes]:
     """Serialize and sign the serving model with ``key`` (whose id ``key_id`` the header records),
-    with the ``exploration`` serving is to apply to it. Returns (header, safetensors payload)."""
+    with the ``exploration`` serving is to apply to it and the learner's ``global_weights`` (the
+    rollout's holdout weights; None: none recorded). Returns (header, safetensors payload)."""
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     payload = save_safetensors(tensors)
     if len(payload) + HEADER_HEADROOM_BYTES > max_message_bytes:
@@ -94,6 +96,7 @@ def encode_snapshot(
         key=key,
         key_id=key_id,
         exploration=exploration,
+        global_weights=global_weights,
     )
     return header, payload
 

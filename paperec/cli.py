@@ -31,10 +31,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("actor_service.cli", "serve ranked lists over HTTP with hot-loaded actor snapshots"),
     # --- Learner service
     "learner": ("learner.cli", "train continuously on the transitions topic and publish actor snapshots"),
+    # --- Guarded rollout
+    "rollout": ("rollout.cli", "guard snapshot rollouts: canary, promote or roll back (the control topic)"),
     # --- Simulation, recorded logs, evaluation
     "simulate": ("paperec.simulate", "simulate users and write a recorded event log (JSON Lines)"),
     "replay": ("paperec.replay", "publish a recorded event log (or a KuaiRand CSV) to Kafka"),
     "evaluate": ("paperec.evaluate", "train and evaluate every policy on the simulator; write a report"),
+    "evaluate-ope": (
+        "paperec.evaluation.ope",
+        "validate the off-policy estimators (SNIPS, DR) against the simulator's true values",
+    ),
 }
 
 

@@ -3,7 +3,9 @@
 1. brings up the dev stack if needed (and takes it down again at the end if it started it),
    creates this run's topics (a fresh ``paperec.demo-<time>.`` prefix, so runs never mix) and
    the metric tables;
-2. starts the streams worker, the learner and two serving nodes as child processes;
+2. starts the streams worker, the learner, two serving nodes and the rollout controller as child
+   processes; the nodes follow the controller's decisions (``rollout=guarded``: a holdout of 10%
+   of users on global weights, each new snapshot a canary first; see DEMO_ROLLOUT_ENV);
 3. drives simulated users through ``POST /rank`` on both nodes; their clicks and dwell times go
    back to Kafka (or, with ``--replay LOG``, publishes a recorded log instead);
 4. prints live progress and ends with a summary comparing the first and the last snapshot.
@@ -32,7 +34,7 @@ from typing import Any
 
 from base import kafka as kafka_clients
 from base.config_flags import parse_assignments, to_flags
-from base.kafka_acls import ADMIN, LEARNER, SERVING, STREAMS
+from base.kafka_acls import ADMIN, LEARNER, ROLLOUT, SERVING, STREAMS
 from base.settings import ENV_PREFIX, TOPIC_TRANSITIONS, Settings
 from paperec.demo_driver import DemoDriver, LocalStats, replay_log
 from paperec.services import ServiceProcess, Supervisor
@@ -45,6 +47,20 @@ DEMO_ENV = {
     "PAPEREC_JOIN_LATENESS_MS": "1000",
     "PAPEREC_SESSION_GAP_MS": "4000",
     "PAPEREC_STREAMS_IDLE_MS": "1000",
+}
+
+# The guarded rollout (docs/rollout.md): nodes serve what the controller decides, 10% of users are
+# a holdout on global weights, a new snapshot serves 20% of the others as a canary first. The
+# guard-rail is wider and the canary shorter than the defaults (5%, 200 lists a side): a neutral
+# canary needs hundreds of lists to be shown within 25%, thousands within 5%, and the demo runs
+# minutes at a few dozen lists a second.
+DEMO_ROLLOUT_ENV = {
+    "PAPEREC_ROLLOUT": "guarded",
+    "PAPEREC_HOLDOUT_SHARE": "0.1",
+    "PAPEREC_CANARY_SHARE": "0.2",
+    "PAPEREC_ROLLOUT_MAX_DROP": "0.25",
+    "PAPEREC_ROLLOUT_MIN_LISTS": "100",
+    "PAPEREC_ROLLOUT_OPE_LISTS": "1000",
 }
 
 # A small batch and frequent snapshots: the demo is short and should show several versions.
@@ -160,7 +176,7 @@ def secure_demo(settings: Settings, kafka: Any = None) -> tuple[Settings, dict[s
         kafka = Kafka(settings)
     count = kafka.apply_acls()
     log.info("kafka: %d ACLs for the demo's topic prefix %s", count, settings.topic_prefix)
-    credentials = {role: dict(kafka.credentials(role)) for role in (SERVING, STREAMS, LEARNER)}
+    credentials = {role: dict(kafka.credentials(role)) for role in (SERVING, STREAMS, LEARNER, ROLLOUT)}
     return kafka.client_settings(ADMIN), credentials
 
 
@@ -171,8 +187,9 @@ def demo_services(
     demo_tuning: bool = True,
     kafka_credentials: Mapping[str, Mapping[str, str]] | None = None,
 ) -> tuple[list[ServiceProcess], list[str]]:
-    """The streams worker, the learner and two serving nodes for this run's topic prefix, with the
-    demo's short windows and snapshot cadence (``demo_tuning``) or the library defaults.
+    """The streams worker, the learner, two serving nodes and the rollout controller for this run's
+    topic prefix, with the demo's short windows, snapshot cadence and rollout settings
+    (``demo_tuning``) or the library defaults.
     ``kafka_credentials`` (a secured broker): role -> that principal's ``PAPEREC_KAFKA_*``
     variables (:func:`secure_demo`); each service gets only its own role's."""
     from simulator import SimulatorConfig
@@ -180,6 +197,7 @@ def demo_services(
     ranker = SimulatorConfig(seed=opts.seed, n_users=opts.users).ranker_config()
     env = {
         **(DEMO_ENV if demo_tuning else {}),
+        **(DEMO_ROLLOUT_ENV if demo_tuning else {"PAPEREC_ROLLOUT": "guarded"}),
         "PAPEREC_TOPIC_PREFIX": settings.topic_prefix,
         # The demo runs on the dev stack: the built-in snapshot key is allowed (a key set in the
         # environment still takes precedence).
@@ -238,6 +256,13 @@ def demo_services(
                 log_dir / f"actor-{i + 1}.log",
             )
             for i, port in enumerate(ports)
+        ),
+        # its /metrics next to the nodes' ports: two demos (or tests) never share one
+        ServiceProcess(
+            "rollout",
+            ["rollout", "--rollout-port", str(settings.serve_port + 3)],
+            env_of(ROLLOUT),
+            log_dir / "rollout.log",
         ),
     ]
     return services, [f"http://{settings.serve_host}:{p}" for p in ports]
@@ -319,4 +344,4 @@ def render_summary(summary: dict[str, object], settings: Settings) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEMO_ENV", "DemoOptions", "LocalStats", "configure", "run", "run_demo"]
+__all__ = ["DEMO_ENV", "DEMO_ROLLOUT_ENV", "DemoOptions", "LocalStats", "configure", "run", "run_demo"]

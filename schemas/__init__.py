@@ -1,4 +1,4 @@
-"""paperec record schemas: events, transitions, snapshot headers and dead letters.
+"""paperec record schemas: events, transitions, snapshot headers, rollout decisions and dead letters.
 
 Frozen slotted dataclasses that validate on construction, a fast JSON codec (orjson) whose
 decoder raises only :class:`SchemaError`, snapshot signing, and the exported JSON Schema files.
@@ -16,6 +16,7 @@ from schemas.codec import (
     decode_dwell,
     decode_impression,
     decode_list_outcome,
+    decode_rollout_decision,
     decode_snapshot_header,
     decode_transition,
     encode,
@@ -25,6 +26,7 @@ from schemas.codec import (
 from schemas.dead_letter import MAX_RAW_BYTES, DeadLetter, make_dead_letter, truncate_utf8
 from schemas.errors import SchemaError
 from schemas.events import (
+    ARMS,
     MAX_CONTEXT,
     MAX_DWELL_MS,
     MAX_HISTORY,
@@ -39,6 +41,14 @@ from schemas.events import (
     ListOutcome,
     ListState,
 )
+from schemas.rollout import (
+    DECISIONS,
+    RolloutDecision,
+    canonical_decision_bytes,
+    make_decision,
+    sign_decision,
+    verify_decision,
+)
 from schemas.snapshot import (
     PAYLOAD_FORMAT,
     Exploration,
@@ -52,6 +62,8 @@ from schemas.transition import Labels, Transition, transition_id
 from schemas.validate import MAX_ABS_NUMBER, MAX_ID_LEN, SIMPLEX_TOLERANCE
 
 __all__ = [
+    "ARMS",
+    "DECISIONS",
     "MAX_ABS_NUMBER",
     "MAX_CONTEXT",
     "MAX_DWELL_MS",
@@ -78,9 +90,11 @@ __all__ = [
     "ListState",
     "RawInput",
     "Record",
+    "RolloutDecision",
     "SchemaError",
     "SnapshotHeader",
     "Transition",
+    "canonical_decision_bytes",
     "canonical_header_bytes",
     "decode",
     "decode_click",
@@ -88,15 +102,19 @@ __all__ = [
     "decode_dwell",
     "decode_impression",
     "decode_list_outcome",
+    "decode_rollout_decision",
     "decode_snapshot_header",
     "decode_transition",
     "encode",
     "from_dict",
     "make_dead_letter",
+    "make_decision",
     "make_header",
     "sign",
+    "sign_decision",
     "to_dict",
     "transition_id",
     "truncate_utf8",
+    "verify_decision",
     "verify_snapshot",
 ]

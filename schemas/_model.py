@@ -26,7 +26,8 @@ from schemas.validate import MISSING, type_error, type_name
 
 SCHEMA_VERSION: Final = 2
 """The version every record is encoded with. 2 added ``Impression.log_propensity`` and the wide
-exploration of ``Exploration`` (``wide_std``, ``wide_share``), both optional."""
+exploration of ``Exploration`` (``wide_std``, ``wide_share``, and later ``uniform_share``), all
+optional."""
 
 SUPPORTED_SCHEMA_VERSIONS: Final = frozenset({1, 2})
 """Versions the decoder accepts (older known versions are upgraded to the in-memory form: a

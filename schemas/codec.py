@@ -13,11 +13,14 @@ from schemas._model import Model, check_version, internal_error
 from schemas.dead_letter import DeadLetter
 from schemas.errors import ROOT, SchemaError
 from schemas.events import Click, Dwell, Impression, ListOutcome
+from schemas.rollout import RolloutDecision
 from schemas.snapshot import SnapshotHeader
 from schemas.transition import Transition
 from schemas.validate import MISSING, type_error
 
-Record: TypeAlias = Impression | Click | Dwell | ListOutcome | Transition | SnapshotHeader | DeadLetter
+Record: TypeAlias = (
+    Impression | Click | Dwell | ListOutcome | Transition | SnapshotHeader | DeadLetter | RolloutDecision
+)
 RawInput: TypeAlias = bytes | bytearray | memoryview | str
 
 RECORD_TYPES: Final[dict[str, type[Model]]] = {
@@ -28,6 +31,7 @@ RECORD_TYPES: Final[dict[str, type[Model]]] = {
     "transition": Transition,
     "snapshot_header": SnapshotHeader,
     "dead_letter": DeadLetter,
+    "rollout_decision": RolloutDecision,
 }
 """Top-level record classes by their ``type`` discriminator."""
 
@@ -137,6 +141,10 @@ def decode_dead_letter(raw: RawInput) -> DeadLetter:
     return decode(raw, DeadLetter)
 
 
+def decode_rollout_decision(raw: RawInput) -> RolloutDecision:
+    return decode(raw, RolloutDecision)
+
+
 __all__ = [
     "RECORD_TYPES",
     "RawInput",
@@ -147,6 +155,7 @@ __all__ = [
     "decode_dwell",
     "decode_impression",
     "decode_list_outcome",
+    "decode_rollout_decision",
     "decode_snapshot_header",
     "decode_transition",
     "encode",

@@ -205,6 +205,21 @@ class ListState(Model):
 
 
 # ------------------------------------------------------------------------------------ impressions
+ARMS: Final = ("holdout", "personalized", "canary")
+"""Arms of the guarded rollout (``actor_service.arms``): ``holdout`` users are ranked by the
+incumbent snapshot's ranker with fixed global weights, ``personalized`` ones by the incumbent with
+its weight generator, ``canary`` ones by the candidate snapshot."""
+
+
+def v_arm(value: Any, path: str) -> str:
+    """One of :data:`ARMS`."""
+    if type(value) is not str:
+        raise type_error(value, path, "string")
+    if value not in ARMS:
+        raise SchemaError(path, f"must be one of {', '.join(ARMS)}, got {value[:64]!r}")
+    return value
+
+
 def v_objectives(value: Any, path: str) -> tuple[str, ...]:
     return v_ids(value, path, max_len=MAX_OBJECTIVES, min_len=1, unique=True)
 
@@ -217,6 +232,10 @@ class Impression(Model):
     under the policy that served them (``model.policy.log_propensity``: additive-log-ratio
     coordinates); None when the weights were served deterministically (no noise) or by a
     producer that does not log it (version-1 records).
+
+    ``arm`` (schema version 2, guarded rollout): which arm of the rollout served the list, one of
+    :data:`ARMS` (``actor_service.arms``); None when the node serves without a guarded rollout
+    (``rollout=direct``) and in older records.
     """
 
     TYPE: ClassVar[str | None] = "impression"
@@ -234,6 +253,7 @@ class Impression(Model):
     context: tuple[float, ...]
     items: tuple[Item, ...]
     log_propensity: float | None = None  # absent in version-1 records
+    arm: str | None = None  # absent in records written before the guarded rollout
 
     _NESTED: ClassVar[tuple[str, ...]] = ("items",)
 
@@ -243,6 +263,7 @@ class Impression(Model):
         g = src.get
         objectives = v_objectives(g("objectives", MISSING), p + "objectives")
         log_propensity = g("log_propensity")
+        arm = g("arm")
         k = len(objectives)
         out = {
             "request_id": v_id(g("request_id", MISSING), p + "request_id"),
@@ -257,6 +278,7 @@ class Impression(Model):
         out["log_propensity"] = (
             None if log_propensity is None else v_number(log_propensity, p + "log_propensity")
         )
+        out["arm"] = None if arm is None else v_arm(arm, p + "arm")
         return out
 
     def list_state(self) -> ListState:
@@ -363,6 +385,7 @@ class ListOutcome(Model):
 
 
 __all__ = [
+    "ARMS",
     "MAX_CONTEXT",
     "MAX_DWELL_MS",
     "MAX_HISTORY",
@@ -376,6 +399,7 @@ __all__ = [
     "Item",
     "ListOutcome",
     "ListState",
+    "v_arm",
     "v_items",
     "v_objectives",
 ]

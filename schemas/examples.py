@@ -16,6 +16,7 @@ from schemas.codec import Record, decode
 from schemas.dead_letter import make_dead_letter
 from schemas.errors import SchemaError
 from schemas.events import Click, Dwell, Impression, Item, ListOutcome, ListState
+from schemas.rollout import make_decision
 from schemas.snapshot import Exploration, make_header
 from schemas.transition import Labels, Transition, transition_id
 
@@ -26,7 +27,8 @@ EXAMPLE_PAYLOAD: Final = b"example safetensors payload"
 _T0: Final = 1_732_795_200_000  # 2024-11-28T12:00:00Z
 
 EXPLORATION: Final = Exploration(noise_std=0.1, wide_std=1.0, wide_share=0.25)
-"""The learner's default exploration (``PAPERecConfig.exploration()``), recorded in the example header."""
+"""A wide exploration, recorded in the example header (the learner's default before ``uniform_share``;
+kept so the documented test vector and the impression's propensity stay as published)."""
 
 
 def _items(ids: list[str], rows: list[tuple[float, ...]]) -> tuple[Item, ...]:
@@ -51,6 +53,7 @@ IMPRESSION: Final = Impression(
         [(0.8, 0.1, -0.3, 0.05), (0.42, 0.9, 0.0, -0.12), (0.15, -0.7, 0.6, 0.3)],
     ),
     log_propensity=0.6277,  # the noise's density under EXPLORATION (K = 2, temperature 1)
+    arm="personalized",
 )
 
 NEXT_IMPRESSION: Final = Impression(
@@ -69,6 +72,7 @@ NEXT_IMPRESSION: Final = Impression(
         [(0.3, 0.2, 0.1, 0.0), (-0.2, 0.5, 0.45, 0.9), (0.05, 0.05, -0.4, 0.7)],
     ),
     log_propensity=0.6952,
+    arm="personalized",
 )
 
 CLICK: Final = Click(
@@ -107,6 +111,8 @@ TRANSITION: Final = Transition(
     reward=(1.0, 42.0),
     next_state=NEXT_IMPRESSION.list_state(),
     done=False,
+    arm=IMPRESSION.arm,
+    log_propensity=IMPRESSION.log_propensity,
 )
 
 SNAPSHOT_HEADER: Final = make_header(
@@ -119,6 +125,31 @@ SNAPSHOT_HEADER: Final = make_header(
     key=EXAMPLE_HMAC_KEY,
     exploration=EXPLORATION,
     chunk_count=1,
+)
+
+ROLLOUT_DECISION: Final = make_decision(
+    decision_id="13-rollback-1732795260000",
+    decided_at_ms=_T0 + 60_000,
+    decision="rollback",
+    version=13,
+    incumbent=12,
+    candidate=None,
+    canary_share=0.2,
+    canary_started_at_ms=None,
+    reason="dwell per impression: upper bound of the relative change -0.081 < -0.05 after 412 canary lists",
+    evidence={
+        "click.estimate": -0.021,
+        "click.lower": -0.094,
+        "click.upper": 0.052,
+        "dwell.estimate": -0.142,
+        "dwell.lower": -0.203,
+        "dwell.upper": -0.081,
+        "canary_lists": 412.0,
+        "personalized_lists": 1650.0,
+    },
+    rejected=(13,),
+    key=EXAMPLE_HMAC_KEY,
+    key_id="default",
 )
 
 _BAD_CLICK: Final = (
@@ -154,6 +185,7 @@ EXAMPLES: Final[dict[str, Record]] = {
     "transition": TRANSITION,
     "snapshot_header": SNAPSHOT_HEADER,
     "dead_letter": DEAD_LETTER,
+    "rollout_decision": ROLLOUT_DECISION,
 }
 """One example per top-level record type, keyed by ``type``."""
 
@@ -236,6 +268,7 @@ __all__ = [
     "LIST_OUTCOME",
     "LIST_STATE",
     "NEXT_IMPRESSION",
+    "ROLLOUT_DECISION",
     "SNAPSHOT_HEADER",
     "TRANSITION",
     "example_json",

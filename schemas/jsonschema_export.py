@@ -30,6 +30,7 @@ from schemas.dead_letter import (
     MAX_TOPIC_LEN,
 )
 from schemas.events import (
+    ARMS,
     MAX_CONTEXT,
     MAX_DWELL_MS,
     MAX_HISTORY,
@@ -38,6 +39,7 @@ from schemas.events import (
     MAX_OBJECTIVES,
     MAX_USER_FEATURES,
 )
+from schemas.rollout import DECISIONS, MAX_DECISION_REASON_LEN, MAX_EVIDENCE, MAX_REJECTED
 from schemas.snapshot import KEY_ID_PATTERN, PAYLOAD_FORMAT
 from schemas.validate import INT64_MAX, MAX_ABS_NUMBER, MAX_ID_LEN, MAX_JSON_DEPTH, SIMPLEX_TOLERANCE
 
@@ -170,6 +172,11 @@ _LIST_STATE: Final = _object(
     "what the actor saw when it ranked one list",
 )
 
+_ARM: Final = {
+    "enum": [*ARMS, None],
+    "description": "rollout arm that served the list (guarded rollout); null or absent without one",
+}
+
 _LIST_COMMENT: Final = (
     "Also checked by the decoder: items[i].position == i, unique items[].item_id, all items[].features"
     " of the same length."
@@ -199,11 +206,13 @@ _IMPRESSION: Final = _optional(
                 "description": "log density of the served weights given the state (additive-log-ratio"
                 " coordinates); null when served deterministically; absent in version-1 records",
             },
+            "arm": _ARM,
         },
         "one ranked list shown to a user",
         **{"$comment": f"{_LIST_COMMENT} {_K_COMMENT}"},
     ),
     "log_propensity",
+    "arm",
 )
 
 _LABELS: Final = _object(
@@ -231,11 +240,17 @@ _EXPLORATION: Final = _optional(
             "wide_share": _non_negative(
                 "share of lists explored with wide_std instead of noise_std; written only when non-zero", 1
             ),
+            "uniform_share": _non_negative(
+                "share of lists served weights uniform on the simplex, at most 1 - wide_share; written "
+                "only when non-zero",
+                1,
+            ),
         },
         "the learner's exploration settings, which serving applies to this snapshot",
     ),
     "wide_std",
     "wide_share",
+    "uniform_share",
 )
 
 _SNAPSHOT_HEADER: Final = _optional(
@@ -272,11 +287,71 @@ _SNAPSHOT_HEADER: Final = _optional(
                 "exploration",
                 "how serving explores around the snapshot's weights (signed; absent in old headers)",
             ),
+            "global_weights": {
+                **_numbers(
+                    "the learner's moving average of its generator's mean weights, one per objective, on"
+                    " the simplex: the holdout arm's weights (signed; absent in old headers)",
+                    MAX_OBJECTIVES,
+                    0,
+                ),
+                "minItems": 1,
+            },
         },
         "header of one actor snapshot",
     ),
     "key_id",
     "exploration",
+    "global_weights",
+)
+
+
+def _opt_version(description: str) -> JSON:
+    return {"type": ["integer", "null"], "minimum": 1, "maximum": INT64_MAX, "description": description}
+
+
+_ROLLOUT_DECISION: Final = _record(
+    "rollout_decision",
+    {
+        "decision_id": _id("unique id of this decision"),
+        "decided_at_ms": _ms("when the controller decided"),
+        "decision": {"enum": list(DECISIONS), "description": "what the decision did to version"},
+        "version": _int("the snapshot version the decision is about", 1),
+        "incumbent": _opt_version("after the decision: the snapshot holdout and personalized users get"),
+        "candidate": _opt_version("after the decision: the snapshot canary users get; null = no canary"),
+        "canary_share": _non_negative("share of non-holdout users in the canary arm", 1),
+        "canary_started_at_ms": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": INT64_MAX,
+            "description": "start of the open canary; null = no canary",
+        },
+        "reason": _str("why, in words", MAX_DECISION_REASON_LEN),
+        "evidence": {
+            "type": "object",
+            "maxProperties": MAX_EVIDENCE,
+            "propertyNames": {"minLength": 1, "maxLength": 128},
+            "additionalProperties": {"type": "number", "minimum": -MAX_ABS_NUMBER, "maximum": MAX_ABS_NUMBER},
+            "description": "per-objective estimates and bounds behind the decision",
+        },
+        "rejected": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1, "maximum": INT64_MAX},
+            "maxItems": MAX_REJECTED,
+            "description": "recently rejected versions, never to be served",
+        },
+        "key_id": {"type": "string", "pattern": KEY_ID_PATTERN, "description": "id of the signing key"},
+        "signature": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{64}$",
+            "description": "hex HMAC-SHA256 of the canonical decision (see docs/schemas.md)",
+        },
+    },
+    "one decision of the rollout controller and the serving state after it",
+    **{
+        "$comment": "Also checked by the decoder: canary has candidate == version; promote and bootstrap"
+        " have incumbent == version; rollback and reject_ope list version in rejected and serve it in"
+        " neither role; a candidate has canary_started_at_ms and differs from the incumbent."
+    },
 )
 
 RECORD_SCHEMAS: Final[dict[str, tuple[JSON, dict[str, JSON]]]] = {
@@ -336,39 +411,54 @@ RECORD_SCHEMAS: Final[dict[str, tuple[JSON, dict[str, JSON]]]] = {
         {"impression": _IMPRESSION, "item": _ITEM},
     ),
     "transition": (
-        _record(
-            "transition",
-            {
-                "transition_id": _id("deterministic id: schemas.transition_id(user, request, next request)"),
-                "user_id": _id("user id (Kafka key of transitions)"),
-                "ts_ms": _ms("event time of the transition (normally state.ts_ms)"),
-                "snapshot_version": _int("actor snapshot that ranked the state's list; 0 = none"),
-                "state": _ref("list_state", "the list the action was taken on"),
-                "action": _numbers(
-                    "logged objective weights (the impression's weights); on the simplex", None, 0
-                ),
-                "objectives": _OBJECTIVES,
-                "labels": _ref("labels", "per-position feedback"),
-                "reward": _numbers("list-level feedback per objective, e.g. [clicks, dwell seconds]"),
-                "next_state": {
-                    "anyOf": [{"type": "null"}, {"$ref": "#/$defs/list_state"}],
-                    "description": "the user's next list; null iff done",
+        _optional(
+            _record(
+                "transition",
+                {
+                    "transition_id": _id(
+                        "deterministic id: schemas.transition_id(user, request, next request)"
+                    ),
+                    "user_id": _id("user id (Kafka key of transitions)"),
+                    "ts_ms": _ms("event time of the transition (normally state.ts_ms)"),
+                    "snapshot_version": _int("actor snapshot that ranked the state's list; 0 = none"),
+                    "state": _ref("list_state", "the list the action was taken on"),
+                    "action": _numbers(
+                        "logged objective weights (the impression's weights); on the simplex", None, 0
+                    ),
+                    "objectives": _OBJECTIVES,
+                    "labels": _ref("labels", "per-position feedback"),
+                    "reward": _numbers("list-level feedback per objective, e.g. [clicks, dwell seconds]"),
+                    "next_state": {
+                        "anyOf": [{"type": "null"}, {"$ref": "#/$defs/list_state"}],
+                        "description": "the user's next list; null iff done",
+                    },
+                    "done": {"type": "boolean", "description": "no next state (episode end)"},
+                    "arm": _ARM,
+                    "log_propensity": {
+                        "type": ["number", "null"],
+                        "minimum": -MAX_ABS_NUMBER,
+                        "maximum": MAX_ABS_NUMBER,
+                        "description": "the state impression's log_propensity (copied by the"
+                        " streams); null or absent where it had none",
+                    },
                 },
-                "done": {"type": "boolean", "description": "no next state (episode end)"},
-            },
-            "one RL transition of one user",
-            **{
-                "if": {"properties": {"done": {"const": True}}, "required": ["done"]},
-                "then": {"properties": {"next_state": {"type": "null"}}},
-                "else": {"properties": {"next_state": {"$ref": "#/$defs/list_state"}}},
-                "$comment": f"Also checked by the decoder: action sums to 1 (within {SIMPLEX_TOLERANCE});"
-                " action and reward have one entry per objective; labels.clicks and labels.dwell_ms have one"
-                f" entry per state.items. {_LIST_COMMENT}",
-            },
+                "one RL transition of one user",
+                **{
+                    "if": {"properties": {"done": {"const": True}}, "required": ["done"]},
+                    "then": {"properties": {"next_state": {"type": "null"}}},
+                    "else": {"properties": {"next_state": {"$ref": "#/$defs/list_state"}}},
+                    "$comment": "Also checked by the decoder: action sums to 1 (within"
+                    f" {SIMPLEX_TOLERANCE}); action and reward have one entry per objective; labels.clicks"
+                    f" and labels.dwell_ms have one entry per state.items. {_LIST_COMMENT}",
+                },
+            ),
+            "arm",
+            "log_propensity",
         ),
         {"list_state": _LIST_STATE, "labels": _LABELS, "item": _ITEM},
     ),
     "snapshot_header": (_SNAPSHOT_HEADER, {"exploration": _EXPLORATION}),
+    "rollout_decision": (_ROLLOUT_DECISION, {}),
     "dead_letter": (
         _record(
             "dead_letter",

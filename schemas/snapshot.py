@@ -16,8 +16,12 @@ encoded, canonicalized and signed exactly as before, and verified against every 
 learner records its configured exploration here, and the nodes serve the snapshot with it (one
 source of truth for training, evaluation and production). Added the way ``key_id`` was: absent
 is left out of the JSON, so older headers re-encode and verify byte for byte. Schema version 2
-added its wide exploration (``wide_std``, ``wide_share``), left out of the JSON at their default
-0 for the same reason.
+added its wide exploration (``wide_std``, ``wide_share``) and its uniform exploration
+(``uniform_share``), left out of the JSON at their default 0 for the same reason.
+
+``global_weights`` (optional, signed; guarded rollout) is the learner's moving average of its
+weight generator's mean weights, which the rollout's holdout arm is served; absent is left out of
+the JSON, as ``key_id`` is.
 
 A header keeps the ``schema_version`` it was written with (every other record reads as the
 current version): the version is part of the signed bytes, so a version-1 header must be
@@ -37,7 +41,17 @@ import orjson
 
 from schemas._model import SCHEMA_VERSION, Model, child_prefix
 from schemas.errors import SchemaError
-from schemas.validate import MISSING, v_const, v_hex64, v_int, v_json_object, v_number
+from schemas.events import MAX_OBJECTIVES
+from schemas.validate import (
+    MISSING,
+    type_error,
+    v_const,
+    v_hex64,
+    v_int,
+    v_json_object,
+    v_number,
+    v_simplex,
+)
 
 PAYLOAD_FORMAT: Final = "safetensors"
 _PLACEHOLDER_SIGNATURE: Final = "0" * 64
@@ -58,9 +72,10 @@ def v_key_id(value: object, path: str) -> str:
 class Exploration(Model):
     """How serving explores around a snapshot's objective weights (the learner's setting).
 
-    Gaussian noise on the weight generator's logits: on a ``wide_share`` share of lists (drawn
-    per list) its std is ``wide_std``, on the rest ``noise_std``. The density of the served
-    weights under this mixture is ``model.policy.log_propensity``.
+    A mixture drawn per list: on a ``uniform_share`` share of lists the weights are uniform on
+    the simplex (whatever the generator outputs); on a ``wide_share`` share, Gaussian noise of std
+    ``wide_std`` on the weight generator's logits; on the rest, of std ``noise_std``. The density
+    of the served weights under this mixture is ``model.policy.log_propensity``.
     """
 
     noise_std: float
@@ -69,6 +84,9 @@ class Exploration(Model):
     """std of the logit noise on the widely explored lists"""
     wide_share: float = 0.0
     """share of lists explored with ``wide_std`` instead of ``noise_std``, in [0, 1] (0 = none)"""
+    uniform_share: float = 0.0
+    """share of lists served weights uniform on the simplex (Dirichlet(1, ..., 1)), independent of
+    the generator, in [0, 1 - wide_share] (0 = none)"""
 
     def _json(self) -> dict[str, Any]:
         # Defaults are left out: an exploration without wide lists encodes (and is signed) as in
@@ -78,20 +96,38 @@ class Exploration(Model):
             out["wide_std"] = self.wide_std
         if self.wide_share != 0.0:
             out["wide_share"] = self.wide_share
+        if self.uniform_share != 0.0:
+            out["uniform_share"] = self.uniform_share
         return out
 
     @staticmethod
     def _check(src: Mapping[str, Any], path: str) -> dict[str, Any]:
         p = child_prefix(path)
         out: dict[str, float] = {}
-        for name, default in (("noise_std", MISSING), ("wide_std", 0.0), ("wide_share", 0.0)):
+        fields = (("noise_std", MISSING), ("wide_std", 0.0), ("wide_share", 0.0), ("uniform_share", 0.0))
+        for name, default in fields:
             value = v_number(src.get(name, default), p + name)
             if value < 0.0:
                 raise SchemaError(p + name, f"must be >= 0, got {value!r}")
             out[name] = value
         if out["wide_share"] > 1.0:
             raise SchemaError(p + "wide_share", f"must be in [0, 1], got {out['wide_share']!r}")
+        if out["wide_share"] + out["uniform_share"] > 1.0:
+            raise SchemaError(
+                p + "uniform_share",
+                f"must be in [0, 1 - wide_share = {1.0 - out['wide_share']!r}], got {out['uniform_share']!r}",
+            )
         return out
+
+
+def v_global_weights(value: Any, path: str) -> tuple[float, ...]:
+    """1..MAX_OBJECTIVES weights >= 0 summing to 1 (within SIMPLEX_TOLERANCE)."""
+    if not isinstance(value, (list, tuple)):
+        raise type_error(value, path, "an array of numbers")
+    n = len(value)
+    if not 0 < n <= MAX_OBJECTIVES:
+        raise SchemaError(path, f"needs 1..{MAX_OBJECTIVES} entries (one per objective), got {n}")
+    return v_simplex(value, path, n, "one per objective")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +149,19 @@ class SnapshotHeader(Model):
     signature: str
     key_id: str | None = None  # absent in headers from before key rotation
     exploration: Exploration | None = None  # absent in headers from before it was recorded
+    global_weights: tuple[float, ...] | None = None
+    """The learner's exponential moving average of its weight generator's mean weights over
+    training batches, one per objective (on the simplex): the fixed weights the rollout's holdout
+    arm is served with. Absent in headers from before the guarded rollout (signed, left out when
+    None like ``key_id``)."""
 
     _NESTED: ClassVar[tuple[str, ...]] = ("exploration",)
 
     def _json(self) -> dict[str, Any]:
-        # An absent key_id or exploration is left out (not written as null): old headers
-        # re-encode, and canonicalize, byte for byte as they were signed.
+        # An absent key_id, exploration or global_weights is left out (not written as null): old
+        # headers re-encode, and canonicalize, byte for byte as they were signed.
         out = Model._json(self)  # not super(): zero-argument super() fails in slots dataclasses
-        for optional in ("key_id", "exploration"):
+        for optional in ("key_id", "exploration", "global_weights"):
             if out[optional] is None:
                 del out[optional]
         return out
@@ -131,6 +172,7 @@ class SnapshotHeader(Model):
         g = src.get
         key_id = g("key_id")
         exploration = g("exploration")
+        global_weights = g("global_weights")
         out: dict[str, Any] = {
             "snapshot_version": v_int(g("snapshot_version", MISSING), p + "snapshot_version", 1),
             "created_at_ms": v_int(g("created_at_ms", MISSING), p + "created_at_ms"),
@@ -146,6 +188,9 @@ class SnapshotHeader(Model):
             "exploration": None
             if exploration is None
             else Exploration.nested(exploration, p + "exploration"),
+            "global_weights": None
+            if global_weights is None
+            else v_global_weights(global_weights, p + "global_weights"),
         }
         # Decoding (check_envelope has validated it): keep the version the header was signed with.
         # Construction in Python has none in ``src`` and writes the current version.
@@ -225,11 +270,12 @@ def make_header(
     key: bytes,
     key_id: str | None = None,
     exploration: Exploration | None = None,
+    global_weights: tuple[float, ...] | None = None,
     chunk_count: int = 1,
 ) -> SnapshotHeader:
     """Build a signed header for ``payload``: computes payload_size, payload_sha256 and signature
-    (which also covers ``key_id``, the id of ``key``, and ``exploration``; None writes a header
-    without the field)."""
+    (which also covers ``key_id``, the id of ``key``, ``exploration`` and ``global_weights``;
+    None writes a header without the field)."""
     unsigned = SnapshotHeader(
         snapshot_version=snapshot_version,
         created_at_ms=created_at_ms,
@@ -243,6 +289,7 @@ def make_header(
         signature=_PLACEHOLDER_SIGNATURE,
         key_id=key_id,
         exploration=exploration,
+        global_weights=global_weights,
     )
     return replace(unsigned, signature=sign(unsigned, key))
 

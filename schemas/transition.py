@@ -9,8 +9,18 @@ from typing import Any, ClassVar, Literal
 
 from schemas._model import SCHEMA_VERSION, Model, child_prefix
 from schemas.errors import SchemaError
-from schemas.events import MAX_DWELL_MS, MAX_ITEMS, ListState, v_objectives
-from schemas.validate import MISSING, check_length, v_bool, v_floats, v_id, v_int, v_ints, v_simplex
+from schemas.events import MAX_DWELL_MS, MAX_ITEMS, ListState, v_arm, v_objectives
+from schemas.validate import (
+    MISSING,
+    check_length,
+    v_bool,
+    v_floats,
+    v_id,
+    v_int,
+    v_ints,
+    v_number,
+    v_simplex,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +46,13 @@ class Labels(Model):
 @dataclass(frozen=True, slots=True)
 class Transition(Model):
     """One RL transition of one user: the list state, the logged action (objective weights),
-    per-position labels, list-level per-objective feedback and the user's next list state."""
+    per-position labels, list-level per-objective feedback and the user's next list state.
+
+    ``arm`` and ``log_propensity`` (schema version 2, optional) are copied by the streams from
+    the impression of ``state``: the rollout arm that served the list and the log density of the
+    logged action under the policy that served it (off-policy estimates need both). None in
+    older records and where the impression had none.
+    """
 
     TYPE: ClassVar[str | None] = "transition"
     type: Literal["transition"] = field(default="transition", init=False, repr=False)
@@ -52,6 +68,8 @@ class Transition(Model):
     reward: tuple[float, ...]
     next_state: ListState | None
     done: bool
+    arm: str | None = None  # absent in records written before the guarded rollout
+    log_propensity: float | None = None  # absent in records written before the guarded rollout
 
     _NESTED: ClassVar[tuple[str, ...]] = ("state", "labels", "next_state")
 
@@ -69,6 +87,7 @@ class Transition(Model):
         raw_next = g("next_state", MISSING)
         next_state = None if raw_next is None else ListState.nested(raw_next, p + "next_state")
         done = v_bool(g("done", MISSING), p + "done")
+        arm, log_propensity = g("arm"), g("log_propensity")
         if done and next_state is not None:
             raise SchemaError(p + "next_state", "must be null when done is true")
         if not done and next_state is None:
@@ -85,6 +104,10 @@ class Transition(Model):
             "reward": v_floats(g("reward", MISSING), p + "reward", length=k, what="one per objective"),
             "next_state": next_state,
             "done": done,
+            "arm": None if arm is None else v_arm(arm, p + "arm"),
+            "log_propensity": None
+            if log_propensity is None
+            else v_number(log_propensity, p + "log_propensity"),
         }
 
 

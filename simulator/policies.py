@@ -23,11 +23,19 @@ def explore_weights(
     base: Sequence[float], exploration: Exploration | float, rng: np.random.Generator
 ) -> tuple[tuple[float, ...], tuple[float, ...], float | None]:
     """softmax(log(base) + noise): weights stay on the simplex. The noise has std ``wide_std``
-    with probability ``wide_share``, else ``noise_std`` (a float: plain noise of that std).
+    with probability ``wide_share``, else ``noise_std`` (a float: plain noise of that std); with
+    probability ``uniform_share`` the weights are uniform on the simplex instead.
     Returns (weights, noise, log-propensity of the weights; None when the noise is zero)."""
     e = as_exploration(exploration)
     logits = np.log(np.clip(np.asarray(base, dtype=np.float64), 1e-12, None))
-    if e.wide_share > 0:  # the Bernoulli is drawn only then: plain exploration draws as it did
+    if e.uniform_share > 0:  # weights uniform on the simplex on that share (model.policy's mixture)
+        eps, c = rng.standard_normal(len(logits)), rng.random()
+        if e.wide_share <= c < e.wide_share + e.uniform_share:
+            uniform = np.log(rng.dirichlet(np.ones(len(logits))))
+            noise = uniform - (logits - np.logaddexp.reduce(logits))  # softmax(logits + noise) = it
+        else:
+            noise = (e.wide_std if c < e.wide_share else e.noise_std) * eps
+    elif e.wide_share > 0:  # the Bernoulli is drawn only then: plain exploration draws as it did
         eps = rng.standard_normal(len(logits))
         noise = (e.wide_std if rng.random() < e.wide_share else e.noise_std) * eps
     else:

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from schemas import (
+    ARMS,
     MAX_ABS_NUMBER,
     MAX_CONTEXT,
     MAX_DWELL_MS,
@@ -62,7 +63,9 @@ class ImpressionView:
     transition and the ``next_state`` of another."""
 
     __slots__ = (
+        "arm",
         "item_ids",
+        "log_propensity",
         "noise",
         "objectives",
         "request_id",
@@ -83,6 +86,9 @@ class ImpressionView:
         self.noise: tuple[float, ...] = tuple(d["noise"])
         self.item_ids: tuple[str, ...] = tuple([it["item_id"] for it in d["items"]])
         self.state: bytes = _dumps({f: d[f] for f in STATE_FIELDS})
+        # the rollout arm and log-propensity (None: absent or null), for the list_outcomes row
+        self.arm: str | None = d.get("arm")
+        self.log_propensity: float | None = d.get("log_propensity")
 
     @property
     def n_items(self) -> int:
@@ -206,6 +212,14 @@ def _log_propensity_ok(x: Any) -> bool:
     )
 
 
+_ARMS = frozenset(ARMS)
+
+
+def _arm_ok(x: Any) -> bool:
+    """Absent or null (served without a guarded rollout, older records), or one of the arms."""
+    return x is None or (type(x) is str and x in _ARMS)
+
+
 def _checked(d: dict[str, Any]) -> bool:
     g = d.get
     sv = g("schema_version")
@@ -233,6 +247,7 @@ def _checked(d: dict[str, Any]) -> bool:
         and _ids_ok(g("history"), MAX_HISTORY)
         and _numbers_ok(g("context"), MAX_CONTEXT)
         and _log_propensity_ok(g("log_propensity"))
+        and _arm_ok(g("arm"))
     ):
         return False
     items = g("items")

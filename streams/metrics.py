@@ -37,6 +37,8 @@ OUTCOME_COLUMNS = (
     "clicks",
     "dwell_ms",
     "complete",
+    "arm",
+    "log_propensity",
 )
 
 
@@ -119,6 +121,8 @@ class StreamMetrics:
                 sum(c.clicks),
                 sum(c.dwell_ms),
                 int(c.complete),
+                imp.arm or "",  # '' = served without a guarded rollout
+                None if imp.log_propensity is None else float(imp.log_propensity),
             )
         )
 

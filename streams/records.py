@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 import orjson
 
 from schemas import (
+    ARMS,
+    MAX_ABS_NUMBER,
     MAX_ID_LEN,
     SCHEMA_VERSION,
     SUPPORTED_SCHEMA_VERSIONS,
@@ -81,8 +83,10 @@ class Outcome:
     bytes it came in (written to the link changelog while the chain still needs it)."""
 
     __slots__ = (
+        "arm",
         "clicks",
         "dwell_ms",
+        "log_propensity",
         "logged",
         "objectives",
         "raw",
@@ -106,6 +110,8 @@ class Outcome:
         dwell_ms: Sequence[int],
         state: bytes,
         raw: bytes,
+        arm: str | None = None,
+        log_propensity: float | None = None,
     ) -> None:
         self.user_id = user_id
         self.request_id = request_id
@@ -117,6 +123,10 @@ class Outcome:
         self.dwell_ms = dwell_ms
         self.state = state  # the JSON of the impression's list state (ImpressionView.state)
         self.raw = raw
+        # The impression's rollout arm and log-propensity, carried into the transition (None:
+        # served without a guarded rollout / without noise, or an older record).
+        self.arm = arm
+        self.log_propensity = log_propensity
         self.logged = False  # written to the link changelog (stage 2's bookkeeping)
 
 
@@ -153,6 +163,11 @@ def read_outcome(raw: bytes) -> Outcome:
         raise SchemaError("clicks", "expected one entry per item")
     if type(dwell) is not list or len(dwell) != n:
         raise SchemaError("dwell_ms", "expected one entry per item")
+    arm, log_propensity = imp.get("arm"), imp.get("log_propensity")
+    if arm is not None and (type(arm) is not str or arm not in _ARMS):
+        raise SchemaError("impression.arm", f"expected one of {', '.join(ARMS)} or null")
+    if log_propensity is not None and not _finite_number(log_propensity):
+        raise SchemaError("impression.log_propensity", "expected a finite number or null")
     # Serialized once, here: the parsed record is not kept (fewer long-lived objects).
     state = orjson.dumps({f: imp[f] for f in STATE_FIELDS})
     return Outcome(
@@ -166,7 +181,17 @@ def read_outcome(raw: bytes) -> Outcome:
         tuple(dwell),
         state,
         raw,
+        arm,
+        log_propensity,
     )
+
+
+_ARMS = frozenset(ARMS)
+
+
+def _finite_number(x: object) -> bool:
+    """A number as ``schemas.v_number`` takes it (JSON has no NaN or infinity)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and -MAX_ABS_NUMBER <= x <= MAX_ABS_NUMBER
 
 
 def encode_transition(prev: Outcome, nxt: Outcome | None) -> tuple[str, bytes, int]:
@@ -189,6 +214,10 @@ def encode_transition(prev: Outcome, nxt: Outcome | None) -> tuple[str, bytes, i
             "reward": reward,
             "next_state": None if nxt is None else orjson.Fragment(nxt.state),
             "done": nxt is None,
+            # copied from the state's impression: which arm served it, and the density of the
+            # action under the policy that served it (off-policy estimates need both)
+            "arm": prev.arm,
+            "log_propensity": prev.log_propensity,
         }
     )
     return tid, raw, unknown

@@ -39,7 +39,7 @@ require() {
 }
 for var in PAPEREC_KAFKA_ADMIN_PASSWORD PAPEREC_KAFKA_CONTROLLER_PASSWORD PAPEREC_KAFKA_SERVING_PASSWORD \
     PAPEREC_KAFKA_STREAMS_PASSWORD PAPEREC_KAFKA_LEARNER_PASSWORD PAPEREC_KAFKA_FEEDBACK_PASSWORD \
-    PAPEREC_KAFKA_REPLAY_PASSWORD; do
+    PAPEREC_KAFKA_REPLAY_PASSWORD PAPEREC_KAFKA_ROLLOUT_PASSWORD; do
     require "$var"
 done
 
@@ -78,7 +78,8 @@ scram() {
     --add-scram "$(scram paperec-streams "$PAPEREC_KAFKA_STREAMS_PASSWORD")" \
     --add-scram "$(scram paperec-learner "$PAPEREC_KAFKA_LEARNER_PASSWORD")" \
     --add-scram "$(scram paperec-feedback "$PAPEREC_KAFKA_FEEDBACK_PASSWORD")" \
-    --add-scram "$(scram paperec-replay "$PAPEREC_KAFKA_REPLAY_PASSWORD")"
+    --add-scram "$(scram paperec-replay "$PAPEREC_KAFKA_REPLAY_PASSWORD")" \
+    --add-scram "$(scram paperec-rollout "$PAPEREC_KAFKA_ROLLOUT_PASSWORD")"
 
 # 3. The broker, in this process (signals from `docker stop` reach it).
 exec "$KAFKA_HOME/bin/kafka-server-start.sh" "$conf"

@@ -1,7 +1,7 @@
 """``paperec dashboard``: a local web page of the system's metrics, read from ClickHouse.
 
-- ``/``: one HTML page, six panels of SVG charts rendered here (no JavaScript, nothing from a CDN),
-  reloading itself every ``--refresh`` seconds;
+- ``/``: one HTML page, seven panels of SVG charts (and tables) rendered here (no JavaScript,
+  nothing from a CDN), reloading itself every ``--refresh`` seconds;
 - ``/api/panels.json``: the same data as JSON;
 - ``/healthz``: liveness.
 

@@ -1,6 +1,6 @@
 """The Grafana dashboard (deploy/grafana/dashboards/paperec.json), generated from this module.
 
-Same panels (a)..(f) as the built-in page, as SQL for the provisioned ClickHouse data source
+Same panels (a)..(g) as the built-in page, as SQL for the provisioned ClickHouse data source
 (uid ``paperec-clickhouse``, grafana-clickhouse-datasource, default database ``paperec``).
 Grafana talks to the docker-compose ClickHouse (current version), but the SQL also runs on the dev
 stack's 18.16 once the macros are expanded (buckets by ``intDiv`` instead of ``toStartOfInterval``,
@@ -24,13 +24,15 @@ from paperec.dashboard.queries import (
     SERVING_P99,
     SERVING_REJECTED,
 )
+from paperec.dashboard.rollout import MAX_DECISIONS, lift_template
 
 DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "paperec-clickhouse"}
 UID = "paperec"
 SCHEMA_VERSION = 39
 
 # Grafana macros: $__timeFilter(ts) limits to the dashboard's range, $__interval_s is the bucket.
-TIME = "toDateTime(intDiv(toUInt32(ts), $__interval_s) * $__interval_s) AS time"
+TIME_BUCKET = "toDateTime(intDiv(toUInt32(ts), $__interval_s) * $__interval_s)"
+TIME = f"{TIME_BUCKET} AS time"
 TIME_FILTER = "$__timeFilter(ts)"
 
 FORMAT_TIME_SERIES = 0  # long rows (time, series name, value) become one series per name
@@ -45,6 +47,20 @@ def _learner_sql(names: str) -> str:
         "GROUP BY time, series ORDER BY time"
     )
 
+
+def _lift_sql(objective: str) -> str:
+    """One objective's lift with its interval, from the built-in page's (and docs/rollout.md's)
+    lift query with Grafana's bucket and time filter."""
+    lift = lift_template(TIME_BUCKET, "list_outcomes", TIME_FILTER, t="time")
+    columns = ", ".join(f"{objective}_{c}" for c in ("lift", "low", "high"))
+    return f"SELECT time, {columns} FROM (\n{lift}\n) ORDER BY time"
+
+
+# Lift panels: the interval's bounds drawn as a shaded band (Grafana's fillBelowTo), not lines.
+BANDS: dict[str, tuple[str, str]] = {
+    "Lift of personalized vs holdout: CTR": ("ctr_low", "ctr_high"),
+    "Lift of personalized vs holdout: dwell per impression": ("dwell_low", "dwell_high"),
+}
 
 # (panel key, title, type, unit, format, SQL, description)
 PANELS: list[tuple[str, str, str, str, int, str, str]] = [
@@ -151,6 +167,25 @@ PANELS: list[tuple[str, str, str, str, int, str, str]] = [
         ") GROUP BY counter ORDER BY counter",
         "Increase of the learner's and serving nodes' counters (totals since process start) in the range.",
     ),
+    (
+        "g", "Lift of personalized vs holdout: CTR", "timeseries", "percentunit", FORMAT_TIME_SERIES,
+        _lift_sql("ctr"),
+        "CTR of personalized lists over holdout lists (fixed global weights, same ranker) minus 1, with "
+        "its 95% interval (delta method, users as units; docs/rollout.md: Watching a rollout).",
+    ),
+    (
+        "g", "Lift of personalized vs holdout: dwell per impression", "timeseries", "percentunit",
+        FORMAT_TIME_SERIES, _lift_sql("dwell"),
+        "Dwell seconds per impression of personalized lists over holdout lists minus 1, with its 95% "
+        "interval (delta method, users as units; docs/rollout.md: Watching a rollout).",
+    ),
+    (
+        "g", "Rollout decisions", "table", "short", FORMAT_TABLE,
+        "SELECT ts, decision, version, incumbent, candidate, canary_share, reason, evidence_json "
+        f"FROM rollout_decisions FINAL WHERE {TIME_FILTER} ORDER BY ts DESC LIMIT {MAX_DECISIONS}",
+        "The rollout controller's decisions (canary, promote, rollback, reject_ope, bootstrap), newest "
+        "first: the candidate version, the serving state after it, why, and the evidence.",
+    ),
 ]  # fmt: skip
 
 
@@ -182,6 +217,25 @@ def _panel(panel_id: int, spec: tuple[str, str, str, str, int, str, str], x: int
             "spanNulls": False,
         }
         panel["options"] = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}
+        if title in BANDS:
+            low, high = BANDS[title]
+            panel["fieldConfig"]["overrides"] = [
+                {
+                    "matcher": {"id": "byName", "options": high},
+                    "properties": [
+                        {"id": "custom.fillBelowTo", "value": low},
+                        {"id": "custom.lineWidth", "value": 0},
+                        {"id": "custom.fillOpacity", "value": 20},
+                    ],
+                },
+                {
+                    "matcher": {"id": "byName", "options": low},
+                    "properties": [{"id": "custom.lineWidth", "value": 0}],
+                },
+            ]
+    elif kind == "table":
+        panel["options"] = {"showHeader": True, "cellHeight": "sm"}
+        panel["fieldConfig"]["defaults"]["custom"] = {"align": "auto", "inspect": True}
     elif kind == "barchart":
         panel["options"] = {"orientation": "vertical", "xField": "", "showValue": "never"}
     else:

@@ -1,8 +1,9 @@
-"""What the built-in dashboard shows, as plain data: panels of line and bar charts.
+"""What the built-in dashboard shows, as plain data: panels of line and bar charts and tables.
 
 The queries (paperec.dashboard.queries) build these, the SVG renderer (paperec.dashboard.svg)
-and the page (paperec.dashboard.page) draw them, and ``/api/panels.json`` serves them as JSON
-(``dataclasses.asdict``), so the three never share more than these classes.
+and the page (paperec.dashboard.page) draw them (a Table as plain HTML), and
+``/api/panels.json`` serves them as JSON (``dataclasses.asdict``), so the three never share more
+than these classes.
 """
 
 from __future__ import annotations
@@ -63,12 +64,26 @@ class BarChart:
         return not self.bars
 
 
-Chart = LineChart | BarChart
+@dataclass
+class Table:
+    """Rows of text cells under column headers (rendered as an HTML table, not SVG): for what is
+    read rather than compared by eye, e.g. rollout decisions with their reasons."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    kind: str = "table"
+
+    def is_empty(self) -> bool:
+        return not self.rows
+
+
+Chart = LineChart | BarChart | Table
 
 
 @dataclass
 class Panel:
-    key: str  # "a".."f": stable ids for the page's sections and the tests
+    key: str  # "a".."g": stable ids for the page's sections and the tests
     title: str
     charts: list[Chart]
     note: str = ""  # one line under the title: what is aggregated how

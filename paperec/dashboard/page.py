@@ -1,4 +1,5 @@
-"""The dashboard's one HTML page: panels of server-rendered SVG charts, inline CSS, no scripts.
+"""The dashboard's one HTML page: panels of server-rendered SVG charts (and HTML tables), inline
+CSS, no scripts.
 
 Everything is inline (no fonts, styles or scripts from a CDN): the page must render offline and
 in a sandboxed headless browser. A meta refresh reloads it; the server re-queries each time.
@@ -9,8 +10,8 @@ from __future__ import annotations
 import time
 from html import escape
 
-from paperec.dashboard.model import Dashboard, Panel
-from paperec.dashboard.svg import chart_svg
+from paperec.dashboard.model import Dashboard, Panel, Table
+from paperec.dashboard.svg import NO_DATA, chart_svg
 
 CSS = """
 body { font: 14px/1.4 "DejaVu Sans", "Liberation Sans", Arial, sans-serif; margin: 16px 20px;
@@ -33,7 +34,32 @@ svg .grid { stroke: #e3e5e8; stroke-width: 1; }
 svg .axis { stroke: #888; stroke-width: 1; }
 svg .empty-box { fill: #fafafa; stroke: #ddd; stroke-dasharray: 4 3; }
 svg .no-data { font-size: 15px; fill: #999; }
+figure.table { flex-basis: 100%; }
+table.data { border-collapse: collapse; font-size: 12px; }
+table.data th, table.data td { border-bottom: 1px solid #e3e5e8; padding: 3px 8px; text-align: left;
+                               vertical-align: top; }
+table.data th { background: #f4f5f7; }
+table.data td.evidence { font-family: "DejaVu Sans Mono", monospace; font-size: 11px; max-width: 520px; }
+p.no-data { color: #999; margin: 4px 0 10px; }
 """
+
+
+EVIDENCE_CELL = '<td class="evidence">'
+
+
+def render_table(table: Table) -> str:
+    """An HTML table; every cell is escaped (reasons and evidence come from the data)."""
+    if table.is_empty():
+        return f'<p class="no-data">{NO_DATA}</p>'
+    head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
+    body = []
+    for row in table.rows:
+        cells = "".join(
+            (EVIDENCE_CELL if c == "evidence" else "<td>") + escape(v) + "</td>"
+            for c, v in zip(table.columns, row, strict=True)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 def render_panel(panel: Panel) -> str:
@@ -46,6 +72,12 @@ def render_panel(panel: Panel) -> str:
     parts += [f'<div class="error">query failed: {escape(e)}</div>' for e in panel.errors]
     parts.append('<div class="charts">')
     for chart in panel.charts:
+        if isinstance(chart, Table):
+            parts.append(
+                f'<figure class="chart table"><figcaption>{escape(chart.title)}</figcaption>'
+                f"{render_table(chart)}</figure>"
+            )
+            continue
         parts.append(
             f'<figure class="chart"><figcaption>{escape(chart.title)}</figcaption>{chart_svg(chart)}</figure>'
         )

@@ -9,6 +9,9 @@ ClickHouse (docker-compose): time buckets are ``intDiv(toUInt32(ts), step) * ste
 impressions is a gap instead of a division by zero. Every table is read with ``FINAL``: rows are
 inserted at least once and deduplicated by row id (base.metrics_store), so without it a
 replayed or retried insert would count twice until a background merge collapsed it.
+
+Panel (g), the rollout, is paperec.dashboard.rollout: the lift of personalized vs holdout with
+its interval is computed in SQL (``lift_sql``), since docs/rollout.md documents that same query.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from paperec.dashboard.model import Bar, BarChart, Dashboard, LineChart, Panel, Series
+from paperec.dashboard.rollout import ROLLOUT_SQL, rollout_charts
+from paperec.dashboard.rollout import lift_sql as lift_sql  # THE lift query (docs/rollout.md)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,7 @@ PANEL_TITLES: dict[str, str] = {
     "d": "Learner reward and losses",
     "e": "Serving latency and snapshot age",
     "f": "Stream health",
+    "g": "Rollout: lift of personalization vs holdout, arms, decisions",
 }
 
 HIST_BINS = 20  # dwell-weight histogram bins over [0, 1]
@@ -120,6 +126,9 @@ SQL: dict[str, str] = {
             GROUP BY source, name, label
         ) GROUP BY name, label
     """,
+    # Panel (g): lift of personalized vs holdout with intervals, per arm and version, decisions
+    # (paperec.dashboard.rollout; the lift SQL is also docs/rollout.md's).
+    **ROLLOUT_SQL,
 }
 
 # which queries feed which panel (a failed query is reported on its panels)
@@ -130,6 +139,7 @@ PANEL_QUERIES: dict[str, tuple[str, ...]] = {
     "d": ("learner_series",),
     "e": ("serving_series",),
     "f": ("stream_lag", "stream_events_in", "stream_dead_letters", "counter_increases", "learner_series"),
+    "g": tuple(ROLLOUT_SQL),
 }
 
 
@@ -343,7 +353,7 @@ def build_dashboard(
     database: str,
     now: float | None = None,
 ) -> Dashboard:
-    """Panels (a)..(f) from the rows of ``fetch`` (pure: no ClickHouse)."""
+    """Panels (a)..(g) from the rows of ``fetch`` (pure: no ClickHouse)."""
     rows = {name: list(results.get(name, [])) for name in SQL}
     gap = 2.5 * step_s  # a missing bucket or two is drawn as a gap, not bridged
     learner = _learner(rows["learner_series"])
@@ -354,6 +364,7 @@ def build_dashboard(
         "d": _panel_d(learner, gap),
         "e": _panel_e(rows["serving_series"], gap),
         "f": _panel_f(rows, learner, step_s, gap),
+        "g": rollout_charts(rows, gap),
     }
     notes = {
         "a": f"list_outcomes summed per {step_s} s bucket: clicks / impressions, dwell seconds / impressions",
@@ -362,6 +373,8 @@ def build_dashboard(
         "d": f"learner_metrics, mean per {step_s} s bucket over all learners",
         "e": f"serving_metrics, worst value per node per {step_s} s bucket",
         "f": "stream_metrics (lag, events in, dead letters by stage); learner/serving counter increase",
+        "g": f"list_outcomes by arm, users as units (delta method on ratios of sums), {step_s} s buckets and "
+        "the whole window; rollout_decisions of the controller (docs/rollout.md: Watching a rollout)",
     }
     _align_time_axes([c for cs in charts.values() for c in cs if isinstance(c, LineChart)])
     panels = [

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from html import escape
 
-from paperec.dashboard.model import BarChart, Chart, LineChart, Series
+from paperec.dashboard.model import BarChart, LineChart, Series
 
 WIDTH = 620
 HEIGHT = 270
@@ -326,7 +326,7 @@ def horizontal_bar_chart_svg(chart: BarChart, width: int = WIDTH, row: int = 22)
     return _frame(width, height, body, chart.title)
 
 
-def chart_svg(chart: Chart, width: int = WIDTH, height: int = HEIGHT) -> str:
+def chart_svg(chart: LineChart | BarChart, width: int = WIDTH, height: int = HEIGHT) -> str:
     if isinstance(chart, BarChart):
         return (
             horizontal_bar_chart_svg(chart, width)

@@ -48,7 +48,7 @@ class Budget:
     buffer_size: int = 4096
     parallel: int = 32
     """concurrent sessions while training (one batched policy call per round)"""
-    eval_sessions: int = 3000
+    eval_sessions: int = 10000
     """evaluation sessions, the same for every contender (common random numbers)"""
     eval_parallel: int = 128
     """concurrent sessions while evaluating"""

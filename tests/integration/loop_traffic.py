@@ -25,10 +25,11 @@ def as_env(s: Settings) -> dict[str, str]:
 
 
 def serve_base_port() -> int:
-    """A port p with p + 1 and p + 2 free (demo_services puts the nodes there)."""
+    """A port p with p + 1 to p + 3 free (demo_services puts the nodes and the rollout
+    controller's /metrics there)."""
     while True:
         p = free_port()
-        if all(port_is_free(p + k) for k in (1, 2)):
+        if all(port_is_free(p + k) for k in (1, 2, 3)):
             return p
 
 

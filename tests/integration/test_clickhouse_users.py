@@ -83,6 +83,8 @@ def filled(users_settings: Settings) -> Settings:
             i % 4,
             1000 * (i % 5),
             1,
+            "holdout" if i % 10 == 0 else "personalized",  # the rollout's arm
+            None,  # log_propensity
         )
         for i in range(40)
     ]
@@ -123,7 +125,7 @@ def test_the_dashboard_user_cannot_write(filled: Settings) -> None:
     db = filled.clickhouse_database
     ch = _as(filled, "dashboard")
     try:
-        row = [(now_utc(), "forged", "u", 1, ["click"], [1.0], [0.0], 1, 1, 0, 1)]
+        row = [(now_utc(), "forged", "u", 1, ["click"], [1.0], [0.0], 1, 1, 0, 1, "", None)]
         assert _refused(ch, f"INSERT INTO {db}.list_outcomes ({OUTCOMES_INSERT}) VALUES", row) == READONLY
         assert _refused(ch, f"DROP TABLE {db}.learner_metrics") == READONLY
         assert _refused(ch, f"CREATE TABLE {db}.x (a UInt8) ENGINE = Memory") == READONLY

@@ -36,7 +36,9 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 WINDOW = (1400, 2200)
-DEMO_FILLED = ("a", "b", "c", "d")  # panels the demo must fill (list outcomes and the learner)
+# panels the demo must fill: list outcomes, the learner, and the rollout (the demo's nodes run
+# guarded with a 10% holdout, and its controller bootstraps the first snapshot at least)
+DEMO_FILLED = ("a", "b", "c", "d", "g")
 
 
 @pytest.fixture(scope="session")

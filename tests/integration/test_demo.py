@@ -1,6 +1,7 @@
 """End to end: a short `paperec demo` run on the real broker and ClickHouse. Transitions reach
-the learner, snapshot versions advance, both serving nodes serve the newest snapshot,
-per-objective metrics land in ClickHouse, and nothing is left running afterwards."""
+the learner, snapshot versions advance, both serving nodes serve the incumbent the rollout
+controller decided on last, per-objective metrics land in ClickHouse, and nothing is left running
+afterwards."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from topic_reads import read_topic
 
 from base.metrics_store import client
-from base.settings import TOPIC_SNAPSHOTS, Settings
+from base.settings import TOPIC_ROLLOUT, TOPIC_SNAPSHOTS, Settings
+from model.rollout_signing import decode_decision
 from model.snapshot import header_of
+from model.snapshot_keys import snapshot_keys
 from schemas import decode_snapshot_header
 
 pytestmark = pytest.mark.integration
@@ -40,6 +44,16 @@ def _latest_snapshot_version(settings: Settings) -> int:
         return max(versions)
     finally:
         consumer.close()
+
+
+def _incumbent(settings: Settings) -> int | None:
+    """The incumbent of the latest decision on the control topic (None: no decision)."""
+    records = read_topic(settings, TOPIC_ROLLOUT)
+    if not records:
+        return None
+    return decode_decision(
+        records[-1].value, snapshot_keys(settings.replace(dev_mode=True)).accepted
+    ).incumbent
 
 
 def _processes_with_env(marker: str) -> list[str]:
@@ -80,7 +94,10 @@ def test_short_demo_closes_the_loop(settings: Settings, tmp_path: Path) -> None:
     assert summary["transitions"] > 100  # the join produced transitions for the learner
     newest = _latest_snapshot_version(demo)
     assert newest >= 2  # snapshot versions advanced
-    assert summary["served_versions"] == [newest, newest]  # both nodes serve the newest
+    # guarded rollout: both nodes serve the incumbent (a newer snapshot may still be a canary)
+    incumbent = _incumbent(demo)
+    assert incumbent is not None and 1 <= incumbent <= newest
+    assert summary["served_versions"] == [incumbent, incumbent]
     assert sum(summary["clickhouse_per_snapshot"].values()) > 100  # per-list metrics landed
     ch = client(settings)
     ((learner_rows,),) = ch.execute(

@@ -22,7 +22,7 @@ from kafka import KafkaConsumer, TopicPartition
 from topic_reads import read_topic
 
 from base.metrics_store import init_tables
-from base.settings import TOPIC_DEAD_LETTER, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
+from base.settings import TOPIC_DEAD_LETTER, TOPIC_ROLLOUT, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
 from base.topics import create_topics
 from learner.checkpoint import CheckpointStore
 from learner.devtools import encoded, produce, synthetic_transitions
@@ -30,14 +30,16 @@ from learner.publisher import SnapshotPublisher, latest_version
 from model.featurize import ListView, list_inputs
 from model.policy import ActorConfig
 from model.ranker import RankerConfig
+from model.rollout_signing import ROLLOUT_KEY, sign_decision
 from model.scoring import ActorModel, score
 from model.snapshot import SnapshotRejected, decode_snapshot, header_of
-from schemas import Exploration, SnapshotHeader, decode_dead_letter, encode
+from model.snapshot_keys import snapshot_keys
+from schemas import Exploration, SnapshotHeader, decode_dead_letter, encode, make_decision
 
 KEY = "integration-test-key"
 EXPLORATION_NOISE = 0.05  # not the default: the headers must record the configured value
 # not the defaults either
-EXPLORATION = Exploration(noise_std=EXPLORATION_NOISE, wide_std=0.7, wide_share=0.5)
+EXPLORATION = Exploration(noise_std=EXPLORATION_NOISE, wide_std=0.7, wide_share=0.5, uniform_share=0.1)
 KAFKA_DEFAULT_MESSAGE_BYTES = 1_048_588  # the broker default we must be above to prove the policy
 # hash_buckets 20_000 x d_model 16 floats: the snapshot is > 1 MiB, so it needs the raised limits
 RANKER = RankerConfig(
@@ -102,6 +104,7 @@ class Learner:
             *("--exploration-noise", str(EXPLORATION_NOISE)),
             *("--exploration-wide-noise", str(EXPLORATION.wide_std)),
             *("--exploration-wide-share", str(EXPLORATION.wide_share)),
+            *("--exploration-uniform-share", str(EXPLORATION.uniform_share)),
             *RANKER_FLAGS,
         ]
         self.log_path = log_path
@@ -169,6 +172,8 @@ def test_learner_trains_publishes_survives_sigkill_and_resumes(
         assert header.payload_size == size and 0 < header.watermark_ms <= max_ts
         assert header.model_config["ranker"]["hash_buckets"] == RANKER.hash_buckets
         assert header.exploration == EXPLORATION  # what nodes explore with
+        gw = header.global_weights  # the rollout's holdout weights: the generator's mean, averaged
+        assert gw is not None and len(gw) == 2 and abs(sum(gw) - 1.0) < 1e-9
         result = score(model, list_inputs([view], RANKER))  # loads into the serving model and ranks
         assert torch.isfinite(result.scores[result.scores > -torch.inf]).all()
     assert [h.training_step for h, _, _ in snaps] == sorted(h.training_step for h, _, _ in snaps)
@@ -185,9 +190,27 @@ def test_learner_trains_publishes_survives_sigkill_and_resumes(
         assert off is None or off <= ck_positions[p]
     assert ckpt["snapshot_version"] <= max(versions)
 
-    # 2. more input while it is down, then a restart
+    # 2. more input while it is down, then a restart; meanwhile the rollout rejected the newest
+    # snapshot (a signed rollback on the control topic) and someone wrote a forged decision
     second = synthetic_transitions(RANKER, 150, seed=2, id_prefix="u", start_ts_ms=max_ts + 1000)
     produce(s, transitions_topic, encoded(second))
+    rollback: dict[str, Any] = {
+        "decision_id": "it-rollback",
+        "decided_at_ms": int(time.time() * 1000),
+        "decision": "rollback",
+        "version": versions[-1],
+        "incumbent": versions[0],
+        "candidate": None,
+        "canary_share": 0.2,
+        "canary_started_at_ms": None,
+        "reason": "integration test",
+        "evidence": {},
+        "rejected": (versions[-1],),
+    }
+    signed = sign_decision(snapshot_keys(s.replace(dev_mode=True)), **rollback)
+    forged_fields = {**rollback, "decision_id": "forged", "rejected": (versions[0], versions[-1])}
+    forged = make_decision(**forged_fields, key=b"forger", key_id="default")
+    produce(s, s.topic(TOPIC_ROLLOUT), [encode(forged), encode(signed)], [ROLLOUT_KEY, ROLLOUT_KEY])
     total = len(values) + len(second)
     run2 = Learner(s, ckpt_dir, tmp_path / "run2.log", source)
     try:
@@ -200,6 +223,8 @@ def test_learner_trains_publishes_survives_sigkill_and_resumes(
             "a newer snapshot", lambda: max(h.snapshot_version for h, _, _ in _snapshots(s)) > max(versions)
         )
         run2.wait_for("everything ingested", lambda: f"ingested {total} " in run2.log(), timeout_s=60)
+        run2.wait_for("the rollback", lambda: f"rollout: snapshot v{versions[-1]} rejected" in run2.log())
+        assert "control-topic record refused (signature)" in run2.log()
     finally:
         run2.kill(signal.SIGTERM)
         rc = run2.wait()
@@ -220,6 +245,7 @@ def test_learner_trains_publishes_survives_sigkill_and_resumes(
     assert new_versions and min(new_versions) > max(versions)
     assert final["snapshot_version"] == max(h.snapshot_version for h, _, _ in snaps2)
     assert final["trainer"]["num_steps"] > ckpt["trainer"]["num_steps"]
+    assert final["rollout"]["ledger"]["rejected"] == [versions[-1]]  # recorded; the forged one not
 
     letters = [decode_dead_letter(m.value) for m in read_topic(s, TOPIC_DEAD_LETTER)]
     fields = {d.error_field for d in letters if d.stage == "learner.ingest"}

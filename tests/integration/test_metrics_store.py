@@ -18,13 +18,23 @@ from base.metrics_store import (
     MetricRow,
     client,
     init_tables,
+    missing_columns,
+    rollout_decision_writer,
     sample_writer,
+    tables_current,
 )
 from base.metrics_writer import MetricsWriter
 from base.settings import Settings
-from streams.metrics import outcome_row_id
+from streams.metrics import OUTCOME_COLUMNS, outcome_row_id
 
 pytestmark = pytest.mark.integration
+
+# list_outcomes as first released: no row id (plain MergeTree), no rollout arm
+FIRST_LIST_OUTCOMES_COLUMNS = """
+    ts DateTime, request_id String, user_id String, snapshot_version UInt64, objectives Array(String),
+    weights Array(Float64), noise Array(Float64), n_items UInt32, clicks UInt32, dwell_ms UInt64,
+    complete UInt8
+"""
 
 
 @pytest.fixture
@@ -124,12 +134,12 @@ def test_replayed_rows_count_once_and_old_tables_are_migrated(metrics_settings: 
     writer = MetricsWriter(
         lambda: client(metrics_settings),
         f"{db}.list_outcomes",
-        [line.split()[0] for line in LIST_OUTCOMES_COLUMNS.strip().splitlines()][:-1],
+        OUTCOME_COLUMNS,
         flush_interval_s=0.05,
         row_id=outcome_row_id,
     )
     for _ in range(3):  # the same list outcome, emitted three times
-        writer.add(outcome)
+        writer.add((*outcome, "personalized", -1.5))
     assert writer.flush(10)
     writer.close()
     ((_, impressions, clicks, _, _),) = ch.execute(QUERIES["objectives_per_minute"].format(db=db))
@@ -138,9 +148,8 @@ def test_replayed_rows_count_once_and_old_tables_are_migrated(metrics_settings: 
     # a database from before row ids
     ch.execute(f"DROP TABLE {db}.list_outcomes")
     ch.execute(f"DROP TABLE {db}.stream_metrics")
-    old_columns = LIST_OUTCOMES_COLUMNS.strip().rsplit(",", 1)[0]  # without row_id
     ch.execute(
-        f"CREATE TABLE {db}.list_outcomes ({old_columns}) ENGINE = MergeTree() "
+        f"CREATE TABLE {db}.list_outcomes ({FIRST_LIST_OUTCOMES_COLUMNS}) ENGINE = MergeTree() "
         "PARTITION BY toYYYYMMDD(ts) ORDER BY (ts, user_id, request_id)"
     )
     ch.execute(
@@ -157,4 +166,89 @@ def test_replayed_rows_count_once_and_old_tables_are_migrated(metrics_settings: 
     ((_, impressions, clicks, _, _),) = ch.execute(QUERIES["objectives_per_minute"].format(db=db))
     assert (impressions, clicks) == (20, 3)
     assert ch.execute(f"SELECT count(), sum(value) FROM {db}.stream_metrics FINAL") == [(1, 5.0)]
+    ch.disconnect()
+
+
+def test_issue_18_columns_are_added_to_existing_tables_and_decisions_are_stored(
+    metrics_settings: Settings,
+) -> None:
+    """A list_outcomes table from before the guarded rollout (row ids, no arm) gets ``arm`` and
+    ``log_propensity`` from init_tables, in the CREATE's column order, its rows kept (arm '',
+    propensity NULL); the writer-only check sees the missing columns; ``rollout_decisions``
+    keeps a decision written twice once."""
+    db = metrics_settings.clickhouse_database
+    ch = client(metrics_settings)
+    ts = datetime(2026, 11, 28, 12, 0, 0)
+    ch.execute(f"DROP TABLE {db}.list_outcomes")
+    ch.execute(f"DROP TABLE {db}.rollout_decisions")
+    ch.execute(
+        f"CREATE TABLE {db}.list_outcomes ({FIRST_LIST_OUTCOMES_COLUMNS}, row_id String DEFAULT request_id) "
+        "ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMMDD(ts) ORDER BY (ts, user_id, request_id, row_id)"
+    )
+    old = (ts, "r0", "u0", 1, ["click", "dwell"], [0.5, 0.5], [0.0, 0.0], 10, 1, 500, 1)
+    ch.execute(
+        f"INSERT INTO {db}.list_outcomes (ts, request_id, user_id, snapshot_version, objectives, weights,"
+        " noise, n_items, clicks, dwell_ms, complete) VALUES",
+        [old],
+    )
+    assert not tables_current(ch, db)
+    assert set(missing_columns(ch, db)) == {("list_outcomes", "arm"), ("list_outcomes", "log_propensity")}
+    init_tables(metrics_settings)
+    init_tables(metrics_settings)  # idempotent (IF NOT EXISTS)
+    assert tables_current(ch, db) and missing_columns(ch, db) == []
+    columns = [row[0] for row in ch.execute(f"DESCRIBE TABLE {db}.list_outcomes")]  # in table order
+    assert columns == [line.split()[0] for line in LIST_OUTCOMES_COLUMNS.strip().splitlines()]
+
+    writer = MetricsWriter(
+        lambda: client(metrics_settings),
+        f"{db}.list_outcomes",
+        OUTCOME_COLUMNS,
+        flush_interval_s=0.05,
+        row_id=outcome_row_id,
+    )
+    for i, (arm, clicks) in enumerate([("holdout", 1), ("personalized", 3), ("personalized", 2)]):
+        writer.add(
+            (
+                ts,
+                f"r{i + 1}",
+                f"u{i}",
+                2,
+                ["click", "dwell"],
+                [0.5, 0.5],
+                [0.0, 0.0],
+                10,
+                clicks,
+                0,
+                1,
+                arm,
+                -0.5 * i,
+            )
+        )
+    assert writer.flush(10)
+    writer.close()
+    rows = ch.execute(
+        f"SELECT request_id, arm, log_propensity FROM {db}.list_outcomes FINAL ORDER BY request_id"
+    )
+    assert rows == [
+        ("r0", "", None),
+        ("r1", "holdout", 0.0),
+        ("r2", "personalized", -0.5),
+        ("r3", "personalized", -1.0),
+    ]
+    per_arm = {
+        arm: (lists, ctr) for arm, lists, ctr, _ in ch.execute(QUERIES["objectives_per_arm"].format(db=db))
+    }
+    assert per_arm == {"": (1, 0.1), "holdout": (1, 0.1), "personalized": (2, 0.25)}
+
+    decisions = rollout_decision_writer(metrics_settings, flush_interval_s=0.05)
+    row = (ts, "13-rollback-1", "rollback", 13, 12, None, 0.2, "dwell fell", '{"dwell.upper": -0.08}')
+    decisions.add(row)
+    decisions.add(row)  # written again (a retried insert, a restarted controller)
+    assert decisions.flush(10)
+    decisions.close()
+    got = ch.execute(
+        f"SELECT decision_id, decision, version, incumbent, candidate, canary_share, reason, evidence_json "
+        f"FROM {db}.rollout_decisions FINAL"
+    )
+    assert got == [row[1:]]
     ch.disconnect()

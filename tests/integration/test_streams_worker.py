@@ -246,20 +246,35 @@ def test_scripted_sequence_gives_exactly_the_expected_transitions_and_rejects(
     u1, u2 = f"{tag}-u1", f"{tag}-u2"
     t = int(time.time() * 1000)
     p = producer(s)
+    # the guarded rollout's arm and the log-propensity (issue 18) ride along to the transitions
+    # and the list_outcomes rows; r3 is an impression without them (as older producers write)
+    imp1 = {**fx.impression(r1, u1, t), "arm": "canary", "log_propensity": -0.75}
     # u1: three lists; r1's feedback partly before its impression (out of order), with repeats
     send(p, s, TOPIC_CLICKS, r1, fx.click(r1, u1, 1, t + 100))
-    send(p, s, TOPIC_IMPRESSIONS, r1, fx.impression(r1, u1, t))
-    send(p, s, TOPIC_IMPRESSIONS, r1, fx.impression(r1, u1, t))  # repeated impression
+    send(p, s, TOPIC_IMPRESSIONS, r1, imp1)
+    send(p, s, TOPIC_IMPRESSIONS, r1, imp1)  # repeated impression
     send(p, s, TOPIC_CLICKS, r1, fx.click(r1, u1, 1, t + 100))  # repeated click
     send(p, s, TOPIC_DWELLS, r1, fx.dwell(r1, u1, 1, t + 150, 2_000))
-    send(p, s, TOPIC_IMPRESSIONS, r2, fx.impression(r2, u1, t + 200))
+    send(
+        p,
+        s,
+        TOPIC_IMPRESSIONS,
+        r2,
+        {**fx.impression(r2, u1, t + 200), "arm": "holdout", "log_propensity": None},
+    )
     send(p, s, TOPIC_CLICKS, r2, fx.click(r2, u1, 0, t + 250))
     send(p, s, TOPIC_DWELLS, r2, fx.dwell(r2, u1, 0, t + 300, 1_500))
     send(p, s, TOPIC_DWELLS, r2, fx.dwell(r2, u1, 0, t + 300, 1_500))  # repeated dwell
     send(p, s, TOPIC_IMPRESSIONS, r3, fx.impression(r3, u1, t + 400))  # no feedback: zeros
     send(p, s, TOPIC_CLICKS, r3, fx.click(r3, u1, 2, t + 400 + W + 50))  # after r3's window end
     # u2: a single list, clicked and read
-    send(p, s, TOPIC_IMPRESSIONS, r4, fx.impression(r4, u2, t + 100))
+    send(
+        p,
+        s,
+        TOPIC_IMPRESSIONS,
+        r4,
+        {**fx.impression(r4, u2, t + 100), "arm": "personalized", "log_propensity": 2},
+    )
     send(p, s, TOPIC_CLICKS, r4, fx.click(r4, u2, 2, t + 150))
     send(p, s, TOPIC_DWELLS, r4, fx.dwell(r4, u2, 2, t + 160, 700))
     # rejects
@@ -268,6 +283,7 @@ def test_scripted_sequence_gives_exactly_the_expected_transitions_and_rejects(
     send(p, s, TOPIC_CLICKS, r2, {**fx.click(r2, u1, 0, t + 260), "position": True})  # wrong type
     send(p, s, TOPIC_DWELLS, r2, {**fx.dwell(r2, u1, 0, t + 260, 1), "dwell_ms": "long"})  # wrong type
     send(p, s, TOPIC_IMPRESSIONS, "x", {**fx.impression("x", u2, t), "weights": [0.9, 0.9]})  # not a simplex
+    send(p, s, TOPIC_IMPRESSIONS, "y", {**fx.impression("y", u2, t), "arm": "control"})  # no such arm
     send(p, s, TOPIC_CLICKS, "wrong-key", fx.click(r2, u1, 1, t + 270))  # not keyed by request_id
     p.flush()
 
@@ -296,6 +312,7 @@ def test_scripted_sequence_gives_exactly_the_expected_transitions_and_rejects(
             ("streams.decode", "position", s.topic(TOPIC_CLICKS)),
             ("streams.decode", "dwell_ms", s.topic(TOPIC_DWELLS)),
             ("streams.decode", "weights", s.topic(TOPIC_IMPRESSIONS)),
+            ("streams.decode", "arm", s.topic(TOPIC_IMPRESSIONS)),
             ("streams.join.bad_key", "request_id", s.topic(TOPIC_CLICKS)),
             ("streams.join.unknown_request", None, s.topic(TOPIC_CLICKS)),
             ("streams.join.outside_window", "ts_ms", s.topic(TOPIC_CLICKS)),
@@ -325,6 +342,8 @@ def test_scripted_sequence_gives_exactly_the_expected_transitions_and_rejects(
     assert t3.done and t3.next_state is None and t3.labels.clicks == (0, 0, 0) and t3.reward == (0.0, 0.0)
     t4 = ts[transition_id(u2, r4, None)]
     assert t4.labels.clicks == (0, 0, 1) and t4.labels.dwell_ms == (0, 0, 700)
+    arms = {x.state.request_id: (x.arm, x.log_propensity) for x in ts.values()}
+    assert arms == {r1: ("canary", -0.75), r2: ("holdout", None), r3: (None, None), r4: ("personalized", 2.0)}
 
     letters = [decode(r.value, DeadLetter) for r in rejects]
     assert Counter((d.stage, d.error_field, d.source_topic) for d in letters) == expected_rejects
@@ -339,12 +358,19 @@ def test_scripted_sequence_gives_exactly_the_expected_transitions_and_rejects(
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and len(rows) < 4:
         rows = clickhouse_client.execute(
-            f"SELECT request_id, clicks, dwell_ms, complete FROM {db}.list_outcomes "
+            f"SELECT request_id, clicks, dwell_ms, complete, arm, log_propensity FROM {db}.list_outcomes "
             "WHERE request_id LIKE %(tag)s",
             {"tag": f"{tag}-%"},
         )
         time.sleep(0.5)
-    assert sorted(rows) == sorted([(r1, 1, 2_000, 1), (r2, 1, 1_500, 1), (r3, 0, 0, 1), (r4, 1, 700, 1)])
+    assert sorted(rows) == sorted(
+        [
+            (r1, 1, 2_000, 1, "canary", -0.75),
+            (r2, 1, 1_500, 1, "holdout", None),
+            (r3, 0, 0, 1, "", None),
+            (r4, 1, 700, 1, "personalized", 2.0),
+        ]
+    )
     # each stage reports under its own source (its app id); dead letters are counted by both
     join_source, link_source = f"streams:{s.streams_app_id}", f"streams:{s.streams_link_app_id}"
     counted: dict[str, float] = {}

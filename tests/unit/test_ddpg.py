@@ -140,3 +140,42 @@ def test_state_dict_round_trip_and_no_input_mutation() -> None:
     assert agent.update(*batch) == fresh.update(*batch)
     for a, b in zip(agent.actor_target.parameters(), fresh.actor_target.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+class _InteriorQ(torch.nn.Module):
+    """A fixed critic whose best second weight is 0.3 for every state: Q = -(w_2 - 0.3)^2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # the TD step needs a graph; lr 0
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return -((action[:, 1] - 0.3) ** 2) + 0.0 * self.unused
+
+
+@pytest.mark.parametrize("penalty", [0.0, 1e-2])
+def test_preactivation_penalty_brings_a_saturated_actor_back(penalty: float) -> None:
+    """A softmax actor pushed to a corner (logits +-12) gets no gradient of Q back through the
+    saturated head: without the penalty it stays at the corner although the critic's optimum is
+    inside; with it, the actor returns to where the critic's gradient acts."""
+    torch.manual_seed(0)
+    cfg = DDPGConfig(
+        obs_dim=3, action_dim=2, hidden=8, critic_lr=0.0, actor_lr=1e-2, preactivation_penalty=penalty
+    )
+    ddpg = DDPG(cfg)
+    last = ddpg.actor.net[-1]
+    assert isinstance(last, torch.nn.Linear)
+    with torch.no_grad():  # saturate: every state gets weights ~ (0, 1)
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([-12.0, 12.0]))
+    ddpg.qf, ddpg.qf_target = _InteriorQ(), _InteriorQ()  # type: ignore[assignment]
+    ddpg.q_optimizer = torch.optim.Adam(ddpg.qf.parameters(), lr=0.0)  # the critic stays fixed
+    obs = torch.randn(64, 3)
+    zeros = torch.zeros(64)
+    for _ in range(300):
+        ddpg.update(obs, torch.full((64, 2), 0.5), zeros, obs, zeros)
+    w_dwell = float(ddpg.actor(obs)[:, 1].mean())
+    if penalty == 0.0:
+        assert w_dwell > 0.999  # stuck at the corner
+    else:
+        assert 0.2 < w_dwell < 0.5  # back near the critic's optimum (0.3)

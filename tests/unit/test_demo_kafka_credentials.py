@@ -6,11 +6,11 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from base.kafka_acls import ADMIN, LEARNER, SERVING, STREAMS
+from base.kafka_acls import ADMIN, LEARNER, ROLLOUT, SERVING, STREAMS
 from base.settings import Settings
 from paperec.demo import DemoOptions, demo_services, secure_demo
 
-ROLE_OF = {"streams": STREAMS, "learner": LEARNER, "actor-1": SERVING, "actor-2": SERVING}
+ROLE_OF = {"streams": STREAMS, "learner": LEARNER, "actor-1": SERVING, "actor-2": SERVING, "rollout": ROLLOUT}
 OPTS = DemoOptions(10.0, 20, 2, 0, None, None, Path("out"), False)
 
 
@@ -28,7 +28,7 @@ class FakeDevKafka:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.passwords = {r: secrets.token_hex(8) for r in (ADMIN, SERVING, STREAMS, LEARNER)}
+        self.passwords = {r: secrets.token_hex(8) for r in (ADMIN, SERVING, STREAMS, LEARNER, ROLLOUT)}
         self.granted: list[str] = []
 
     def apply_acls(self) -> int:
@@ -51,7 +51,7 @@ def test_each_service_gets_its_own_principal_on_a_secured_dev_broker(tmp_path: P
     admin, credentials = secure_demo(settings, kafka)
     assert kafka.granted == ["paperec.demo-x."]  # the run's own prefix
     assert admin.kafka_username == "paperec-admin" and admin.topic_prefix == "paperec.demo-x."
-    assert credentials is not None and set(credentials) == {SERVING, STREAMS, LEARNER}  # no admin
+    assert credentials is not None and set(credentials) == {SERVING, STREAMS, LEARNER, ROLLOUT}  # no admin
 
     services, _ = demo_services(admin, OPTS, tmp_path / "logs", kafka_credentials=credentials)
     assert {s.name for s in services} == set(ROLE_OF)

@@ -20,12 +20,24 @@ import pytest
 import yaml
 
 from base import kafka as kafka_clients
-from base.kafka_acls import ADMIN, ADMIN_PRINCIPAL, LEARNER, REPLAY, SERVING, STREAMS, acl_plan, principal
+from base.kafka_acls import (
+    ADMIN,
+    ADMIN_PRINCIPAL,
+    LEARNER,
+    REPLAY,
+    ROLLOUT,
+    SERVING,
+    STREAMS,
+    acl_plan,
+    principal,
+)
 from base.settings import (
     ENV_PREFIX,
     TOPIC_CLICKS,
     TOPIC_DWELLS,
     TOPIC_IMPRESSIONS,
+    TOPIC_LIST_OUTCOMES,
+    TOPIC_ROLLOUT,
     TOPIC_SNAPSHOTS,
     TOPIC_TRANSITIONS,
     Settings,
@@ -35,7 +47,7 @@ from paperec.devstack.kafka import render_server_properties, secure_server_prope
 
 ROOT = Path(__file__).resolve().parents[2]
 # The services built from this repository's image (the others are third-party images).
-PAPEREC_SERVICES = ("init", "streams", "learner", "actor-1", "actor-2", "simulator")
+PAPEREC_SERVICES = ("init", "streams", "learner", "actor-1", "actor-2", "rollout", "simulator")
 # The long-running services and what each keeps under its state directory.
 STATEFUL_SERVICES = ("streams", "learner", "actor-1", "actor-2", "simulator")
 SUBSTITUTION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
@@ -100,6 +112,7 @@ def test_services_present() -> None:
         "learner",
         "actor-1",
         "actor-2",
+        "rollout",
         "simulator",
     } <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka:")
@@ -123,7 +136,7 @@ def test_paperec_env_names_are_settings_fields_and_endpoints_match() -> None:
 
 def test_paperec_services_share_one_image_and_env() -> None:
     services = _compose()["services"]
-    for name in ("init", "streams", "learner", "actor-1", "actor-2", "simulator"):
+    for name in PAPEREC_SERVICES:
         svc = services[name]
         assert svc["build"] == "." and svc["image"] == "paperec:latest", name
         assert svc["environment"]["PAPEREC_KAFKA_BOOTSTRAP"] == "kafka:9092", name
@@ -333,6 +346,7 @@ ROLE_OF_SERVICE = {
     "learner": LEARNER,
     "actor-1": SERVING,
     "actor-2": SERVING,
+    "rollout": ROLLOUT,
     "simulator": REPLAY,
 }
 # What each role must be allowed, from what its command does (resource, name suffix, operation);
@@ -355,6 +369,10 @@ ROLE_NEEDS: dict[str, Callable[[Settings], set[tuple[str, str, str]]]] = {
     },
     REPLAY: lambda s: {
         ("topic", s.topic(t), "WRITE") for t in (TOPIC_IMPRESSIONS, TOPIC_CLICKS, TOPIC_DWELLS)
+    },
+    ROLLOUT: lambda s: {
+        *(("topic", s.topic(t), "READ") for t in (TOPIC_LIST_OUTCOMES, TOPIC_SNAPSHOTS, TOPIC_ROLLOUT)),
+        ("topic", s.topic(TOPIC_ROLLOUT), "WRITE"),
     },
 }
 

@@ -21,7 +21,7 @@ import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from base import kafka as kafka_clients
-from base.kafka_acls import FEEDBACK, LEARNER, ROLES, SERVING, STREAMS, acl_plan
+from base.kafka_acls import FEEDBACK, LEARNER, ROLES, ROLLOUT, SERVING, STREAMS, acl_plan
 from base.settings import Settings
 from paperec.devstack.kafka import (
     env_file_lines,
@@ -246,7 +246,16 @@ def test_acl_plan_least_privilege_per_principal() -> None:
     s = Settings(topic_prefix="p.")
     plan = {(e.role, e.resource, e.name, e.operation) for e in acl_plan(s)}
     by_role = {role: {(r, n, o) for rr, r, n, o in plan if rr == role} for role in ROLES}
-    assert by_role[SERVING] == {("topic", "p.impressions", "WRITE"), ("topic", "p.actor-snapshots", "READ")}
+    assert by_role[SERVING] == {
+        ("topic", "p.impressions", "WRITE"),
+        ("topic", "p.actor-snapshots", "READ"),
+        ("topic", "p.rollout", "READ"),
+    }
+    # the rollout controller alone writes the control topic; nodes and the learner read it
+    writers = {role for role, r, n, o in plan if n == "p.rollout" and o in ("WRITE", "ALL")}
+    assert writers == {ROLLOUT}
+    assert {role for role, r, n, o in plan if n == "p.rollout" and o == "READ"} == {SERVING, LEARNER, ROLLOUT}
+    assert ("topic", "p.list-outcomes", "READ") in by_role[ROLLOUT]
     assert by_role[FEEDBACK] == {("topic", "p.clicks", "WRITE"), ("topic", "p.dwells", "WRITE")}
     # the learner alone writes snapshots
     writers = {role for role, r, n, o in plan if n == "p.actor-snapshots" and o in ("WRITE", "ALL")}

@@ -8,7 +8,7 @@ test can show it catches an upward arrow on a graph made up for the purpose.
 
 Floors (a module's floor is that of the longest prefix below that names it):
 1. base; 2. schemas (base only) and model (base, schemas); 3. the services: learner, streams,
-actor_service, simulator; 4. the application: paperec (with ``paperec.evaluation``, which trains
+actor_service, simulator, rollout; 4. the application: paperec (with ``paperec.evaluation``, which trains
 learner's Trainer on the simulator: it puts two services together), benchmarks, tests.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES: tuple[str, ...] = ("base", "schemas", "model", "learner", "streams", "actor_service")
-PACKAGES += ("simulator", "paperec", "benchmarks", "tests")
+PACKAGES += ("simulator", "rollout", "paperec", "benchmarks", "tests")
 
 FLOORS: dict[str, int] = {
     "base": 1,
@@ -33,6 +33,7 @@ FLOORS: dict[str, int] = {
     "streams": 3,
     "actor_service": 3,
     "simulator": 3,
+    "rollout": 3,
     "paperec": 4,
     "benchmarks": 4,
     "tests": 4,

@@ -93,6 +93,16 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("impression", "log_propensity", 1e300, "log_propensity"),
     ("impression", "log_propensity", -(2**64), "log_propensity"),
     ("list_outcome", "impression.log_propensity", "x", "impression.log_propensity"),
+    # --- rollout arm (issue 18)
+    ("impression", "arm", "control", "arm"),
+    ("impression", "arm", "", "arm"),
+    ("impression", "arm", 1, "arm"),
+    ("impression", "arm", ["canary"], "arm"),
+    ("list_outcome", "impression.arm", "Holdout", "impression.arm"),
+    ("transition", "arm", "treatment", "arm"),
+    ("transition", "arm", True, "arm"),
+    ("transition", "log_propensity", "0.6", "log_propensity"),
+    ("transition", "log_propensity", 1e300, "log_propensity"),
     # --- state vectors
     ("impression", "user_features", [0.0] * 1025, "user_features"),
     ("impression", "user_features", [1.0, "a"], "user_features[1]"),
@@ -199,6 +209,36 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("snapshot_header", "payload_size", -1, "payload_size"),
     ("snapshot_header", "watermark_ms", True, "watermark_ms"),
     ("snapshot_header", "model_config.hidden_sizes[1]", 2**64 - 1, "model_config.hidden_sizes[1]"),
+    ("snapshot_header", "global_weights", [], "global_weights"),
+    ("snapshot_header", "global_weights", 0.5, "global_weights"),
+    ("snapshot_header", "global_weights", [0.6, 0.6], "global_weights"),
+    ("snapshot_header", "global_weights", [1.2, -0.2], "global_weights[1]"),
+    ("snapshot_header", "global_weights", [0.5, "0.5"], "global_weights[1]"),
+    ("snapshot_header", "global_weights", [1.0 / 65] * 65, "global_weights"),
+    # --- rollout decision (issue 18)
+    ("rollout_decision", "decision", "retreat", "decision"),
+    ("rollout_decision", "decision", _DELETE, "decision"),
+    ("rollout_decision", "decision_id", "", "decision_id"),
+    ("rollout_decision", "decided_at_ms", -1, "decided_at_ms"),
+    ("rollout_decision", "version", 0, "version"),
+    ("rollout_decision", "incumbent", _DELETE, "incumbent"),
+    ("rollout_decision", "incumbent", 0, "incumbent"),
+    ("rollout_decision", "incumbent", 13, "version"),  # a rolled-back version still served
+    ("rollout_decision", "candidate", "13", "candidate"),
+    ("rollout_decision", "canary_share", 1.5, "canary_share"),
+    ("rollout_decision", "canary_share", True, "canary_share"),
+    ("rollout_decision", "canary_started_at_ms", "now", "canary_started_at_ms"),
+    ("rollout_decision", "reason", None, "reason"),
+    ("rollout_decision", "reason", "x" * 2049, "reason"),
+    ("rollout_decision", "evidence", [1.0], "evidence"),
+    ("rollout_decision", "evidence.canary_lists", "low", "evidence.canary_lists"),
+    ("rollout_decision", "evidence.canary_lists", 1e300, "evidence.canary_lists"),
+    ("rollout_decision", "rejected", [], "rejected"),  # a rollback lists its version
+    ("rollout_decision", "rejected", [13, 0], "rejected[1]"),
+    ("rollout_decision", "rejected", list(range(1, 66)), "rejected"),
+    ("rollout_decision", "key_id", _DELETE, "key_id"),
+    ("rollout_decision", "key_id", "a:b", "key_id"),
+    ("rollout_decision", "signature", "0" * 63, "signature"),
     # --- dead letter
     ("dead_letter", "source_partition", -2, "source_partition"),
     ("dead_letter", "source_offset", -2, "source_offset"),
@@ -233,6 +273,16 @@ VALID: list[tuple[str, str, Any]] = [
     ("dead_letter", "raw", "é" * (32 * 1024)),  # exactly 64 KiB in UTF-8
     ("list_outcome", "closed_at_ms", 0),
     ("transition", "reward", [-1.0, 1e15]),
+    ("impression", "arm", None),  # served without a guarded rollout
+    ("impression", "arm", _DELETE),  # as older records have it
+    ("impression", "arm", "holdout"),
+    ("impression", "arm", "canary"),
+    ("transition", "arm", _DELETE),
+    ("transition", "log_propensity", _DELETE),
+    ("transition", "log_propensity", None),
+    ("snapshot_header", "global_weights", [1]),  # one objective
+    ("rollout_decision", "evidence", {}),
+    ("rollout_decision", "canary_share", 0),
 ]
 
 
@@ -323,6 +373,8 @@ TYPED: list[tuple[Callable[[Any], Any], str]] = [
     (schemas.decode_transition, "list_outcome"),
     (schemas.decode_snapshot_header, "dead_letter"),
     (schemas.decode_dead_letter, "snapshot_header"),
+    (schemas.decode_rollout_decision, "snapshot_header"),
+    (schemas.decode_snapshot_header, "rollout_decision"),
 ]
 
 
@@ -401,6 +453,9 @@ def test_json_schema_agrees_on_malformed_inputs() -> None:
         ("transition", "state.items[1].position"),
         ("dead_letter", "raw"),
         ("snapshot_header", "model_config.hidden_sizes[1]"),
+        ("snapshot_header", "global_weights"),  # the sum
+        ("rollout_decision", "incumbent"),  # agreement of decision and state
+        ("rollout_decision", "rejected"),
     }
     checked = 0
     for record_type, path, value, _field in CASES:

@@ -255,6 +255,9 @@ def test_header_without_exploration_is_encoded_and_signed_as_before() -> None:
         ({"noise_std": 0.1, "wide_share": 1.5}, "exploration.wide_share"),
         ({"noise_std": 0.1, "wide_share": -0.25}, "exploration.wide_share"),
         ({"noise_std": 0.1, "wide_share": "0.5"}, "exploration.wide_share"),
+        ({"noise_std": 0.1, "uniform_share": 1.5}, "exploration.uniform_share"),
+        ({"noise_std": 0.1, "uniform_share": -0.25}, "exploration.uniform_share"),
+        ({"noise_std": 0.1, "uniform_share": None}, "exploration.uniform_share"),
         ([0.1], "exploration"),
         ("0.1", "exploration"),
     ],
@@ -285,6 +288,10 @@ def test_exploration_validates_on_construction() -> None:
             Exploration(noise_std=0.1, **kwargs)
         assert info.value.field == field
     assert Exploration(noise_std=0.1, wide_std=1, wide_share=1).wide_share == 1.0  # bounds included
+    with pytest.raises(SchemaError) as info:  # the shares of the mixture's components sum to <= 1
+        Exploration(noise_std=0.1, wide_std=1.0, wide_share=0.5, uniform_share=0.75)
+    assert info.value.field == "uniform_share"
+    assert Exploration(noise_std=0.1, wide_std=1.0, wide_share=0.25, uniform_share=0.75).uniform_share == 0.75
 
 
 def test_wide_exploration_is_recorded_signed_and_old_explorations_decode() -> None:
@@ -311,3 +318,31 @@ def test_wide_exploration_is_recorded_signed_and_old_explorations_decode() -> No
     assert _header(exploration=Exploration(noise_std=0.2)).to_dict()["exploration"] == {"noise_std": 0.2}
     validator = jsonschema.Draft202012Validator(record_schema("snapshot_header"))
     assert validator.is_valid(d) and validator.is_valid(h.to_dict())
+
+
+def test_uniform_exploration_is_recorded_signed_and_older_headers_verify() -> None:
+    uniform = Exploration(noise_std=0.1, wide_std=1.0, uniform_share=0.25)
+    h = _header(exploration=uniform)
+    assert h.to_dict()["exploration"] == {"noise_std": 0.1, "wide_std": 1.0, "uniform_share": 0.25}
+    raw = schemas.encode(h)
+    back = schemas.decode_snapshot_header(raw)
+    assert back.exploration == uniform
+    verify_snapshot(back, PAYLOAD, KEY)
+    for tampered in (
+        raw.replace(b'"uniform_share":0.25', b'"uniform_share":0.5'),
+        raw.replace(b',"uniform_share":0.25', b""),
+    ):
+        assert tampered != raw
+        with pytest.raises(SchemaError) as info:
+            verify_snapshot(schemas.decode_snapshot_header(tampered), PAYLOAD, KEY)
+        assert info.value.field == "signature"
+    # a header without uniform exploration is written (and signed) as before the field existed:
+    # the documented version-2 vector (wide) and the version-1 header still verify
+    from schemas.examples import EXAMPLE_HMAC_KEY, EXAMPLE_PAYLOAD, SNAPSHOT_HEADER
+
+    assert b"uniform_share" not in canonical_header_bytes(SNAPSHOT_HEADER)
+    verify_snapshot(
+        schemas.decode_snapshot_header(schemas.encode(SNAPSHOT_HEADER)), EXAMPLE_PAYLOAD, EXAMPLE_HMAC_KEY
+    )
+    validator = jsonschema.Draft202012Validator(record_schema("snapshot_header"))
+    assert validator.is_valid(h.to_dict())

@@ -84,6 +84,26 @@ def test_impression_versions_with_and_without_propensity_decode_alike(
     assert schemas.decode(raw, Impression).log_propensity == expected
 
 
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("arm", ["absent", None, "holdout", "personalized", "canary"])
+def test_impressions_with_and_without_an_arm_decode_alike_on_the_fast_path(version: int, arm: Any) -> None:
+    """Issue 18: the rollout arm is optional; every valid value stays on the fast path, and an
+    invalid one is refused there (the schemas decoder then reports it: test_malformed_field_same_error)."""
+    d = make_impression(20, 8, seed=6).to_dict()
+    d["schema_version"] = version
+    if arm == "absent":
+        del d["arm"]
+    else:
+        d["arm"] = arm
+    raw = orjson.dumps(d)
+    assert same_outcome(raw, Impression)
+    assert _checked(orjson.loads(raw))
+    assert schemas.decode(raw, Impression).arm == (None if arm == "absent" else arm)
+    d["arm"] = "control"
+    assert not _checked(d)
+    assert not same_outcome(orjson.dumps(d), Impression)
+
+
 @pytest.mark.parametrize(("record_type", "path", "value", "field"), [c for c in CASES if c[0] in TYPES])
 def test_malformed_field_same_error(record_type: str, path: str, value: Any, field: str) -> None:
     d = base(record_type)

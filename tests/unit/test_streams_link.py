@@ -158,3 +158,33 @@ def test_transition_records_are_valid_and_deterministic() -> None:
     t2 = decode(raw2, Transition)
     assert t2.done and t2.next_state is None and tid2 == transition_id("u1", "a", None) != tid
     assert encode_transition(prev, nxt)[1] == raw  # same input, same bytes
+
+
+def test_transitions_carry_the_impressions_arm_and_log_propensity() -> None:
+    """Issue 18: the arm that served the state's list and its log-propensity reach the
+    transition (the learner and off-policy estimates read them there); an older impression
+    without them gives a transition with both null, still valid."""
+
+    def rollout_outcome(rid: str, ts: int, arm: str, lp: float | None) -> bytes:
+        d = orjson.loads(outcome(rid, ts))
+        d["schema_version"] = d["impression"]["schema_version"] = 2
+        d["impression"]["arm"], d["impression"]["log_propensity"] = arm, lp
+        return orjson.dumps(d)
+
+    prev = read_outcome(rollout_outcome("a", T0, "canary", -1.25))
+    nxt = read_outcome(rollout_outcome("b", T0 + 5, "holdout", None))
+    t = decode(encode_transition(prev, nxt)[1], Transition)
+    assert (t.arm, t.log_propensity) == ("canary", -1.25)
+    last = decode(encode_transition(nxt, None)[1], Transition)
+    assert (last.arm, last.log_propensity) == ("holdout", None)
+    old = decode(encode_transition(read_outcome(outcome("c", T0)), None)[1], Transition)
+    assert (old.arm, old.log_propensity) == (None, None)
+    # through the changelog (the outcome's bytes) and back: still carried
+    feed = Feed(upstream=1)
+    src = Source("o", 0, 1, None)
+    feed.linker.add_outcome(read_outcome(rollout_outcome("x", T0, "personalized", 0.5)), src)
+    restored = UserLinker(feed.linker.config)
+    restored.load_state_dict(feed.linker.state_dict(), now_ms=0)
+    restored.announce(0, 0, T0 + 3 * GAP)
+    (link,) = restored.link_due()
+    assert (link.prev.arm, link.prev.log_propensity) == ("personalized", 0.5)

@@ -31,8 +31,16 @@ def test_outcome_rows_match_the_table_and_counters_are_deltas() -> None:
     (row,) = outcomes.rows
     assert len(row) == len(OUTCOME_COLUMNS)
     assert row[0] == datetime.fromtimestamp(1_700_000_000) and row[1:3] == ("r1", "u1")
-    assert row[-4:] == (3, 2, 500, 0)
+    assert row[-6:] == (3, 2, 500, 0, "", None)  # a version-1 impression: no arm, no propensity
     assert outcome_row_id(row) == "r1"  # re-emitted after a restart: the same row id
+    # issue 18: the impression's rollout arm and log-propensity are columns of the row
+    imp = {**fx.impression("r2", "u1", 1_700_000_000_123, n_items=3), "arm": "holdout", "log_propensity": -2}
+    raw = fx.dumps(imp)
+    m.list_outcome(ClosedList(0, decode_impression(raw), raw, (0, 0, 0), (0, 0, 0), True, 1))
+    row = outcomes.rows[-1]
+    assert row[OUTCOME_COLUMNS.index("arm")] == "holdout"
+    assert row[OUTCOME_COLUMNS.index("log_propensity")] == -2.0
+    assert type(row[OUTCOME_COLUMNS.index("log_propensity")]) is float
 
     m.count("events_in", "t.clicks", 3)
     m.count_all(Counter({("duplicates", "click"): 2}))

@@ -107,3 +107,15 @@ def test_batch_sink_hands_out_bounded_steps_and_applies_back_pressure() -> None:
         assert await sink.get(0.01, 3) == []
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("arm", "control"), ("arm", 3), ("log_propensity", "0.5"), ("log_propensity", True)],
+)
+def test_read_outcome_names_a_bad_arm_or_propensity(field: str, value: object) -> None:
+    d = orjson.loads(encode_list_outcome(closed()))
+    d["impression"][field] = value
+    with pytest.raises(SchemaError) as err:
+        read_outcome(orjson.dumps(d))
+    assert err.value.field == f"impression.{field}"
