@@ -27,7 +27,7 @@ from loop_traffic import Traffic, as_env, serve_base_port
 from private_stack import PrivateKafka
 
 from base import kafka as kafka_clients
-from base.kafka_acls import ADMIN, FEEDBACK, LEARNER, SERVING, STREAMS
+from base.kafka_acls import ADMIN, FEEDBACK, LEARNER, ROLLOUT, SERVING, STREAMS
 from base.settings import TOPIC_IMPRESSIONS, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
 from base.topics import create_topics
 from paperec.demo import DemoOptions, demo_services
@@ -138,7 +138,13 @@ LEARNER_FLAGS = [
     *("--batch-size", "16", "--min-buffer", "32", "--snapshot-every-steps", "0"),
     *("--snapshot-every-s", "2", "--checkpoint-every-s", "30", "--no-metrics-clickhouse"),
 ]
-ROLE_OF = {"streams": STREAMS, "learner": LEARNER, "actor-1": SERVING, "actor-2": SERVING}
+ROLE_OF = {
+    "streams": STREAMS,
+    "learner": LEARNER,
+    "actor-1": SERVING,
+    "actor-2": SERVING,
+    "rollout": ROLLOUT,
+}
 
 
 def service_env(s: Settings) -> dict[str, str]:
