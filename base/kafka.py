@@ -112,9 +112,27 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     return {"bootstrap_servers": settings.kafka_bootstrap, **security_options(settings)}
 
 
+# Every producer waits for all in-sync replicas and is idempotent: with a replicated cluster
+# (min.insync.replicas=2) an acknowledged record survives the loss of its leader, and the
+# retries that follow a leader change do not write it twice. kafka-python and aiokafka use the
+# same names; -1 is how the brokers (and kafka-python internally) spell "all".
+DURABLE_PRODUCER_OPTIONS: dict[str, Any] = {"acks": "all", "enable_idempotence": True}
+
+
+def durable(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with :data:`DURABLE_PRODUCER_OPTIONS`; a caller asking for weaker acks or for
+    no idempotence is refused (ValueError) rather than silently overridden."""
+    if options.get("acks", "all") not in ("all", -1):
+        raise ValueError(f"producer acks={options['acks']!r}: paperec producers use acks='all'")
+    if options.get("enable_idempotence", True) is not True:
+        raise ValueError("producer enable_idempotence=False: paperec producers are idempotent")
+    return {**options, **DURABLE_PRODUCER_OPTIONS}
+
+
 def producer_options(settings: Settings, **options: Any) -> dict[str, Any]:
-    """kafka-python ``KafkaProducer`` keyword arguments: connection, then ``options``."""
-    return {**connection_options(settings), **options}
+    """kafka-python ``KafkaProducer`` keyword arguments: connection, then ``options``, then
+    acks=all and idempotence (:func:`durable`)."""
+    return durable({**connection_options(settings), **options})
 
 
 def consumer_options(settings: Settings, **options: Any) -> dict[str, Any]:
@@ -145,7 +163,7 @@ def aio_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
     """An aiokafka producer (create it inside the event loop that will use it)."""
     from aiokafka import AIOKafkaProducer
 
-    return AIOKafkaProducer(**{**connection_options(settings), **options})
+    return AIOKafkaProducer(**durable({**connection_options(settings), **options}))
 
 
 def aio_consumer(settings: Settings, *topics: str, **options: Any) -> AIOKafkaConsumer:
@@ -158,7 +176,12 @@ def aio_consumer(settings: Settings, *topics: str, **options: Any) -> AIOKafkaCo
 def faust_broker_options(settings: Settings) -> dict[str, Any]:
     """The broker options of a ``faust.App``: ``kafka://host:port`` URLs, and for a secured
     cluster ``broker_credentials`` (Faust hands them to its aiokafka consumer, producer and
-    topic creation alike)."""
+    topic creation alike).
+
+    Producer durability is the app's own ``producer_acks=-1`` (acks=all, streams/worker.py).
+    faust-streaming 0.15 makes its producer idempotent only under ``exactly_once`` (it builds the
+    aiokafka producer itself, with no option for it); the worker is at-least-once, and the stream
+    join downstream tolerates a re-sent record, so a duplicate on retry is harmless there."""
     options: dict[str, Any] = {"broker": [f"kafka://{hp}" for hp in settings.kafka_bootstrap.split(",")]}
     check_security(settings)
     if settings.kafka_security_protocol == PLAINTEXT:

@@ -71,6 +71,16 @@ class Settings:
     dead_letter_retention_ms: int = _opt(30 * 24 * 3600 * 1000, "retention of the dead-letter topic")
     max_message_bytes: int = _opt(16 * 1024 * 1024, "max message size of the snapshot topic (bytes)")
     replication_factor: int = _opt(1, "replication factor of created topics")
+    min_insync_replicas: int = _opt(
+        1,
+        "min.insync.replicas of created topics: replicas that must have an acks=all write "
+        "(2 with replication_factor 3: one broker may fail without losing acknowledged records)",
+    )
+    kafka_brokers: int = _opt(
+        1,
+        "dev stack: KRaft nodes (broker+controller each) on loopback; node i listens on "
+        "kafka port + 2(i-1), its controller on kafka_controller_port + 2(i-1)",
+    )
     # Kafka security (base/kafka.py hands these to every client; docs/security.md). One
     # principal per service: each process gets its own username/password from its environment.
     kafka_security_protocol: str = _opt(

@@ -106,7 +106,23 @@ def topic_plan(settings: Settings) -> list[TopicSpec]:
         ),
     ]
     specs.extend(streams_topic_specs(settings))  # --- Streams: internal topics of the stream join
-    return specs
+    return [replicated(spec, settings) for spec in specs]
+
+
+def replicated(spec: TopicSpec, settings: Settings) -> TopicSpec:
+    """``spec`` with the settings' ``min.insync.replicas``: with acks=all (every producer,
+    base/kafka.py) a write is acknowledged once that many replicas have it, so a topic of
+    replication factor 3 and min.insync.replicas 2 loses no acknowledged record when a broker
+    dies, and refuses writes rather than keep them on a single replica."""
+    rf, isr = settings.replication_factor, settings.min_insync_replicas
+    if not 1 <= isr <= rf:
+        raise ValueError(
+            f"min_insync_replicas={isr} with replication_factor={rf}: need 1 <= min_insync_replicas "
+            "<= replication_factor (else every acks=all write fails)"
+        )
+    return TopicSpec(
+        spec.name, spec.partitions, spec.replication_factor, {**spec.configs, "min.insync.replicas": str(isr)}
+    )
 
 
 # --- Streams: internal topics of the stream join (streams/). All have event_partitions partitions:
@@ -163,11 +179,21 @@ def _admin(settings: Settings) -> KafkaAdminClient:
 
 
 def partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:
+    return {name: len(replicas) for name, replicas in replica_counts(admin, names).items()}
+
+
+def replica_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, list[int]]:
+    """Each existing topic's replica count per partition (by partition number)."""
     existing = set(admin.list_topics())
     wanted = [n for n in names if n in existing]
     if not wanted:
         return {}
-    return {d["name"]: len(d["partitions"]) for d in admin.describe_topics(wanted)}
+    return {
+        d["name"]: [
+            len(p["replica_nodes"]) for p in sorted(d["partitions"], key=lambda p: p["partition_index"])
+        ]
+        for d in admin.describe_topics(wanted)
+    }
 
 
 def topic_configs(admin: KafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
@@ -210,7 +236,8 @@ def create_topics(settings: Settings) -> list[str]:
 def verify_topics(admin: KafkaAdminClient, settings: Settings) -> list[str]:
     plan = topic_plan(settings)
     names = [s.name for s in plan]
-    counts = partition_counts(admin, names)
+    replicas = replica_counts(admin, names)
+    counts = {name: len(per_partition) for name, per_partition in replicas.items()}
     problems = check_copartitioned(counts, settings)
     configs = topic_configs(admin, [n for n in names if n in counts])
     for spec in plan:
@@ -220,6 +247,11 @@ def verify_topics(admin: KafkaAdminClient, settings: Settings) -> list[str]:
         if counts[spec.name] != spec.partitions:
             problems.append(
                 f"topic {spec.name} has {counts[spec.name]} partitions, planned {spec.partitions}"
+            )
+        if set(replicas[spec.name]) != {spec.replication_factor}:
+            problems.append(
+                f"topic {spec.name} has replication factor {sorted(set(replicas[spec.name]))}, "
+                f"planned {spec.replication_factor}"
             )
         actual = configs.get(spec.name, {})
         for key, value in spec.configs.items():

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from learner import distributed
 from learner.numeric import all_finite, grads_finite
 from model.config import sub_config
 from model.policy import Actor, ActorConfig
@@ -123,8 +124,12 @@ class DDPG:
         qf_loss = F.mse_loss(qf_values, td_target)
         self.q_optimizer.zero_grad(set_to_none=True)
         qf_loss.backward()
-        # a non-finite loss or gradient must not reach the weights or Adam's moments
-        if not (all_finite([qf_loss]) and grads_finite(self.qf.parameters())):
+        distributed.average_grads_(self.qf.parameters())  # data parallel: the same step on every rank
+        # a non-finite loss or gradient must not reach the weights or Adam's moments (the averaged
+        # gradients agree across ranks; the loss is this rank's: any rank's refusal is all ranks')
+        if distributed.any_rank(not all_finite([qf_loss]), self.device) or not grads_finite(
+            self.qf.parameters()
+        ):
             self.q_optimizer.zero_grad(set_to_none=True)
             return {"nonfinite_step": 1.0}
         self.q_optimizer.step()
@@ -150,7 +155,9 @@ class DDPG:
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             self.qf.requires_grad_(True)
-            if not (all_finite([actor_loss]) and grads_finite(self.actor.parameters())):
+            distributed.average_grads_(self.actor.parameters())
+            actor_bad = distributed.any_rank(not all_finite([actor_loss]), self.device)
+            if actor_bad or not grads_finite(self.actor.parameters()):
                 # the critic has stepped: the caller undoes it (Trainer.step restores the state)
                 self.actor_optimizer.zero_grad(set_to_none=True)
                 return {**metrics, "nonfinite_step": 1.0}

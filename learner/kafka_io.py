@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 class KafkaSource:
     """kafka-python consumer assigned to every partition of one topic (one learner per group).
 
+    Data-parallel learner (``world_size`` > 1): rank ``rank`` is assigned the partitions p with
+    p % world_size == rank (manual assignment, no rebalancing); offsets are committed per
+    partition, so a job of another world size re-splits the partitions and reads on from them.
+
     Start position per partition: the checkpoint's offset when given, else the group's committed
     offset, else the beginning of the topic.
     """
@@ -28,6 +32,8 @@ class KafkaSource:
         group_id: str,
         start_offsets: dict[int, int] | None = None,
         wait_s: float = 30.0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         from kafka import TopicPartition
 
@@ -51,7 +57,14 @@ class KafkaSource:
             raise RuntimeError(
                 f"topic {topic} not found on {settings.kafka_bootstrap} (run `paperec topics create`)"
             )
-        self.tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        mine = [p for p in sorted(partitions) if p % world_size == rank]
+        if not mine:
+            self.consumer.close()
+            raise RuntimeError(
+                f"rank {rank} of {world_size}: {topic} has only {len(partitions)} partitions "
+                "(a data-parallel learner needs at least one per rank)"
+            )
+        self.tps = [TopicPartition(topic, p) for p in mine]
         self.consumer.assign(self.tps)
         start_offsets = start_offsets or {}
         for tp in self.tps:

@@ -29,6 +29,8 @@ from typing import Literal
 
 import torch
 
+from learner import distributed
+
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 Normalize = Literal["none", "l2", "loss", "loss+", "running"]
@@ -75,7 +77,8 @@ class RunningGradScale:
 
     def __call__(self, grads: Tensor) -> Tensor:
         """``grads`` (..., K, D) scaled; updates the running norms from this step's mean norms."""
-        norms = self._mean_norms(grads)
+        # data parallel: the global batch's mean norms (equal shares per rank), the same scale everywhere
+        norms = distributed.average(self._mean_norms(grads))
         if self.mean_norm is None:
             self.mean_norm = norms
         else:

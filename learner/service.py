@@ -23,12 +23,16 @@ offsets (the committed ones when there is no checkpoint): nothing before the las
 again, and everything after it is. Snapshot versions continue above both the checkpoint's and
 the newest verified one on the topic. SIGTERM (:meth:`LearnerService.request_stop`): stop
 ingesting, publish a last snapshot, write a last checkpoint, commit, exit 0.
-Numeric safety: see :mod:`learner.training_loop`.
+Numeric safety: see :mod:`learner.training_loop`. Data parallel (``--nproc``, torchrun): every
+rank runs this service on its share of the partitions; rank 0 publishes, checkpoints and follows
+the rollout; a resume loads rank 0's trainer on every rank and reads on from the committed offsets
+(docs/learner_service.md, "Data-parallel learner").
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -40,6 +44,7 @@ from typing import Any
 import torch
 
 from base.settings import TOPIC_DEAD_LETTER, TOPIC_ROLLOUT, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
+from learner import distributed
 from learner.checkpoint import CheckpointStore
 from learner.ingest import ChunkSource, Ingestor, IngestStats, PreparingSource
 from learner.ingest_process import ProcessSource, SourceFactory
@@ -95,11 +100,17 @@ class LearnerServiceConfig:
     metrics_clickhouse: bool = True
     """write metrics to ClickHouse's learner_metrics table"""
     metrics_source: str = ""
-    """the ``source`` column of the metric rows (default: learner:<hostname>)"""
+    """the ``source`` column of the metric rows (default: learner:<hostname>, /rank<r> appended in a
+    data-parallel job)"""
     log_every_s: float = 10.0
     """seconds between progress log lines"""
     max_steps: int = 0
     """stop cleanly after this many training steps in total (0 = run until SIGTERM)"""
+    nproc: int = 1
+    """data-parallel ranks started on this machine (torch.distributed, gloo on CPU, NCCL on CUDA;
+    batch_size lists per rank); 1 = one process, no process group; ignored under torchrun"""
+    collective_timeout_s: float = 60.0
+    """data parallel: a collective that waits longer than this for another rank fails (the job stops)"""
 
 
 PublisherFactory = Callable[[int, Callable[[PublishResult], None]], SnapshotPublisher]
@@ -148,15 +159,28 @@ def kafka_clients(settings: Settings, cfg: LearnerServiceConfig, train_cfg: PAPE
             exploration=train_cfg.exploration(),
         )
 
+    rank, world = distributed.rank(), distributed.world_size()
     return LearnerClients(
-        records=partial(KafkaSource, s, s.topic(TOPIC_TRANSITIONS), s.learner_group_id),
+        # data parallel: this rank's share of the partitions (p % world == rank)
+        records=partial(
+            KafkaSource, s, s.topic(TOPIC_TRANSITIONS), s.learner_group_id, rank=rank, world_size=world
+        ),
         dead_letters=lambda: KafkaDeadLetters(s, s.topic(TOPIC_DEAD_LETTER)),
         snapshot_versions=lambda: latest_version(s, snapshot_topic, keys.accepted),
         publisher=publisher,
         metrics_writer=lambda: clickhouse_writer(s) if cfg.metrics_clickhouse else None,
         checkpoints=CheckpointStore(s.learner_checkpoint_path, cfg.checkpoint_keep),
-        rollout=lambda: RolloutFollower(KafkaDecisionSource(s, s.topic(TOPIC_ROLLOUT)), keys.accepted),
+        # rank 0 publishes and checkpoints: only it keeps the rollout ledger
+        rollout=(lambda: RolloutFollower(KafkaDecisionSource(s, s.topic(TOPIC_ROLLOUT)), keys.accepted))
+        if rank == 0
+        else (lambda: None),
     )
+
+
+def default_metrics_source() -> str:
+    """``learner:<hostname>``, and ``/rank<r>`` in a data-parallel job (each rank writes its rows)."""
+    rank = f"/rank{distributed.rank()}" if distributed.active() else ""
+    return f"learner:{socket.gethostname()}{rank}"
 
 
 @dataclass
@@ -193,16 +217,24 @@ class LearnerService:
 
     def run(self) -> int:
         cfg = self.cfg
-        torch.set_num_threads(
-            training_threads(cfg.torch_threads, default_device(self.train_cfg.device), cfg.ingest_process)
+        threads = training_threads(
+            cfg.torch_threads, default_device(self.train_cfg.device), cfg.ingest_process
         )
+        if cfg.torch_threads <= 0 and distributed.active():
+            # auto: the ranks on this machine share its cores (torchrun's LOCAL_WORLD_SIZE, else all)
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", distributed.world_size()))
+            threads = max(1, threads // local)
+        torch.set_num_threads(threads)
         store = self.clients.checkpoints
-        store.lock()  # one learner per checkpoint directory
+        lead = distributed.rank() == 0  # data parallel: rank 0 writes the checkpoints
+        if lead:
+            store.lock()  # one learner (job) per checkpoint directory
         try:
             loop = self.start(self.resume())
             clean = False
             try:
-                while not self.stop_event.is_set():
+                # data parallel: a stop requested on one rank stops every rank at the same step
+                while not distributed.any_rank(self.stop_event.is_set()):
                     outcome = loop.step()
                     if outcome.finished:
                         break
@@ -224,7 +256,7 @@ class LearnerService:
             tcfg.ranker,
             cfg.buffer_capacity,
             device=trainer.device,
-            seed=tcfg.seed,
+            seed=tcfg.seed + distributed.rank(),  # data parallel: ranks sample independently
             seen_capacity=cfg.seen_ids,
         )
         log.info(
@@ -242,6 +274,25 @@ class LearnerService:
             raise RuntimeError(
                 f"checkpoint {path} is for topic {state['offsets']['topic']}, this learner reads "
                 f"{self.topic}: use another --learner-checkpoint-dir"
+            )
+        if distributed.active():
+            # every rank loads the trainer of rank 0's checkpoint; rank 0's buffer and positions
+            # are its share only: each rank starts empty at its partitions' committed offsets
+            # (committed after that checkpoint was durable), whatever the world size that wrote it
+            trainer.load_state_dict(state["trainer"])
+            log.info(
+                "resume (rank %d of %d): checkpoint %s step=%d, buffer empty, committed offsets",
+                *(distributed.rank(), distributed.world_size(), path.name, trainer.num_steps),
+            )
+            return Resumed(
+                trainer,
+                buffer,
+                None,
+                int(state["snapshot_version"]),
+                int(state["watermark_ms"]),
+                IngestStats(),
+                checkpoint=path,
+                rollout=state.get("rollout"),
             )
         trainer.load_state_dict(state["trainer"])
         buffer.load_state_dict(state["buffer"])
@@ -272,7 +323,7 @@ class LearnerService:
         source = self._open_source(resumed)
         log.info("consuming %s from positions %s", self.topic, source.start_positions())
         metrics = LearnerMetrics(
-            cfg.metrics_source or f"learner:{socket.gethostname()}",
+            cfg.metrics_source or default_metrics_source(),
             c.metrics_writer(),
             cfg.metrics_interval_s,
         )

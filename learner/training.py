@@ -39,6 +39,12 @@ but ``nonfinite_steps`` (``num_steps`` counts applied steps only); its metrics s
 
 Randomness inside a step (dropout) comes from a generator seeded by (seed, step number), so a
 step is a pure function of (trainer state, batch): checkpoints resume bit-identically.
+
+Data parallel (a torch.distributed process group; learner/distributed.py): each rank steps on its
+share of the global batch; the ranker's, critic's and actor's gradients are averaged across ranks
+after each backward, the running gradient scale and PE-LTR's batch gradients are global, and a
+refusal on any rank is every rank's, so every rank applies the global batch's update
+(docs/learner.md, "Data-parallel training"). Without a group all of that is the identity.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from learner import distributed
 from learner.ddpg import DDPG, DDPGConfig
 from learner.grads import batch_grads, per_list_param_grads, per_list_repr_grads, shared_parameters
 from learner.mgda import Normalize, RunningGradScale, gram_norm, min_norm, normalize_grads, weighted_norm
@@ -261,8 +268,16 @@ class PELTRStrategy(Strategy):
     def weights(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         inputs = [ctx.h] if self.cfg.grad_mode == "shared_repr" else shared_parameters(self.ranker)
         grads = batch_grads(ctx.losses, inputs)  # (K, D)
+        if distributed.active():
+            # the global batch's gradients, on every rank: w.r.t. h each rank holds its lists' part
+            # of the (K, B*L*D) gradient (scaled by its share), w.r.t. parameters the ranks' mean
+            n = distributed.world_size()
+            if self.cfg.grad_mode == "shared_repr":
+                grads = distributed.gather_cat(grads, dim=1) / n
+            else:
+                grads = distributed.average(grads)
         bounds = self._global(self.cfg.peltr_lower_bounds, "peltr_lower_bounds")
-        w = min_norm(self._normalize(grads, ctx.losses.detach().mean(0)), bounds)
+        w = min_norm(self._normalize(grads, distributed.average(ctx.losses.detach().mean(0))), bounds)
         return w, self._named("weight", w)
 
 
@@ -472,7 +487,7 @@ class Trainer:
         """
         batch = batch.to(self.device)
         bad_rows = int(nonfinite_rows(batch).sum())
-        if bad_rows:
+        if distributed.any_rank(bad_rows > 0, self.device):  # data parallel: all ranks refuse
             return self._refuse("input", {"nonfinite_rows": float(bad_rows)})
         # The strategy may step its own optimizers (the critic) before a later check fails: keep
         # its state to put back, so that a refused batch leaves no partial update (~1% of a step).
@@ -482,7 +497,8 @@ class Trainer:
             state = self.ranker.user_state(batch.user_feats, batch.history, batch.context)  # (B, S)
             h = self.ranker.encode(batch, user_state=state)  # (B, L, D)
             losses = self.ranker.losses_per_list(self.ranker.heads(h), batch)  # (B, K)
-            if not all_finite([losses]):  # before the strategy: its reward would be NaN too
+            # before the strategy: its reward would be NaN too
+            if distributed.any_rank(not all_finite([losses]), self.device):
                 return self._refuse("loss", {})
             ctx = StepContext(batch, state, h, losses)
             if self.strategy.has_policy:
@@ -491,11 +507,13 @@ class Trainer:
             loss = (weights.detach() * losses).sum(-1).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_grads_(self.ranker.parameters())  # data parallel: one update for all
             # the total gradient norm is non-finite iff a gradient is (clip_grad_norm_ with an
             # infinite max only measures); it is computed for clipping anyway
             max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(self.ranker.parameters(), max_norm)
-            if metrics.get("nonfinite_step") or not all_finite([loss, weights, grad_norm]):
+            finite = all_finite([loss, weights, grad_norm])  # grad_norm is the same on every rank
+            if metrics.get("nonfinite_step") or distributed.any_rank(not finite, self.device):
                 self.optimizer.zero_grad(set_to_none=True)
                 self.strategy.load_state_dict(strategy_state)
                 return self._refuse("loss or gradient", {})

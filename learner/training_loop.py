@@ -22,6 +22,11 @@ that snapshot headers carry as ``global_weights`` (:class:`learner.publisher.Glo
 between steps the control topic is polled (:class:`learner.rollout_follow.RolloutFollower`): a
 rejected version is recorded (log, metric, checkpoint) and training goes on. Both are in the
 checkpoint (key ``rollout``).
+
+Data parallel (docs/learner_service.md, "Data-parallel learner"): every rank runs this loop in
+step; its decisions (wait, snapshot due, checkpoint due) are taken by all ranks together
+(``distributed.any_rank``); rank 0 publishes and writes the checkpoint, then every rank commits
+its own partitions' offsets.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from learner import distributed
 from learner.checkpoint import CheckpointStore
 from learner.ingest import Ingestor
 from learner.kafka_io import CommitAfterFlush
@@ -109,21 +115,24 @@ class TrainingLoop:
             log.info("max_steps %d reached", cfg.max_steps)
             return StepOutcome(finished=True)
 
-        # wait for data: enough of it, and not trained on more often than allowed
-        if len(buffer) < max(1, cfg.min_buffer):
+        # wait for data: enough of it, and not trained on more often than allowed (data parallel:
+        # every rank steps together, so one rank's wait is every rank's)
+        if distributed.any_rank(len(buffer) < max(1, cfg.min_buffer)):
             if not self._waiting_logged:
                 log.info("waiting for %d transitions in the buffer", cfg.min_buffer)
                 self._waiting_logged = True
             return StepOutcome(wait_s=0.05)
         sampled = (trainer.num_steps + 1) * cfg.batch_size
-        if cfg.max_replay_ratio > 0 and sampled > cfg.max_replay_ratio * buffer.stats.added:
+        if distributed.any_rank(
+            cfg.max_replay_ratio > 0 and sampled > cfg.max_replay_ratio * buffer.stats.added
+        ):
             return StepOutcome(wait_s=0.01)
 
         self.train_once()
         steps_since = trainer.num_steps - self.last_snapshot_step
         by_steps = cfg.snapshot_every_steps > 0 and steps_since >= cfg.snapshot_every_steps
         by_time = cfg.snapshot_every_s > 0 and self.clock() - self.last_snapshot_t >= cfg.snapshot_every_s
-        if self.can_snapshot and (by_steps or by_time):
+        if self.can_snapshot and distributed.any_rank(by_steps or by_time):
             self.snapshot()
         return StepOutcome(trained=True)
 
@@ -157,7 +166,8 @@ class TrainingLoop:
     def housekeeping(self) -> None:
         """What is due between two steps: checkpoint, deferred commit, progress line, metrics."""
         now = self.clock()
-        if self.cfg.checkpoint_every_s > 0 and now - self.last_checkpoint_t >= self.cfg.checkpoint_every_s:
+        every = self.cfg.checkpoint_every_s
+        if distributed.any_rank(every > 0 and now - self.last_checkpoint_t >= every):
             self.checkpoint()
             self.last_checkpoint_t = now
         self.commits.poll()
@@ -179,7 +189,8 @@ class TrainingLoop:
 
     # ------------------------------------------------------------------ snapshot, checkpoint
     def snapshot(self) -> None:
-        if self.guard.verify("snapshot"):  # else restored: the last good weights are served already
+        # every rank verifies (identical weights: identical outcome, restored alike); rank 0 publishes
+        if self.guard.verify("snapshot") and distributed.rank() == 0:
             self.publisher.publish(
                 self.trainer.actor_model,
                 training_step=self.trainer.num_steps,
@@ -191,7 +202,8 @@ class TrainingLoop:
     def checkpoint(self) -> None:
         start = time.perf_counter()
         self.guard.verify("checkpoint")  # non-finite: the last good state is what gets saved
-        buffer_state, positions, stats = self.ingestor.checkpoint_state(self.cfg.checkpoint_buffer)
+        lead = distributed.rank() == 0  # data parallel: rank 0 writes, every rank commits its share
+        buffer_state, positions, stats = self.ingestor.checkpoint_state(self.cfg.checkpoint_buffer and lead)
         state: dict[str, Any] = {
             "trainer": self.trainer.state_dict(),
             "buffer": buffer_state,
@@ -206,7 +218,9 @@ class TrainingLoop:
             "service": config_to_dict(self.cfg),
             "created_at_ms": int(time.time() * 1000),
         }
-        self.checkpoints.save(state, self.trainer.num_steps)
+        if lead:
+            self.checkpoints.save(state, self.trainer.num_steps)
+        distributed.barrier()  # the file is durable before any rank commits the offsets it covers
         # only now: the checkpoint holds these offsets; while the broker is away (dead letters
         # not acknowledged) the commit waits and is retried from the loop
         self.commits.offer(positions)

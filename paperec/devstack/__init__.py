@@ -1,4 +1,5 @@
-"""Local dev stack: a single-node Apache Kafka broker and a ClickHouse server on loopback.
+"""Local dev stack: Apache Kafka (one KRaft node, or a replicated cluster with ``--brokers 3``)
+and a ClickHouse server on loopback.
 
 ``paperec devstack up | down | status`` (see :mod:`paperec.devstack.cli`). Everything the stack
 writes (the broker's jar cache, data, logs, configs, PID files) lives under

@@ -4,6 +4,10 @@ All are idempotent: ``up`` on a running stack only reports it, ``down`` on a sto
 does nothing. Exit codes: 0 ok (``status``: all selected services up), 1 error, 3 ``status``
 found a service down.
 
+``--brokers 3`` (``PAPEREC_KAFKA_BROKERS``) starts a replicated cluster of three KRaft nodes
+(paperec/devstack/kafka.py); ``down`` and ``status`` act on every node the cluster was formatted
+with, whatever ``--brokers`` says.
+
 ``PAPEREC_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT`` (or ``--kafka-security-protocol``) secures the
 broker (docs/security.md, "Kafka"): SCRAM users per service, written to
 ``<state_dir>/kafka/credentials/<role>.env``, and ACLs for the topic prefix; ``acls`` creates
@@ -19,11 +23,12 @@ import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from base.settings import ENV_PREFIX, Settings
 from paperec.devstack.clickhouse import ClickHouse
-from paperec.devstack.kafka import Kafka
+from paperec.devstack.kafka import Kafka, kafka_nodes, recorded_brokers
 from paperec.devstack.process import DevstackError, Service, pid_alive, port_in_use
 
 log = logging.getLogger(__name__)
@@ -46,14 +51,45 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with down: also delete data, logs and configs (keeps Kafka's jar cache)",
     )
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        default=None,
+        help="Kafka nodes on loopback (= --kafka-brokers; 3: replication factor 3, "
+        "min.insync.replicas 2); down/status: every node the cluster was formatted with",
+    )
+
+
+def selected_services(settings: Settings, only: str | None, action: str) -> list[Service]:
+    """The services ``action`` acts on: every Kafka node (``up``: the configured count; the
+    others: as many as were formatted, so none is left running), then ClickHouse."""
+    brokers, recorded = settings.kafka_brokers, recorded_brokers(settings)
+    if action in ("down", "status"):
+        brokers = max(brokers, recorded)
+    elif action == "up" and only in (None, "kafka") and recorded not in (0, brokers):
+        # Also when its nodes run: `up` must not report one of three as "the" broker.
+        raise DevstackError(
+            f"kafka: the dev cluster was formatted with {recorded} node(s), {brokers} are configured: "
+            f"`paperec devstack up --brokers {recorded}`, or wipe it first: "
+            "`paperec devstack down --only kafka --wipe`"
+        )
+    out: list[Service] = []
+    if only in (None, "kafka"):
+        out.extend(kafka_nodes(settings.replace(kafka_brokers=brokers)))
+    if only in (None, "clickhouse"):
+        out.append(ClickHouse(settings))
+    return out
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    services = [cls(settings) for name, cls in SERVICES.items() if args.only in (None, name)]
+    brokers = getattr(args, "brokers", None)  # absent in a Namespace built by a caller
+    if brokers is not None:
+        settings = settings.replace(kafka_brokers=brokers)
     if args.wipe and args.action != "down":
         print("paperec devstack: --wipe only goes with `down`", file=sys.stderr)
         return EXIT_ERROR
     try:
+        services = selected_services(settings, args.only, args.action)
         if args.action == "status":
             return status(services)
         if args.action == "acls":
@@ -97,6 +133,13 @@ def up(services: Sequence[Service]) -> int:
         raise DevstackError("\n".join(errors))
     if spawned:
         log.info("devstack up in %.1f s", time.monotonic() - started_at)
+    nodes = [svc for svc in services if isinstance(svc, Kafka)]
+    if len(nodes) > 1:
+        rf, min_isr = nodes[0].replication
+        print(
+            f"kafka: {len(nodes)} nodes; clients: {ENV_PREFIX}KAFKA_BOOTSTRAP={nodes[0].bootstrap} "
+            f"{ENV_PREFIX}REPLICATION_FACTOR={rf} {ENV_PREFIX}MIN_INSYNC_REPLICAS={min_isr}"
+        )
     return EXIT_OK
 
 
@@ -116,9 +159,12 @@ def acls(kafka: Kafka) -> int:
 
 
 def down(services: Sequence[Service], *, wipe: bool) -> int:
-    for svc in services:
-        stopped = svc.stop()
-        print(f"{svc.name}: {'stopped' if stopped else 'not running'}")
+    # All at once: Kafka nodes stopped one by one would leave the last waiting for a controller
+    # quorum that is already gone (its controlled shutdown then runs into the SIGKILL timeout).
+    with ThreadPoolExecutor(max_workers=max(1, len(services))) as pool:
+        stopped = list(pool.map(lambda svc: svc.stop(), services))
+    for svc, was_running in zip(services, stopped, strict=True):
+        print(f"{svc.name}: {'stopped' if was_running else 'not running'}")
         if wipe:
             svc.wipe()
             print(f"{svc.name}: wiped {svc.root} (kept: {', '.join(svc.keep_on_wipe) or 'nothing'})")

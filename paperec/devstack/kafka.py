@@ -1,4 +1,13 @@
-"""Single-node Apache Kafka broker (KRaft, loopback) run from jars fetched off Maven Central.
+"""Apache Kafka on loopback (KRaft), run from jars fetched off Maven Central: one node, or a
+replicated cluster of ``kafka_brokers`` nodes (``paperec devstack up --brokers 3``).
+
+Every node is a combined broker and controller; N nodes form an N-voter quorum. Node 1 keeps the
+single broker's layout (``<state_dir>/kafka/``: jars, credentials, data, logs, config); node i > 1
+has its own ``<state_dir>/kafka-<i>/`` (data, logs, config, PID file) and listens on the
+configured ports + 2(i-1) (19092/19093, 19094/19095, 19096/19097). All nodes are formatted with
+one cluster id and the same SCRAM users. With 3 nodes, topics default to replication factor 3
+and ``min.insync.replicas=2`` (so are the internal offsets and transaction topics): with the
+producers' ``acks=all`` (base/kafka.py) one node may die without losing an acknowledged record.
 
 The Apache download site is not reachable from our machines, so the broker's class path is the
 runtime dependency closure of ``kafka_2.13`` (see ``pom.xml``), copied by Maven into
@@ -132,14 +141,78 @@ logger.authorizer.level = WARN
 """
 
 
+def replication(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) of a cluster of ``brokers`` nodes: up to 3
+    replicas, one of which may be lost while writes go on."""
+    rf = min(brokers, 3)
+    return rf, max(1, rf - 1)
+
+
+def recorded_brokers(settings: Settings) -> int:
+    """The node count the dev cluster was formatted with (0: not formatted by this version)."""
+    try:
+        return len(Kafka(settings).quorum_file.read_text().strip().split(","))
+    except OSError:
+        return 0
+
+
+def kafka_nodes(settings: Settings, brokers: int | None = None) -> list[Kafka]:
+    """Nodes 1..``brokers`` (default: the settings' ``kafka_brokers``)."""
+    count = settings.kafka_brokers if brokers is None else brokers
+    if count < 1:
+        raise DevstackError(f"kafka: {count} brokers ({ENV_PREFIX}KAFKA_BROKERS); at least 1")
+    return [Kafka(settings, node_id) for node_id in range(1, count + 1)]
+
+
 class Kafka(Service):
-    name = "kafka"
+    """One KRaft node (broker + controller) of the dev cluster; node 1 is the whole single-node
+    stack, and owns what the nodes share (jars, credentials, cluster id)."""
+
     ready_timeout_s = 90.0
-    keep_on_wipe = ("libs",)  # the jar cache: 45 MB from Maven Central
+
+    def __init__(self, settings: Settings, node_id: int = 1) -> None:
+        self.node_id = node_id
+        self.name = "kafka" if node_id == 1 else f"kafka-{node_id}"
+        # Only node 1's root holds the jar cache.
+        self.keep_on_wipe = ("libs",) if node_id == 1 else ()  # the jar cache: 45 MB from Maven Central
+        super().__init__(settings)
+        self.cluster_root = settings.state_path / "kafka"
+
+    @property
+    def brokers(self) -> int:
+        return self.settings.kafka_brokers
+
+    @property
+    def replication(self) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) of this cluster's topics."""
+        return replication(self.brokers)
+
+    @property
+    def port(self) -> int:
+        return self.settings.kafka_port + 2 * (self.node_id - 1)
+
+    @property
+    def controller_port(self) -> int:
+        return self.settings.kafka_controller_port + 2 * (self.node_id - 1)
+
+    @property
+    def quorum_voters(self) -> str:
+        """``controller.quorum.voters``: every node, ``id@host:controller_port``."""
+        return ",".join(f"{n.node_id}@{self.host}:{n.controller_port}" for n in kafka_nodes(self.settings))
+
+    @property
+    def quorum_file(self) -> Path:
+        """The voters node 1 was formatted with (``down``/``status`` find the other nodes by it)."""
+        return self.cluster_root / "quorum.voters"
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's listener: a client bootstrapping from it survives any one node down."""
+        return ",".join(f"{self.host}:{n.port}" for n in kafka_nodes(self.settings))
 
     @property
     def libs_dir(self) -> Path:
-        return self.root / "libs"
+        return self.cluster_root / "libs"
 
     @property
     def libs_marker(self) -> Path:
@@ -160,9 +233,8 @@ class Kafka(Service):
 
     @property
     def address(self) -> str:
-        s = self.settings
         secured = f" {SASL_PLAINTEXT}" if self.secured else ""
-        return f"{self.host}:{s.kafka_port}{secured} (controller :{s.kafka_controller_port})"
+        return f"{self.host}:{self.port}{secured} (controller :{self.controller_port})"
 
     # ------------------------------------------------------------------ security
     @property
@@ -179,7 +251,7 @@ class Kafka(Service):
 
     @property
     def credentials_dir(self) -> Path:
-        return self.root / "credentials"
+        return self.cluster_root / "credentials"  # one set of SCRAM users for every node
 
     def credentials_file(self, role: str) -> Path:
         return self.credentials_dir / f"{role}.env"
@@ -240,10 +312,15 @@ class Kafka(Service):
         return apply_acls(self.client_settings(ADMIN), acl_plan(settings or self.settings))
 
     def ports(self) -> list[Port]:
-        s, h = self.settings, self.host
+        h = self.host
+        node = (
+            ""
+            if self.node_id == 1
+            else f" of node {self.node_id} (configured port + {2 * (self.node_id - 1)})"
+        )
         return [
-            Port(h, s.kafka_port, "Kafka broker listener", "kafka_bootstrap", f"{h}:{{port}}"),
-            Port(h, s.kafka_controller_port, "Kafka KRaft controller listener", "kafka_controller_port"),
+            Port(h, self.port, f"Kafka broker listener{node}", "kafka_bootstrap", f"{h}:{{port}}"),
+            Port(h, self.controller_port, f"Kafka KRaft controller listener{node}", "kafka_controller_port"),
         ]
 
     def log_files(self) -> list[Path]:
@@ -272,7 +349,7 @@ class Kafka(Service):
         log.info("kafka: fetching broker jars from Maven Central into %s (one-time)", self.libs_dir)
         # Into a fresh folder, swapped in at the end: an interrupted copy or a version bump must
         # not leave a mix of jars on the class path.
-        staging = self.root / "libs.partial"
+        staging = self.cluster_root / "libs.partial"
         shutil.rmtree(staging, ignore_errors=True)
         cmd = [
             mvn,
@@ -285,8 +362,8 @@ class Kafka(Service):
             "-DincludeScope=runtime",
             f"-DoutputDirectory={staging}",
         ]
-        self.root.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True)
+        self.cluster_root.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(cmd, cwd=self.cluster_root, capture_output=True, text=True)
         if done.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
             output = (done.stdout + done.stderr).strip().splitlines()[-30:]
             raise DevstackError(
@@ -303,18 +380,21 @@ class Kafka(Service):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         text = render_server_properties(
             host=self.host,
-            port=self.settings.kafka_port,
-            controller_port=self.settings.kafka_controller_port,
+            port=self.port,
+            controller_port=self.controller_port,
             log_dir=self.data_dir,
             max_message_bytes=self.settings.max_message_bytes + MESSAGE_HEADROOM_BYTES,
+            node_id=self.node_id,
+            quorum_voters=self.quorum_voters,
+            brokers=self.brokers,
         )
         if self.secured:
             admin = self.credentials(ADMIN)
             text = secure_server_properties(
                 text,
                 host=self.host,
-                port=self.settings.kafka_port,
-                controller_port=self.settings.kafka_controller_port,
+                port=self.port,
+                controller_port=self.controller_port,
                 admin_user=admin[f"{ENV_PREFIX}KAFKA_USERNAME"],
                 admin_password=admin[f"{ENV_PREFIX}KAFKA_PASSWORD"],
                 controller_password=self._controller_password(),
@@ -322,12 +402,40 @@ class Kafka(Service):
         write_secret(self.server_properties, text)  # holds the broker's own passwords when secured
         (self.config_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
 
+    def check_quorum(self) -> None:
+        """A formatted cluster keeps its voters: a 1-node metadata log cannot join a 3-node quorum
+        (nor the reverse), so another node count needs a wipe."""
+        if not (self.data_dir / "meta.properties").is_file():
+            return
+        try:
+            formatted = self.quorum_file.read_text().strip()
+        except OSError:  # formatted before the dev stack had clusters: one node
+            formatted = f"1@{self.host}:{self.settings.kafka_controller_port}"
+        if formatted != self.quorum_voters:
+            raise DevstackError(
+                f"{self.name}: the dev cluster was formatted with {len(formatted.split(','))} node(s) "
+                f"({formatted}), now {self.brokers} are configured ({self.quorum_voters}): pass the same "
+                f"--brokers, or wipe it first: `paperec devstack down --only kafka --wipe`"
+            )
+
+    def cluster_id(self) -> str:
+        """The cluster id every node is formatted with (node 1 draws it; wiped with the data)."""
+        path = self.cluster_root / "cluster.id"
+        if self.node_id == 1 and not (self.data_dir / "meta.properties").is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(random_cluster_id() + "\n")
+        try:
+            return path.read_text().strip()
+        except OSError:
+            raise DevstackError(f"{self.name}: no {path}: node 1 must be prepared first") from None
+
     def format_storage(self, java: str) -> None:
         """Format the KRaft log dir once (meta.properties marks it formatted)."""
+        self.check_quorum()
         if (self.data_dir / "meta.properties").is_file():
             return
-        cluster_id = random_cluster_id()
-        log.info("kafka: formatting storage %s (cluster id %s)", self.data_dir, cluster_id)
+        cluster_id = self.cluster_id()
+        log.info("%s: formatting storage %s (cluster id %s)", self.name, self.data_dir, cluster_id)
         cmd = [
             java,
             *self._java_args(),
@@ -345,8 +453,11 @@ class Kafka(Service):
         done = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True)
         if done.returncode != 0:
             raise DevstackError(
-                f"kafka: formatting storage failed (exit {done.returncode}):\n{done.stdout}{done.stderr}"
+                f"{self.name}: formatting storage failed (exit {done.returncode}):\n"
+                f"{done.stdout}{done.stderr}"
             )
+        if self.node_id == 1:
+            self.quorum_file.write_text(self.quorum_voters + "\n")
 
     # ------------------------------------------------------------------ run
     def _java_args(self) -> list[str]:
@@ -361,8 +472,8 @@ class Kafka(Service):
         return [require_java(), *JVM_OPTS, *self._java_args(), "kafka.Kafka", str(self.server_properties)]
 
     def probe(self) -> bool:
-        """A real metadata round trip, and the broker registered and unfenced."""
-        if not tcp_accepts(self.host, self.settings.kafka_port):
+        """A real metadata round trip, and this node registered and unfenced."""
+        if not tcp_accepts(self.host, self.port):
             return False
         from base import kafka as kafka_clients  # deferred: keeps `devstack --help` fast
 
@@ -375,7 +486,7 @@ class Kafka(Service):
                 admin = kafka_clients.admin(
                     settings,
                     # this dev broker's own listener, whatever else the bootstrap list names
-                    bootstrap_servers=f"{self.host}:{self.settings.kafka_port}",
+                    bootstrap_servers=f"{self.host}:{self.port}",
                     client_id="paperec-devstack-probe",
                     request_timeout_ms=5000,
                 )
@@ -388,12 +499,12 @@ class Kafka(Service):
             finally:
                 admin.close()
         brokers = cluster.get("brokers") or []
-        return any(not b.get("is_fenced", False) for b in brokers)
+        return any(b.get("broker_id") == self.node_id and not b.get("is_fenced", False) for b in brokers)
 
     def wait_ready(self, pid: int) -> None:
         """Wait for the broker; a secured one then gets the services' ACLs (idempotent)."""
         super().wait_ready(pid)
-        if self.secured:
+        if self.secured and self.node_id == self.brokers:  # the last node: the quorum is complete
             count = self.apply_acls()
             log.info(
                 "kafka: %d ACLs for topic prefix %r in place; each service's credentials: %s/<role>.env",
@@ -404,14 +515,23 @@ class Kafka(Service):
 
 
 def render_server_properties(
-    *, host: str, port: int, controller_port: int, log_dir: Path, max_message_bytes: int
+    *,
+    host: str,
+    port: int,
+    controller_port: int,
+    log_dir: Path,
+    max_message_bytes: int,
+    node_id: int = 1,
+    quorum_voters: str = "",
+    brokers: int = 1,
 ) -> str:
+    rf, min_isr = replication(brokers)
     return f"""\
 # Written by `paperec devstack up` on every start; edit the settings, not this file.
-# Single-node KRaft: this process is both broker and (sole) controller.
+# KRaft, {brokers} node(s): this process is both a broker and a controller (quorum voter).
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@{host}:{controller_port}
+node.id={node_id}
+controller.quorum.voters={quorum_voters or f"1@{host}:{controller_port}"}
 listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
 advertised.listeners=PLAINTEXT://{host}:{port}
 inter.broker.listener.name=PLAINTEXT
@@ -419,12 +539,17 @@ controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs={log_dir}
 
-# One broker: internal topics cannot have more than one replica.
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+# Replicas of topics and internal topics: up to 3, one of which may be lost while acks=all
+# writes go on (min.insync.replicas = replicas - 1); a single node has one replica of each.
+default.replication.factor={rf}
+min.insync.replicas={min_isr}
+offsets.topic.replication.factor={rf}
+transaction.state.log.replication.factor={rf}
+transaction.state.log.min.isr={min_isr}
+share.coordinator.state.topic.replication.factor={rf}
+share.coordinator.state.topic.min.isr={min_isr}
+# A replica that missed acknowledged writes never becomes leader (the default, stated).
+unclean.leader.election.enable=false
 # Fewer internal partitions than the default 50: the first consumer group / transaction then
 # waits for 8 partitions to be created on the 2-core CI machine, not 50.
 offsets.topic.num.partitions=8

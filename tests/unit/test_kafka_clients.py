@@ -6,6 +6,7 @@ gives each principal its own topics only."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import shutil
 import ssl
 import subprocess
@@ -86,7 +87,8 @@ def test_every_factory_gets_the_sasl_options_and_keeps_its_own(
     assert {k: kwargs[k] for k in SASL_FIELDS} == SASL_FIELDS
     assert "ssl_context" not in kwargs  # SASL_PLAINTEXT: no TLS
     own = {k: v for k, v in kwargs.items() if k not in SASL_FIELDS and k != "bootstrap_servers"}
-    assert own in ({"acks": "all"}, {"group_id": "g"}, {"client_id": "a"}, {"group_id": None})
+    producer_own = {"acks": "all", "enable_idempotence": True}
+    assert own in (producer_own, {"group_id": "g"}, {"client_id": "a"}, {"group_id": None})
     assert args in ((), ("t1",))
 
 
@@ -105,6 +107,51 @@ def test_a_callers_option_wins_over_the_connection_defaults() -> None:
     options = kafka_clients.producer_options(SASL, bootstrap_servers="elsewhere:1", linger_ms=5)
     assert options["bootstrap_servers"] == "elsewhere:1" and options["linger_ms"] == 5
     assert options["sasl_plain_username"] == "paperec-learner"
+
+
+PRODUCERS = {
+    "kafka-python producer": (kafka, "KafkaProducer", kafka_clients.producer),
+    "aiokafka producer": (aiokafka, "AIOKafkaProducer", kafka_clients.aio_producer),
+}
+
+
+@pytest.mark.parametrize("name", list(PRODUCERS))
+def test_every_producer_factory_is_acks_all_and_idempotent(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module, attr, build = PRODUCERS[name]
+    recorder = Recorder()
+    monkeypatch.setattr(module, attr, recorder)
+    build(Settings(), linger_ms=5)  # the caller names neither: the factory sets both
+    ((_, kwargs),) = recorder.calls
+    assert kwargs["acks"] == "all" and kwargs["enable_idempotence"] is True
+    assert kwargs["linger_ms"] == 5
+
+
+@pytest.mark.parametrize("name", list(PRODUCERS))
+@pytest.mark.parametrize("weaker", [{"acks": 1}, {"acks": 0}, {"enable_idempotence": False}])
+def test_a_producer_with_weaker_durability_is_refused(
+    name: str, weaker: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module, attr, build = PRODUCERS[name]
+    recorder = Recorder()
+    monkeypatch.setattr(module, attr, recorder)
+    with pytest.raises(ValueError, match=r"acks|idempotent"):
+        build(Settings(), **weaker)
+    assert recorder.calls == []
+
+
+def test_producer_options_are_durable_and_accepted_by_the_real_clients() -> None:
+    """aiokafka's real constructor (it connects only on start) takes the options and turns
+    idempotence on, so a library upgrade renaming them fails here."""
+    options = kafka_clients.producer_options(Settings(), acks=-1)
+    assert options["acks"] == "all" and options["enable_idempotence"] is True
+
+    async def build() -> aiokafka.AIOKafkaProducer:
+        return kafka_clients.aio_producer(Settings(), acks=-1)
+
+    aio = asyncio.run(build())
+    assert aio._txn_manager is not None  # aiokafka's idempotent-producer state (None otherwise)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """The topic plan and the co-partitioning check, without a broker."""
 
+import pytest
+
 from base.settings import ALL_TOPICS, Settings
 from base.topics import check_copartitioned, topic_plan
 
@@ -29,3 +31,15 @@ def test_copartitioning_check_reports_unequal_and_missing_topics() -> None:
     assert "not co-partitioned" in problem and "paperec.dwells=3" in problem
     missing = {"paperec.impressions": 4}
     assert len(check_copartitioned(missing, settings)) == 2
+
+
+def test_every_topic_gets_the_configured_replication_and_min_insync_replicas() -> None:
+    plan = topic_plan(Settings(replication_factor=3, min_insync_replicas=2))
+    assert {s.replication_factor for s in plan} == {3}
+    assert {s.configs["min.insync.replicas"] for s in plan} == {"2"}
+    assert {s.configs["min.insync.replicas"] for s in topic_plan(Settings())} == {"1"}
+
+
+def test_min_insync_replicas_above_the_replication_factor_is_refused() -> None:
+    with pytest.raises(ValueError, match="min_insync_replicas=2 with replication_factor=1"):
+        topic_plan(Settings(min_insync_replicas=2))
