@@ -36,7 +36,7 @@ from paperec.devstack.process import tcp_accepts
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-PASSWORDS = ("ADMIN", "CONTROLLER", "SERVING", "STREAMS", "LEARNER", "FEEDBACK", "REPLAY")
+PASSWORDS = ("ADMIN", "CONTROLLER", "SERVING", "STREAMS", "LEARNER", "FEEDBACK", "REPLAY", "ROLLOUT")
 
 
 def kafka_home(tmp: Path, libs: Path) -> Path:
