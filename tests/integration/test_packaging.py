@@ -188,6 +188,7 @@ def test_wheel_holds_every_package_and_runs_every_subcommand(install: Install, t
         "streams",
         "learner",
         "actor_service",
+        "rollout",
         "simulator",
         "paperec",
     }
