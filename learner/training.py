@@ -99,9 +99,9 @@ class PAPERecConfig:
     """grad_normalize=running: EMA momentum of the per-objective gradient norms"""
     single_loss_weight: float = 1.0
     """paperec: weight of the unweighted sum_k L_k added to the personalized sum_k w_k(s) L_k"""
-    reward: str = "pareto"
-    """paperec: the weight generator's reward, "pareto", "engagement" or "hybrid" (see REWARDS and
-    the module docstring)"""
+    reward: str = "engagement"
+    """paperec: the weight generator's reward, "pareto" (PAPERec as published), "engagement" (the
+    default: what the evaluation supports, docs/evaluation.md) or "hybrid" (see the module docstring)"""
     policy_state: str = "features"
     """paperec: what the weight generator reads, "features" (user features + context: stable) or
     "ranker" (the ranker's user state, as published: drifts as the ranker trains)"""

@@ -50,7 +50,7 @@ def test_the_demo_passes_the_reward_mode_to_its_learner(tmp_path: Path) -> None:
     default = DemoOptions(1.0, 2, 1, 0, None, None, tmp_path, False)
     services, _ = demo_services(Settings(topic_prefix="paperec.demo-x."), default, tmp_path / "logs")
     learner = next(s for s in services if s.name == "learner")
-    assert _learner_config(list(learner.args[1:])).reward == "pareto"
+    assert _learner_config(list(learner.args[1:])).reward == "engagement"
 
 
 def test_a_bad_learner_patch_is_refused_before_anything_starts() -> None:

@@ -23,7 +23,9 @@ def one_thread() -> Iterator[None]:
 
 
 def config(**overrides: object) -> PAPERecConfig:
+    """PAPERec as published (``reward="pareto"``): what this module tests."""
     overrides.setdefault("ranker", RankerConfig.tiny())
+    overrides.setdefault("reward", "pareto")
     return PAPERecConfig(device="cpu", **overrides)  # type: ignore[arg-type]
 
 

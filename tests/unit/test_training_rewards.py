@@ -333,6 +333,6 @@ def test_paperec_learner_selects_the_mode_by_flag() -> None:
         30.0,
     )
     default = build_config(PAPERecConfig, parser.parse_args([]), "train__")
-    assert (default.reward, default.policy_state) == ("pareto", "features")
+    assert (default.reward, default.policy_state) == ("engagement", "features")
     with pytest.raises(ValueError, match="reward"):
         build_config(PAPERecConfig, parser.parse_args(["--reward", "nope"]), "train__")
