@@ -85,28 +85,23 @@ def _offsets(settings: Settings) -> tuple[dict[int, int], dict[int, int | None]]
         consumer.close(autocommit=False)
 
 
-class Learner:
-    """``paperec learner`` as a subprocess, its log in a file."""
+class LearnerProcess:
+    """``paperec learner ARGS`` as a subprocess, its log in a file (``name`` in failure messages)."""
 
-    def __init__(self, settings: Settings, ckpt_dir: Path, log_path: Path, source: str) -> None:
+    name = "learner"
+    wait_for_s = 90.0
+    """default timeout of :meth:`wait_for`"""
+    exit_s = 60.0
+    """default timeout of :meth:`wait`"""
+
+    def __init__(self, settings: Settings, log_path: Path, args: list[str]) -> None:
         env = {
             **os.environ,
             "PAPEREC_TOPIC_PREFIX": settings.topic_prefix,
             "PAPEREC_SNAPSHOT_HMAC_KEY": KEY,
             "PAPEREC_LOG_LEVEL": "INFO",
         }
-        cmd = [
-            *(sys.executable, "-m", "paperec.cli", "learner"),
-            *("--learner-checkpoint-dir", str(ckpt_dir), "--device", "cpu", "--torch-threads", "1"),
-            *("--batch-size", "32", "--buffer-capacity", "2000", "--min-buffer", "64"),
-            *("--snapshot-every-steps", "15", "--snapshot-every-s", "2", "--checkpoint-every-s", "2"),
-            *("--metrics-interval-s", "1", "--log-every-s", "2", "--metrics-source", source),
-            *("--exploration-noise", str(EXPLORATION_NOISE)),
-            *("--exploration-wide-noise", str(EXPLORATION.wide_std)),
-            *("--exploration-wide-share", str(EXPLORATION.wide_share)),
-            *("--exploration-uniform-share", str(EXPLORATION.uniform_share)),
-            *RANKER_FLAGS,
-        ]
+        cmd = [sys.executable, "-m", "paperec.cli", "learner", *args]
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -114,28 +109,49 @@ class Learner:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_for(self, what: str, cond: Callable[[], Any], timeout_s: float = 90) -> Any:
-        deadline = time.monotonic() + timeout_s
+    def wait_for(self, what: str, cond: Callable[[], Any], timeout_s: float | None = None) -> Any:
+        deadline = time.monotonic() + (self.wait_for_s if timeout_s is None else timeout_s)
         while time.monotonic() < deadline:
             value = cond()
             if value:
                 return value
             if self.proc.poll() is not None:
                 pytest.fail(
-                    f"learner exited ({self.proc.returncode}) waiting for {what}:\n{self.log()[-4000:]}"
+                    f"{self.name} exited ({self.proc.returncode}) waiting for {what}:\n{self.log()[-4000:]}"
                 )
             time.sleep(0.3)
         pytest.fail(f"timed out waiting for {what}:\n{self.log()[-4000:]}")
 
-    def wait(self, timeout_s: float = 60) -> int:
+    def wait(self, timeout_s: float | None = None) -> int:
         try:
-            return self.proc.wait(timeout_s)
+            return self.proc.wait(self.exit_s if timeout_s is None else timeout_s)
         finally:
             self._log.close()
 
     def kill(self, sig: int) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+
+
+class Learner(LearnerProcess):
+    """``paperec learner`` with this module's small, fast settings."""
+
+    def __init__(self, settings: Settings, ckpt_dir: Path, log_path: Path, source: str) -> None:
+        super().__init__(
+            settings,
+            log_path,
+            [
+                *("--learner-checkpoint-dir", str(ckpt_dir), "--device", "cpu", "--torch-threads", "1"),
+                *("--batch-size", "32", "--buffer-capacity", "2000", "--min-buffer", "64"),
+                *("--snapshot-every-steps", "15", "--snapshot-every-s", "2", "--checkpoint-every-s", "2"),
+                *("--metrics-interval-s", "1", "--log-every-s", "2", "--metrics-source", source),
+                *("--exploration-noise", str(EXPLORATION_NOISE)),
+                *("--exploration-wide-noise", str(EXPLORATION.wide_std)),
+                *("--exploration-wide-share", str(EXPLORATION.wide_share)),
+                *("--exploration-uniform-share", str(EXPLORATION.uniform_share)),
+                *RANKER_FLAGS,
+            ],
+        )
 
 
 def test_learner_trains_publishes_survives_sigkill_and_resumes(

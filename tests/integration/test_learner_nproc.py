@@ -7,15 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pytest
-from test_learner import RANKER, RANKER_FLAGS
+from test_learner import KEY, RANKER, RANKER_FLAGS, LearnerProcess
 from topic_reads import read_topic
 
 from base.settings import TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
@@ -24,45 +18,28 @@ from learner.checkpoint import CheckpointStore
 from learner.devtools import encoded, produce, synthetic_transitions
 from model.snapshot import decode_snapshot, header_of
 
-KEY = "integration-test-key"
 
-
-class Job:
+class Job(LearnerProcess):
     """``paperec learner --nproc 2`` as a subprocess, its log in a file."""
 
+    name = "job"
+    wait_for_s = 150.0
+    exit_s = 90.0
+
     def __init__(self, settings: Settings, ckpt_dir: Path, log_path: Path) -> None:
-        env = {
-            **os.environ,
-            "PAPEREC_TOPIC_PREFIX": settings.topic_prefix,
-            "PAPEREC_SNAPSHOT_HMAC_KEY": KEY,
-            "PAPEREC_LOG_LEVEL": "INFO",
-        }
-        cmd = [
-            *(sys.executable, "-m", "paperec.cli", "learner", "--nproc", "2"),
-            *("--learner-checkpoint-dir", str(ckpt_dir), "--device", "cpu", "--torch-threads", "1"),
-            *("--batch-size", "16", "--buffer-capacity", "2000", "--min-buffer", "32"),
-            *("--snapshot-every-steps", "10", "--snapshot-every-s", "2", "--checkpoint-every-s", "2"),
-            *("--no-ingest-process", "--no-metrics-clickhouse", "--log-every-s", "2"),
-            *("--collective-timeout-s", "30"),
-            *RANKER_FLAGS,
-        ]
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, what: str, cond: Callable[[], Any], timeout_s: float = 150) -> Any:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = cond()
-            if value:
-                return value
-            if self.proc.poll() is not None:
-                pytest.fail(f"job exited ({self.proc.returncode}) waiting for {what}:\n{self.log()[-4000:]}")
-            time.sleep(0.3)
-        pytest.fail(f"timed out waiting for {what}:\n{self.log()[-4000:]}")
+        super().__init__(
+            settings,
+            log_path,
+            [
+                *("--nproc", "2"),
+                *("--learner-checkpoint-dir", str(ckpt_dir), "--device", "cpu", "--torch-threads", "1"),
+                *("--batch-size", "16", "--buffer-capacity", "2000", "--min-buffer", "32"),
+                *("--snapshot-every-steps", "10", "--snapshot-every-s", "2", "--checkpoint-every-s", "2"),
+                *("--no-ingest-process", "--no-metrics-clickhouse", "--log-every-s", "2"),
+                *("--collective-timeout-s", "30"),
+                *RANKER_FLAGS,
+            ],
+        )
 
     def ranks(self) -> list[int]:
         """The rank processes' pids (the spawned children, not torch's resource tracker)."""
@@ -77,16 +54,6 @@ class Job:
             if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
                 out.append(int(child))
         return sorted(out)
-
-    def wait(self, timeout_s: float = 90) -> int:
-        try:
-            return self.proc.wait(timeout_s)
-        finally:
-            self._log.close()
-
-    def kill(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
 
 
 def _versions(s: Settings) -> list[int]:
