@@ -15,6 +15,8 @@ from private_stack import free_port
 from base.settings import Settings
 from paperec.demo_driver import HttpPolicy
 from paperec.replay import KafkaSender
+from paperec.replay_reader import EncodedEvent
+from schemas import encode
 from simulator import ListRequest, Ranking, Simulator, SimulatorConfig
 
 
@@ -49,7 +51,8 @@ class _Stopped(Exception):
 class Traffic:
     """Seeded simulated users ranked by ``POST /rank`` (alternating nodes; a non-200 raises in
     HttpPolicy), their feedback sent to Kafka as ``settings`` (its principal, if any) at wall
-    time, at about ``lists_per_s``; in a thread. Records every answered list."""
+    time, at about ``lists_per_s``; in a thread. Records every answered list and every feedback
+    event handed to the sender (``sender.errors`` counts those the brokers did not acknowledge)."""
 
     def __init__(
         self,
@@ -67,6 +70,7 @@ class Traffic:
         self.sender = KafkaSender(settings)
         self.parallel, self.lists_per_s = parallel, lists_per_s
         self.answered: list[tuple[str, str]] = []  # (user_id, request_id)
+        self.feedback: list[EncodedEvent] = []  # clicks and dwells handed to the sender
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
@@ -90,7 +94,9 @@ class Traffic:
             for result in self.sim.run(self, self.sim.endless_sessions(), parallel=self.parallel):
                 now_ms = int(time.time() * 1000)
                 for event in result.events()[1:]:  # the node logged the impression itself
-                    self.sender(dataclasses.replace(event, ts_ms=now_ms))
+                    value = encode(dataclasses.replace(event, ts_ms=now_ms))
+                    self.feedback.append(EncodedEvent(event.type, now_ms, event.request_id, value))
+                    self.sender(self.feedback[-1])
                 next_at += 1.0 / self.lists_per_s
                 time.sleep(max(0.0, next_at - time.monotonic()))
         except _Stopped:
