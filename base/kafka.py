@@ -14,6 +14,7 @@ a process that only serves never loads kafka-python.
 from __future__ import annotations
 
 import ssl
+import time
 from typing import TYPE_CHECKING, Any
 
 from base.settings import ENV_PREFIX, Settings
@@ -199,3 +200,33 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
     else:
         options["broker_credentials"] = faust.SSLCredentials(context)
     return options
+
+
+def read_topic(settings: Settings, suffix: str, timeout_s: float = 30.0) -> list[Any]:
+    """Every record of ``settings.topic(suffix)``, all partitions, from the beginning to the end
+    offsets seen at the start of the read (what was written before the call, not what comes after);
+    what was read by ``timeout_s`` if the end is not reached by then. For tests, benchmarks and
+    tools that check what a topic holds."""
+    from kafka import TopicPartition
+
+    topic = settings.topic(suffix)
+    reader = consumer(
+        settings,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=64 * 1024 * 1024,
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+        reader.assign(tps)
+        reader.seek_to_beginning(*tps)
+        ends = reader.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while any(reader.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+            for records in reader.poll(timeout_ms=500).values():
+                out.extend(records)
+        return out
+    finally:
+        reader.close()

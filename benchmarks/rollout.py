@@ -70,14 +70,10 @@ from typing import Any
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-# the loop helpers of the integration tests (loop_traffic, topic_reads)
-sys.path.append(str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
 import httpx
 import torch
-from loop_traffic import Traffic, as_env, serve_base_port
 from prometheus_client import CollectorRegistry, Counter
-from topic_reads import read_topic
 
 from actor_service.api import RankRequest
 from actor_service.arms import CANARY, HOLDOUT, PERSONALIZED, assign_arm
@@ -86,6 +82,7 @@ from actor_service.model_slot import served_snapshot
 from actor_service.ranking import rank
 from actor_service.routing import Routing
 from actor_service.served import Served
+from base.kafka import read_topic
 from base.metrics_store import client as clickhouse_client
 from base.metrics_store import init_tables
 from base.settings import TOPIC_IMPRESSIONS, TOPIC_ROLLOUT, Settings
@@ -94,6 +91,7 @@ from model.snapshot import decode_snapshot, header_of
 from model.snapshot_keys import snapshot_keys
 from paperec.demo import DEMO_ENV
 from paperec.services import ServiceProcess, Supervisor
+from paperec.traffic import Traffic, as_env, serve_base_port
 from rollout.devtools import negated, proxy_ranker_model
 from schemas import Exploration, Impression, RolloutDecision, decode_impression, decode_rollout_decision
 from simulator import SimulatorConfig

@@ -5,7 +5,7 @@ test_replicated_loop.py: a partition leader of a 3-node cluster killed).
 :func:`whole_loop` starts the services as ``paperec demo`` starts them
 (``paperec.demo.demo_services``: streams worker, learner, two serving nodes, rollout controller)
 with short windows and frequent snapshots, waits for the nodes and a first snapshot under seeded
-traffic (loop_traffic.py), and stops everything afterwards, also on failure. :class:`Run` holds
+traffic (paperec/traffic.py), and stops everything afterwards, also on failure. :class:`Run` holds
 what a test checks while it waits (no service exited, no ``/rank`` failed) and after the traffic
 stopped (every answered list on the impressions topic, the transitions they give).
 """
@@ -25,11 +25,10 @@ from typing import Any
 import httpx
 import pytest
 from kafka import TopicPartition
-from loop_traffic import Traffic, as_env, serve_base_port
-from topic_reads import read_topic
 
 from actor_service.devtools import metric_value
 from base import kafka as kafka_clients
+from base.kafka import read_topic
 from base.metrics_store import init_tables
 from base.settings import (
     TOPIC_CLICKS,
@@ -43,6 +42,7 @@ from base.topics import create_topics
 from model.snapshot import header_of
 from paperec.demo import DEMO_ROLLOUT_ENV, DemoOptions, demo_services
 from paperec.services import Supervisor
+from paperec.traffic import Traffic, as_env, serve_base_port
 from schemas import Impression, Transition, decode, decode_snapshot_header, transition_id
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
-from topic_reads import read_topic
 
+from base.kafka import read_topic
 from base.metrics_store import client
 from base.settings import TOPIC_ROLLOUT, TOPIC_SNAPSHOTS, Settings
 from model.rollout_signing import decode_decision

@@ -23,7 +23,6 @@ from aiokafka.errors import KafkaConnectionError
 from aiokafka.errors import TopicAuthorizationFailedError as AioTopicAuthorizationFailed
 from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
-from loop_traffic import Traffic, as_env, serve_base_port
 from private_stack import PrivateKafka
 
 from base import kafka as kafka_clients
@@ -33,6 +32,7 @@ from base.topics import create_topics
 from paperec.demo import DemoOptions, demo_services
 from paperec.devstack import cli as devstack_cli
 from paperec.services import Supervisor
+from paperec.traffic import Traffic, as_env, serve_base_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

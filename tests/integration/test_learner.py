@@ -19,8 +19,8 @@ import pytest
 import torch
 from clickhouse_driver import Client
 from kafka import KafkaConsumer, TopicPartition
-from topic_reads import read_topic
 
+from base.kafka import read_topic
 from base.metrics_store import init_tables
 from base.settings import TOPIC_DEAD_LETTER, TOPIC_ROLLOUT, TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
 from base.topics import create_topics

@@ -10,8 +10,8 @@ import signal
 from pathlib import Path
 
 from test_learner import KEY, RANKER, RANKER_FLAGS, LearnerProcess
-from topic_reads import read_topic
 
+from base.kafka import read_topic
 from base.settings import TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
 from base.topics import create_topics
 from learner.checkpoint import CheckpointStore

@@ -14,9 +14,9 @@ import pytest
 from clickhouse_driver import Client
 from test_learner import RANKER, Learner, _snapshots
 from test_streams_worker import Reader, Worker, producer, send, streams_settings
-from topic_reads import read_topic
 
 from actor_service.devtools import example_request, start_node, wait_ready
+from base.kafka import read_topic
 from base.metrics_store import init_tables
 from base.settings import (
     TOPIC_DEAD_LETTER,

@@ -34,11 +34,10 @@ from typing import Any
 import httpx
 import pytest
 from kafka import TopicPartition
-from loop_traffic import Traffic, as_env, serve_base_port
-from topic_reads import read_topic
 
 from actor_service.devtools import SnapshotPublisher, metric_value, snapshot_record
 from base import kafka as kafka_clients
+from base.kafka import read_topic
 from base.metrics_store import client, init_tables
 from base.settings import TOPIC_IMPRESSIONS, TOPIC_ROLLOUT, Settings
 from base.topics import create_topics
@@ -46,6 +45,7 @@ from model.rollout_signing import decode_decision
 from model.snapshot_keys import snapshot_keys
 from paperec.demo import DemoOptions, demo_services
 from paperec.services import ServiceProcess, Supervisor
+from paperec.traffic import Traffic, as_env, serve_base_port
 from rollout.devtools import negated, proxy_ranker_model
 from schemas import Impression, RolloutDecision, decode_impression
 from simulator import SimulatorConfig

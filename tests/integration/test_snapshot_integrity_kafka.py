@@ -26,7 +26,6 @@ import httpx
 import pytest
 from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
-from topic_reads import read_topic
 
 from actor_service.devtools import (
     NodeProcess,
@@ -38,6 +37,7 @@ from actor_service.devtools import (
     start_node,
     wait_ready,
 )
+from base.kafka import read_topic
 from base.settings import TOPIC_SNAPSHOTS, TOPIC_TRANSITIONS, Settings
 from base.topics import create_topics
 from learner.devtools import encoded, produce, synthetic_transitions

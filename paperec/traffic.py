@@ -1,6 +1,8 @@
-"""Driving the whole loop (streams, learner, two serving nodes) on a private stack in
-integration tests: the settings as the services' environment, ports for the nodes, and seeded
-simulated users ranked through ``POST /rank`` with their feedback sent to Kafka."""
+"""Driving a running loop (serving nodes, streams, learner) with seeded simulated users: the
+settings as the services' environment, free ports for the nodes, and :class:`Traffic`, users
+ranked through ``POST /rank`` with their feedback sent to Kafka at wall time. The integration
+tests' loops (tests/integration/loop_run.py) and the rollout benchmark (benchmarks/rollout.py)
+use it; ``paperec demo`` drives its loop with :mod:`paperec.demo_driver`, on the same pieces."""
 
 from __future__ import annotations
 
@@ -10,8 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from private_stack import free_port
-
+from actor_service.devtools import free_port
 from base.settings import Settings
 from paperec.demo_driver import HttpPolicy
 from paperec.replay import KafkaSender
