@@ -51,6 +51,15 @@ Feedback = Click | Dwell
 
 ENTRY = b"e:"  # changelog key prefix of a request's entry (open, held or closed)
 IMPRESSION = b"i:"  # changelog key prefix of an open request's impression
+# Changelog key prefix of a partition's progress (``w:<partition>``): its watermark and, per input,
+# the offset after the last record applied, written with the state they produced. A new owner (a
+# restart, or another worker after a rebalance) starts the partition's watermark from exactly
+# there, and skips the re-read records below those offsets (their effects are in the state, their
+# outputs durable). Seeding the watermark from the largest event time the state holds instead was
+# wrong while catching up on a backlog: Kafka fetches by bytes, so held clicks and dwells run far
+# ahead of the impressions, and the re-read impressions were all late; and re-read feedback of
+# lists closed meanwhile was dead-lettered as late (both found by benchmarks/scale.py join).
+WATERMARK = b"w:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +146,9 @@ class RequestJoin:
         self._due: dict[int, list[tuple[int, str]]] = {}
         self._dirty: dict[str, int] = {}  # request_id -> partition, changed since take_changes
         self._dirty_imp: dict[str, int] = {}  # request_id -> partition, impression written/deleted
+        self._written_wm: dict[int, dict[str, Any]] = {}  # partition -> progress last taken
+        self._next_offset: dict[tuple[int, str], int] = {}  # (partition, topic) -> after the last applied
+        self._replay_below: dict[tuple[int, str], int] = {}  # restored: records below were applied
         self.counts: Counter[tuple[str, str]] = Counter()
 
     # ------------------------------------------------------------------------------- input
@@ -338,13 +350,42 @@ class RequestJoin:
         """(changelog key, partition, value or None for a delete) of everything changed since the
         last call; the caller writes them to the changelog. A request has an entry under
         ``e:<request_id>``; an open one also its impression, as received, under
-        ``i:<request_id>``, written once: feedback updates rewrite only the small entry."""
+        ``i:<request_id>``, written once: feedback updates rewrite only the small entry. A
+        partition's watermark, when it moved, under ``w:<partition>`` (see :data:`WATERMARK`)."""
         out = [(ENTRY + rid.encode(), p, self._encoded(rid)) for rid, p in self._dirty.items()]
         for rid, p in self._dirty_imp.items():
             entry = self._open.get(rid)
             out.append((IMPRESSION + rid.encode(), p, None if entry is None else entry.raw))
+        for p, progress in self._progress_now().items():
+            if self._written_wm.get(p) != progress:
+                self._written_wm[p] = progress
+                out.append((_watermark_key(p), p, orjson.dumps(progress)))
         self._dirty.clear()
         self._dirty_imp.clear()
+        return out
+
+    def fresh(self, src: Source) -> bool:
+        """Whether an input record is new to the state (call it for every record read): False
+        for one a restored state already applied (below the offsets written with it), counted
+        as ``replayed``."""
+        tp = (src.partition, src.topic)
+        if src.offset < self._replay_below.get(tp, 0):
+            self.counts["replayed", src.topic] += 1
+            return False
+        if src.offset >= self._next_offset.get(tp, 0):
+            self._next_offset[tp] = src.offset + 1
+        return True
+
+    def _progress_now(self) -> dict[int, dict[str, Any]]:
+        """Per partition: its watermark as of the last ``get`` (what closed the state's lists;
+        None: none yet) and per input topic the offset after the last record applied."""
+        out: dict[int, dict[str, Any]] = {}
+        for p in self.watermarks.partitions():
+            wm = self.watermarks.last(p)
+            if wm is not None:
+                out[p] = {"w": wm, "o": {}}
+        for (p, topic), offset in self._next_offset.items():
+            out.setdefault(p, {"w": None, "o": {}})["o"][topic] = offset
         return out
 
     def _encoded(self, rid: str) -> bytes | None:
@@ -390,20 +431,42 @@ class RequestJoin:
             out[ENTRY + rid.encode()] = value
         for rid, entry in self._open.items():
             out[IMPRESSION + rid.encode()] = entry.raw
+        for p, progress in self._progress_now().items():
+            out[_watermark_key(p)] = orjson.dumps(progress)
         return out
 
     def load_state_dict(
         self, entries: dict[bytes, bytes], now_ms: int, partitions: set[int] | None = None
     ) -> None:
         """Replace the state by ``entries`` (as written by ``take_changes``), e.g. after recovery,
-        keeping only the given partitions (None: all). Watermarks restart from the largest event
-        time each partition's entries hold."""
+        keeping only the given partitions (None: all). A partition's watermark restarts from the
+        one written with its state (``w:<partition>``), and the records below the offsets written
+        with it are skipped when read again (:meth:`fresh`); a changelog written before that key
+        existed gives a lower bound instead: the latest close of its closed markers, else its
+        oldest open impression's event time (never the held feedback's, which runs ahead in a
+        backlog)."""
         old = self.watermarks
         self.__init__(self.config)  # type: ignore[misc]
         self.watermarks.inherit(old)  # an outage that revoked the partitions still holds them
         impressions = {k[len(IMPRESSION) :]: v for k, v in entries.items() if k.startswith(IMPRESSION)}
-        seeds: dict[int, int] = {}
+        written: dict[int, int] = {}
+        progress: dict[int, dict[str, Any]] = {}
+        closes: dict[int, int] = {}
+        opens: dict[int, int] = {}
         for key, value in entries.items():
+            if key.startswith(WATERMARK):
+                try:
+                    wp, d = int(key[len(WATERMARK) :]), orjson.loads(value)
+                    wm = None if d["w"] is None else int(d["w"])
+                    offsets = {str(topic): int(o) for topic, o in d["o"].items()}
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    log.error("dropping unreadable join progress %r: %s", key, exc)
+                    continue
+                if partitions is None or wp in partitions:
+                    progress[wp] = {"w": wm, "o": offsets}
+                    if wm is not None:
+                        written[wp] = wm
+                continue
             if not key.startswith(ENTRY):
                 continue
             rid = key[len(ENTRY) :].decode()
@@ -411,15 +474,24 @@ class RequestJoin:
                 d = orjson.loads(value)
                 if partitions is not None and d["p"] not in partitions:
                     continue
-                p, ts = self._load_entry(rid, d, impressions.get(key[len(ENTRY) :]))
+                p, kind, ts = self._load_entry(rid, d, impressions.get(key[len(ENTRY) :]))
             except (SchemaError, ValueError, KeyError, TypeError) as exc:
                 log.error("dropping unreadable join state for request %r: %s", rid, exc)
                 continue
-            seeds[p] = max(ts, seeds.get(p, ts))
-        for p, ts in seeds.items():
+            if kind == "closed":
+                closes[p] = max(ts, closes.get(p, ts))
+            elif kind == "open":
+                opens[p] = min(ts, opens.get(p, ts))
+        for p, ts in {**opens, **closes, **written}.items():
             self.watermarks.seed(p, ts, now_ms)
+            self.watermarks.get(p)  # the floor: where the partition restarts, never below
+        self._written_wm = progress
+        self._next_offset = {(p, topic): o for p, d in progress.items() for topic, o in d["o"].items()}
+        self._replay_below = dict(self._next_offset)
 
-    def _load_entry(self, rid: str, d: dict[str, Any], imp_raw: bytes | None) -> tuple[int, int]:
+    def _load_entry(self, rid: str, d: dict[str, Any], imp_raw: bytes | None) -> tuple[int, str, int]:
+        """Restore one entry; (its partition, its kind, its event time: the impression's, the
+        latest held feedback's, or when a closed one closed)."""
         cfg = self.config
         p = int(d["p"])
         if d["s"] == "open":
@@ -429,7 +501,7 @@ class RequestJoin:
             entry = _Open(p, imp, imp_raw, dict(d["c"]), dict(d["d"]), {tuple(x) for x in d["ds"]})
             self._open[rid] = entry
             self._push(p, self._deadline(entry), rid)
-            return p, imp.ts_ms
+            return p, "open", imp.ts_ms
         if d["s"] == "held":
             held = _Held(p)
             for h in d["fb"]:
@@ -442,12 +514,12 @@ class RequestJoin:
                 held.keys.add(_feedback_key(fb))
                 self._push(p, fb.ts_ms + cfg.window_ms + cfg.lateness_ms, rid)
             self._held[rid] = held
-            return p, max(h.feedback.ts_ms for h in held.items)
+            return p, "held", max(h.feedback.ts_ms for h in held.items)
         if d["s"] == "closed":
             mark = _Closed(p, int(d["x"]))
             self._closed[rid] = mark
             self._push(p, mark.expires_ms, rid)
-            return p, mark.expires_ms - cfg.closed_retention_ms
+            return p, "closed", mark.expires_ms - cfg.closed_retention_ms
         raise ValueError(f"unknown entry kind {d['s']!r}")
 
     def forget_partitions(self, partitions: set[int]) -> None:
@@ -457,7 +529,15 @@ class RequestJoin:
                 del table[rid]
         for p in partitions:
             self._due.pop(p, None)
+            self._written_wm.pop(p, None)
+        for positions in (self._next_offset, self._replay_below):
+            for tp in [tp for tp in positions if tp[0] in partitions]:
+                del positions[tp]
         self.watermarks.forget(partitions)
+
+
+def _watermark_key(partition: int) -> bytes:
+    return WATERMARK + str(partition).encode()
 
 
 def _text(key: bytes | None) -> str | None:

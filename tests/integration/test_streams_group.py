@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,13 +31,16 @@ from stream_workers import (
 
 from base.settings import (
     TOPIC_CLICKS,
+    TOPIC_DEAD_LETTER,
     TOPIC_DWELLS,
     TOPIC_IMPRESSIONS,
     TOPIC_LIST_OUTCOMES,
     TOPIC_TRANSITIONS,
     Settings,
 )
+from schemas import DeadLetter, decode
 from streams import fixtures as fx
+from streams.publisher import partition_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -202,4 +206,87 @@ def test_workers_share_the_partitions_and_a_killed_ones_move_without_losing_a_tr
         f"{len(ids)} transitions on the topic for {len(expected)} expected, "
         f"{len(ids) - len(unique)} repeats; "
         f"{killed_at} read when worker b was killed"
+    )
+
+
+def test_a_partition_moved_while_its_feedback_runs_ahead_of_its_impressions_loses_nothing(
+    settings: Settings, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Catching up on a backlog (a replayed log), Kafka fetches by bytes: the small clicks and
+    dwells run far ahead of the large impressions and wait in the join's state as held feedback.
+    Here that state is made on purpose: every list's click and dwell is on the broker, but only
+    the first tenth of the impressions. Worker a reads it all; worker b joins, and half of the
+    partitions move to it with their state; then the other impressions come. The new owner must
+    restart each partition at the watermark written with its state, not at the held feedback's
+    event time, or every one of those impressions is late and its list lost (benchmarks/scale.py
+    join found it: up to 19 112 of 30 000 transitions missing with two workers). The inputs do
+    not idle forward here (``streams_idle_ms`` 10 min), so only the records move the clocks; a
+    last list on every partition, after the others' session gap, closes everything. Every
+    transition id must come out, and no dead letter."""
+    gap = 1_500
+    s = streams_settings(
+        settings,
+        unique_prefix,
+        tmp_path,
+        event_partitions=PARTITIONS,
+        session_gap_ms=gap,
+        join_window_ms=600,
+        join_lateness_ms=200,
+        streams_idle_ms=600_000,
+    )
+    group = Group(s, tmp_path)
+    start = int(time.time() * 1000) - 60_000
+    lists, expected = user_sessions(unique_prefix, 40, 25, lambda u, k: start + (k * 40 + u) * 25)
+    early = lists[: len(lists) // 10]
+    p = producer(s)
+    for ts, user, rid in lists:
+        send(p, s, TOPIC_CLICKS, rid, fx.click(rid, user, 1, ts + 50))
+        send(p, s, TOPIC_DWELLS, rid, fx.dwell(rid, user, 1, ts + 100, 2_000))
+    for ts, user, rid in early:
+        send(p, s, TOPIC_IMPRESSIONS, rid, fx.impression(rid, user, ts))
+    p.flush()
+    transitions, dead = Reader(s, TOPIC_TRANSITIONS), Reader(s, TOPIC_DEAD_LETTER)
+    try:
+        a = group.start("a")
+        a.wait_ready(90)
+        assert_one_owner_each(group, 1, "worker a started")
+        deadline = time.monotonic() + 60  # a read every input to its end and wrote its state
+        while time.monotonic() < deadline and sum(committed(s).values()) < 2 * len(lists) + len(early):
+            time.sleep(0.2)
+        assert sum(committed(s).values()) >= 2 * len(lists) + len(early), committed(s)
+        b = group.start("b")
+        b.wait_ready(90)
+        assert_one_owner_each(group, 2, "worker b started")
+
+        for ts, user, rid in lists[len(early) :]:
+            send(p, s, TOPIC_IMPRESSIONS, rid, fx.impression(rid, user, ts))
+        end = lists[-1][0] + gap + 5_000
+        for part in range(PARTITIONS):  # a last list on every partition moves every clock past the rest
+            rid = next(
+                r
+                for r in (f"{unique_prefix}end-{part}-{i}" for i in range(10_000))
+                if partition_for(r.encode(), PARTITIONS) == part
+            )
+            user = f"end-{part}"
+            send(p, s, TOPIC_IMPRESSIONS, rid, fx.impression(rid, user, end))
+            send(p, s, TOPIC_CLICKS, rid, fx.click(rid, user, 1, end + 50))
+            send(p, s, TOPIC_DWELLS, rid, fx.dwell(rid, user, 1, end + 100, 2_000))
+        p.flush()
+        p.close()
+        got = transitions.until(lambda rs: expected <= {t.transition_id for t in transitions_of(rs)}, 60, a)
+        time.sleep(2)  # anything unexpected after that?
+        got, letters = transitions.poll(), dead.poll()
+    finally:
+        transitions.close()
+        dead.close()
+        group.stop()
+    ids = {t.transition_id for t in transitions_of(got) if not t.user_id.startswith("end-")}
+    reasons = Counter(decode(r.value, DeadLetter).stage for r in letters)
+    assert ids == expected and not reasons, (
+        f"missing {len(expected - ids)}, unexpected {len(ids - expected)}, dead letters {dict(reasons)}\n"
+        f"{group.tails()}"
+    )
+    print(
+        f"{len(ids)} transitions of {len(expected)} expected; "
+        f"{len(lists) - len(early)} impressions after the move"
     )

@@ -254,7 +254,8 @@ def test_changelog_writes_are_coalesced_per_flush_interval_and_inputs_acked_with
         committer = stage._committer = asyncio.ensure_future(stage._commit_loop())
         await stage.step([msg(IMP, 0, "r0", fx.impression("r0", "u0", T0))])  # the first step flushes
         await asyncio.sleep(0.01)
-        assert [k for k, _ in changelog()] == [b"e:r0", b"i:r0"] and acks() == [(IMP, 0, 0)]
+        # w:0 the partition's watermark, with the state it closed (a new owner restarts there)
+        assert [k for k, _ in changelog()] == [b"e:r0", b"i:r0", b"w:0"] and acks() == [(IMP, 0, 0)]
         log.events.clear()
 
         # within one interval: r1 opens, gets a click and closes; r2 opens and gets two clicks
@@ -279,7 +280,10 @@ def test_changelog_writes_are_coalesced_per_flush_interval_and_inputs_acked_with
         await stage.step([])
         await asyncio.sleep(0.01)
         written = changelog()
-        assert sorted(k for k, _ in written if k is not None) == [b"e:r1", b"e:r2", b"i:r1", b"i:r2"]
+        assert sorted(k for k, _ in written if k is not None) == [b"e:r1", b"e:r2", b"i:r1", b"i:r2", b"w:0"]
+        # once per flush: the latest watermark, and the offsets after the last records applied
+        progress = {"w": stage.join.watermarks.last(0), "o": {IMP: 3, CLK: 3}}
+        assert orjson.loads(dict(written)[b"w:0"] or b"{}") == progress
         r2 = orjson.loads(dict(written)[b"e:r2"] or b"{}")
         assert sorted(pos for pos, _ in r2["c"]) == [0, 1]  # one write, with both clicks
         assert sorted(acks()) == sorted([(IMP, 0, 1), (IMP, 0, 2), (CLK, 0, 0), (CLK, 0, 1), (CLK, 0, 2)])
@@ -309,7 +313,7 @@ def test_a_delete_of_an_entry_never_written_is_dropped(env: tuple[Log, asyncio.E
         await idle_until(stage, now, T0 + 5_000)  # r1's window closes before the next flush
         await asyncio.wait_for(stage.drain(), 1)
         written = [(w[2], w[3]) for k, w in log.events if k == "produced" and w[0] == CHG]
-        assert [k for k, _ in written] == [b"e:r1"] and b'"closed"' in (written[0][1] or b"")
+        assert [k for k, _ in written] == [b"e:r1", b"w:0"] and b'"closed"' in (written[0][1] or b"")
         assert [w for k, w in log.events if k == "ack"] == [(IMP, 0, 0)]
         committer.cancel()
 
