@@ -22,7 +22,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 
-from base.settings import Settings
+from base.settings import TOPIC_CLICKS, TOPIC_DWELLS, TOPIC_IMPRESSIONS, Settings
 from base.topics import create_topics
 from schemas import Transition, decode, transition_id
 from streams import fixtures as fx
@@ -216,3 +216,19 @@ def group_assignment(s: Settings, group: str) -> tuple[str, list[dict[str, list[
         assignment = member["member_assignment"] or {"assigned_partitions": []}
         members.append({a["topic"]: sorted(a["partitions"]) for a in assignment["assigned_partitions"]})
     return described["group_state"], members
+
+
+def send_in_real_time(s: Settings, lists: list[tuple[int, str, str]]) -> None:
+    """Each ``(ts, user, request id)`` list's impression, a click and a dwell, sent at its event
+    time (wall clock), as serving nodes and clients send them."""
+    p = producer(s)
+    for ts, user, rid in lists:
+        delay = ts / 1000 - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        pos = hash(rid) % 3
+        send(p, s, TOPIC_IMPRESSIONS, rid, fx.impression(rid, user, ts))
+        send(p, s, TOPIC_CLICKS, rid, fx.click(rid, user, pos, ts + 50))
+        send(p, s, TOPIC_DWELLS, rid, fx.dwell(rid, user, pos, ts + 100, 1_000 + pos))
+    p.flush()
+    p.close()

@@ -25,6 +25,7 @@ from stream_workers import (
     committed,
     producer,
     send,
+    send_in_real_time,
     streams_settings,
     transitions_of,
     user_sessions,
@@ -248,20 +249,7 @@ def test_sigkill_mid_stream_then_restart_loses_no_transition(
     start = int(time.time() * 1000) + 200
     lists, expected = user_sessions(unique_prefix, 40, 24, lambda u, k: start + u * 25 + k * 300)
 
-    def produce() -> None:  # events in real time, as serving nodes and clients would send them
-        p = producer(s)
-        for ts, user, rid in lists:
-            delay = ts / 1000 - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            pos = hash(rid) % 3
-            send(p, s, TOPIC_IMPRESSIONS, rid, fx.impression(rid, user, ts))
-            send(p, s, TOPIC_CLICKS, rid, fx.click(rid, user, pos, ts + 50))
-            send(p, s, TOPIC_DWELLS, rid, fx.dwell(rid, user, pos, ts + 100, 1_000 + pos))
-        p.flush()
-        p.close()
-
-    producing = threading.Thread(target=produce, daemon=True)
+    producing = threading.Thread(target=send_in_real_time, args=(s, lists), daemon=True)
     producing.start()
     reader = Reader(s, TOPIC_TRANSITIONS)
     try:
