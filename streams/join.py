@@ -54,11 +54,12 @@ IMPRESSION = b"i:"  # changelog key prefix of an open request's impression
 # Changelog key prefix of a partition's progress (``w:<partition>``): its watermark and, per input,
 # the offset after the last record applied, written with the state they produced. A new owner (a
 # restart, or another worker after a rebalance) starts the partition's watermark from exactly
-# there, and skips the re-read records below those offsets (their effects are in the state, their
-# outputs durable). Seeding the watermark from the largest event time the state holds instead was
-# wrong while catching up on a backlog: Kafka fetches by bytes, so held clicks and dwells run far
-# ahead of the impressions, and the re-read impressions were all late; and re-read feedback of
-# lists closed meanwhile was dead-lettered as late (both found by benchmarks/scale.py join).
+# there, and tells re-read feedback of a list closed meanwhile (below those offsets: counted in
+# the outcome) from feedback that really came after the close (late). Seeding the watermark from
+# the largest event time the state holds instead was wrong while catching up on a backlog: Kafka
+# fetches by bytes, so held clicks and dwells run far ahead of the impressions, and the re-read
+# impressions were all late; and the replayed feedback was dead-lettered as late (both found by
+# benchmarks/scale.py join).
 WATERMARK = b"w:"
 
 
@@ -155,6 +156,7 @@ class RequestJoin:
     def add_impression(self, imp: ImpressionView, raw: bytes, src: Source, now_ms: int) -> list[Rejected]:
         cfg = self.config
         p = src.partition
+        self._note(src)
         self.watermarks.observe(p, src.topic, imp.ts_ms, now_ms)
         rid = imp.request_id
         if rid in self._open or rid in self._closed:
@@ -190,12 +192,17 @@ class RequestJoin:
     def add_feedback(self, fb: Feedback, raw: bytes, src: Source, now_ms: int) -> Rejected | None:
         cfg = self.config
         p = src.partition
+        self._note(src)
         self.watermarks.observe(p, src.topic, fb.ts_ms, now_ms)
         rid = fb.request_id
         entry = self._open.get(rid)
         if entry is not None:
             return self._apply(entry, fb, raw, src)
         if rid in self._closed:
+            if src.offset < self._replay_below.get((p, src.topic), 0):
+                # read again after a restart or rebalance: the closed list's outcome counted it
+                self.counts["replayed", fb.TYPE or ""] += 1
+                return None
             return Rejected(src, raw, STAGE_LATE, f"window of request {rid!r} already closed")
         expires = fb.ts_ms + cfg.window_ms + cfg.lateness_ms
         wm = self.watermarks.last(p)
@@ -364,17 +371,12 @@ class RequestJoin:
         self._dirty_imp.clear()
         return out
 
-    def fresh(self, src: Source) -> bool:
-        """Whether an input record is new to the state (call it for every record read): False
-        for one a restored state already applied (below the offsets written with it), counted
-        as ``replayed``."""
+    def _note(self, src: Source) -> None:
+        """Remember the offset after the last record applied, per input partition (written with
+        the state, see :data:`WATERMARK`)."""
         tp = (src.partition, src.topic)
-        if src.offset < self._replay_below.get(tp, 0):
-            self.counts["replayed", src.topic] += 1
-            return False
         if src.offset >= self._next_offset.get(tp, 0):
             self._next_offset[tp] = src.offset + 1
-        return True
 
     def _progress_now(self) -> dict[int, dict[str, Any]]:
         """Per partition: its watermark as of the last ``get`` (what closed the state's lists;
@@ -440,8 +442,8 @@ class RequestJoin:
     ) -> None:
         """Replace the state by ``entries`` (as written by ``take_changes``), e.g. after recovery,
         keeping only the given partitions (None: all). A partition's watermark restarts from the
-        one written with its state (``w:<partition>``), and the records below the offsets written
-        with it are skipped when read again (:meth:`fresh`); a changelog written before that key
+        one written with its state (``w:<partition>``), and feedback of a closed list below the
+        offsets written with it is a replay, not late; a changelog written before that key
         existed gives a lower bound instead: the latest close of its closed markers, else its
         oldest open impression's event time (never the held feedback's, which runs ahead in a
         backlog)."""

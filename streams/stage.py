@@ -407,8 +407,6 @@ class JoinStage(Stage):
         for m in messages:
             topic = m.topic
             src = Source(topic, m.partition, m.offset, m.key)
-            if not join.fresh(src):
-                continue  # applied before the restored state was written: a replay after a restart
             raw = m.value or b""
             try:
                 if topic == impressions:
