@@ -28,6 +28,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,26 @@ def base_interpreter() -> Path:
     pytest.fail(f"no Python {sys.version_info[:2]} that uid {NOBODY} can run ({mine} is private)")
 
 
+@contextmanager
+def _searchable_by_anyone(path: Path) -> Iterator[None]:
+    """As root, give others the search bit (x, not r) on ``path``'s directories that lack it, until
+    the end: the services run as another user and import this environment's dependencies
+    (through the .pth below), and a checkout under ``mktemp -d`` is 0700 (the README's fresh-clone
+    check found it: ``No module named 'uvicorn'``). The modes are put back afterwards."""
+    changed: list[tuple[Path, int]] = []
+    if os.geteuid() == 0:
+        for d in (path, *path.parents):
+            mode = stat.S_IMODE(d.stat().st_mode)
+            if not mode & stat.S_IXOTH:
+                d.chmod(mode | stat.S_IXOTH)
+                changed.append((d, mode))
+    try:
+        yield
+    finally:
+        for d, mode in reversed(changed):
+            d.chmod(mode)
+
+
 def _chmod_tree(top: Path, *, writable: bool) -> None:
     for path in [top, *top.rglob("*")]:
         if path.is_symlink():
@@ -155,7 +176,8 @@ def install() -> Iterator[Install]:
         ]
         subprocess.run([*pip, str(wheel)], check=True, capture_output=True)
         _chmod_tree(venv, writable=False)  # the code directory, read-only as in the image
-        yield inst
+        with _searchable_by_anyone(Path(sysconfig.get_paths()["purelib"])):
+            yield inst
     finally:
         if venv.exists():
             _chmod_tree(venv, writable=True)
