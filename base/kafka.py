@@ -230,3 +230,18 @@ def read_topic(settings: Settings, suffix: str, timeout_s: float = 30.0) -> list
         return out
     finally:
         reader.close()
+
+
+def member_assignments(group: dict[str, Any]) -> list[dict[str, list[int]]]:
+    """Each member's assignment, ``{topic: sorted partitions}``, from a group's entry in
+    kafka-python's ``KafkaAdminClient.describe_groups`` (a member whose assignment is not decoded
+    owns nothing). For tests and benchmarks that check how a consumer group split its topics."""
+    out = []
+    for member in group.get("members", []):
+        assignment = member.get("member_assignment")
+        owned: dict[str, list[int]] = {}
+        if isinstance(assignment, dict):
+            for a in assignment.get("assigned_partitions", []):
+                owned[a["topic"]] = sorted([*owned.get(a["topic"], []), *a["partitions"]])
+        out.append(owned)
+    return out

@@ -48,7 +48,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from base import kafka as kafka_clients
-from base.kafka import read_topic
+from base.kafka import member_assignments, read_topic
 from base.settings import (
     TOPIC_CLICKS,
     TOPIC_DEAD_LETTER,
@@ -265,15 +265,7 @@ def partition_split(group: dict[str, Any], topic: str) -> Shares:
     """The partitions of ``topic`` each member of a consumer group owns, from the group's entry
     in kafka-python's ``KafkaAdminClient.describe_groups``. A member whose assignment is not
     decoded owns none."""
-    shares = []
-    for member in group.get("members", []):
-        assignment = member.get("member_assignment")
-        owned: list[int] = []
-        if isinstance(assignment, dict):
-            for a in assignment.get("assigned_partitions", []):
-                if a["topic"] == topic:
-                    owned += a["partitions"]
-        shares.append(sorted(owned))
+    shares = [owned.get(topic, []) for owned in member_assignments(group)]
     return sorted(shares, key=lambda share: (-len(share), share))
 
 

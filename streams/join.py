@@ -147,7 +147,7 @@ class RequestJoin:
         self._due: dict[int, list[tuple[int, str]]] = {}
         self._dirty: dict[str, int] = {}  # request_id -> partition, changed since take_changes
         self._dirty_imp: dict[str, int] = {}  # request_id -> partition, impression written/deleted
-        self._written_wm: dict[int, dict[str, Any]] = {}  # partition -> progress last taken
+        self._taken_progress: dict[int, dict[str, Any]] = {}  # partition -> progress last taken
         self._next_offset: dict[tuple[int, str], int] = {}  # (partition, topic) -> after the last applied
         self._replay_below: dict[tuple[int, str], int] = {}  # restored: records below were applied
         self.counts: Counter[tuple[str, str]] = Counter()
@@ -364,8 +364,8 @@ class RequestJoin:
             entry = self._open.get(rid)
             out.append((IMPRESSION + rid.encode(), p, None if entry is None else entry.raw))
         for p, progress in self._progress_now().items():
-            if self._written_wm.get(p) != progress:
-                self._written_wm[p] = progress
+            if self._taken_progress.get(p) != progress:
+                self._taken_progress[p] = progress
                 out.append((_watermark_key(p), p, orjson.dumps(progress)))
         self._dirty.clear()
         self._dirty_imp.clear()
@@ -451,7 +451,6 @@ class RequestJoin:
         self.__init__(self.config)  # type: ignore[misc]
         self.watermarks.inherit(old)  # an outage that revoked the partitions still holds them
         impressions = {k[len(IMPRESSION) :]: v for k, v in entries.items() if k.startswith(IMPRESSION)}
-        written: dict[int, int] = {}
         progress: dict[int, dict[str, Any]] = {}
         closes: dict[int, int] = {}
         opens: dict[int, int] = {}
@@ -466,8 +465,6 @@ class RequestJoin:
                     continue
                 if partitions is None or wp in partitions:
                     progress[wp] = {"w": wm, "o": offsets}
-                    if wm is not None:
-                        written[wp] = wm
                 continue
             if not key.startswith(ENTRY):
                 continue
@@ -484,10 +481,11 @@ class RequestJoin:
                 closes[p] = max(ts, closes.get(p, ts))
             elif kind == "open":
                 opens[p] = min(ts, opens.get(p, ts))
+        written = {p: d["w"] for p, d in progress.items() if d["w"] is not None}
         for p, ts in {**opens, **closes, **written}.items():
             self.watermarks.seed(p, ts, now_ms)
             self.watermarks.get(p)  # the floor: where the partition restarts, never below
-        self._written_wm = progress
+        self._taken_progress = progress
         self._next_offset = {(p, topic): o for p, d in progress.items() for topic, o in d["o"].items()}
         self._replay_below = dict(self._next_offset)
 
@@ -531,7 +529,7 @@ class RequestJoin:
                 del table[rid]
         for p in partitions:
             self._due.pop(p, None)
-            self._written_wm.pop(p, None)
+            self._taken_progress.pop(p, None)
         for positions in (self._next_offset, self._replay_below):
             for tp in [tp for tp in positions if tp[0] in partitions]:
                 del positions[tp]

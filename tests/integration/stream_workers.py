@@ -22,6 +22,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 
+from base.kafka import member_assignments
 from base.settings import TOPIC_CLICKS, TOPIC_DWELLS, TOPIC_IMPRESSIONS, Settings
 from base.topics import create_topics
 from schemas import Transition, decode, transition_id
@@ -211,11 +212,7 @@ def group_assignment(s: Settings, group: str) -> tuple[str, list[dict[str, list[
         described = admin.describe_groups([group])[group]
     finally:
         admin.close()
-    members = []
-    for member in described["members"]:
-        assignment = member["member_assignment"] or {"assigned_partitions": []}
-        members.append({a["topic"]: sorted(a["partitions"]) for a in assignment["assigned_partitions"]})
-    return described["group_state"], members
+    return described["group_state"], member_assignments(described)
 
 
 def send_in_real_time(s: Settings, lists: list[tuple[int, str, str]]) -> None:

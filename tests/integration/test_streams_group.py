@@ -88,12 +88,8 @@ def group(settings: Settings, unique_prefix: str, tmp_path: Path) -> Iterator[Gr
     g.stop()
 
 
-def owners(s: Settings, group_id: str, topics: list[str]) -> dict[int, set[int]] | None:
-    """Partition -> the members owning it (each member a number) over ``topics``, once the group
-    is stable; None while it rebalances."""
-    state, members = group_assignment(s, group_id)
-    if state != "Stable":
-        return None
+def owners(members: list[dict[str, list[int]]], topics: list[str]) -> dict[int, set[int]]:
+    """Partition -> the members owning it (each member a number) over ``topics``."""
     out: dict[int, set[int]] = {p: set() for p in range(PARTITIONS)}
     for m, assignment in enumerate(members):
         for topic in topics:
@@ -117,13 +113,13 @@ def assert_one_owner_each(g: Group, n_workers: int, after: str, timeout_s: float
         assert len(g.live()) == n_workers, g.tails()
         settled = True
         for group_id, topics in stages.items():
-            per_topic = [owners(s, group_id, [t]) for t in topics]
-            joint = owners(s, group_id, topics)
+            state, members = group_assignment(s, group_id)  # one description: one generation
+            joint = owners(members, topics)
             last[group_id] = joint
-            members = len(group_assignment(s, group_id)[1])
-            if joint is None or any(o is None for o in per_topic) or members != n_workers:
+            if state != "Stable" or len(members) != n_workers:
                 settled = False
                 break
+            per_topic = [owners(members, [t]) for t in topics]
             # one owner per partition, the same for every input topic of the stage
             if any(len(m) != 1 for m in joint.values()) or any(o != joint for o in per_topic):
                 settled = False
