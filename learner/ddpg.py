@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from learner import distributed
 from learner.numeric import all_finite, grads_finite
@@ -43,6 +42,9 @@ class DDPGConfig:
     """tanh head: action bound"""
     critic_hidden: int = 128
     """critic hidden width"""
+    critics: int = 1
+    """critics in the ensemble (1 = plain DDPG): each learns the same TD target from its own
+    initialization; the actor and the target use their mean"""
     actor_lr: float = 3e-4
     """actor Adam learning rate"""
     critic_lr: float = 1e-3
@@ -77,6 +79,40 @@ class QNetwork(nn.Module):
         return self.net(torch.cat([obs, action], dim=-1)).squeeze(-1)  # (B,)
 
 
+class QEnsemble(nn.Module):
+    """N independently initialized critics; Q(s, a) is their mean.
+
+    A critic that learns a small action effect under noisy rewards fits a different slope from
+    each initialization and each minibatch; the actor, which follows the slope, inherits that
+    noise. The mean of N critics has 1/N of its variance (as far as the members' errors are
+    independent) at N times a tiny MLP's cost.
+    """
+
+    def __init__(self, n: int, obs_dim: int, action_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(QNetwork(obs_dim, action_dim, hidden) for _ in range(n))
+
+    def values(self, obs: Tensor, action: Tensor) -> Tensor:
+        return torch.stack([q(obs, action) for q in self.members])  # (N, B)
+
+    def forward(self, obs: Tensor, action: Tensor) -> Tensor:
+        return self.values(obs, action).mean(0)  # (B,)
+
+
+def make_critic(cfg: DDPGConfig) -> nn.Module:
+    """One QNetwork (plain DDPG, the checkpoint layout of before ensembles) or a QEnsemble."""
+    if cfg.critics < 1:
+        raise ValueError(f"critics must be >= 1, got {cfg.critics}")
+    if cfg.critics == 1:
+        return QNetwork(cfg.obs_dim, cfg.action_dim, cfg.critic_hidden)
+    return QEnsemble(cfg.critics, cfg.obs_dim, cfg.action_dim, cfg.critic_hidden)
+
+
+def critic_values(qf: nn.Module, obs: Tensor, action: Tensor) -> Tensor:
+    """Every member's Q(s, a) (N, B); a single critic is an ensemble of one."""
+    return qf.values(obs, action) if isinstance(qf, QEnsemble) else qf(obs, action).unsqueeze(0)
+
+
 def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     with torch.no_grad():
         for tp, p in zip(target.parameters(), online.parameters(), strict=True):
@@ -88,7 +124,7 @@ class DDPG:
         self.cfg = cfg
         self.device = torch.device(device)
         self.actor = Actor(cfg.actor_config()).to(self.device)
-        self.qf = QNetwork(cfg.obs_dim, cfg.action_dim, cfg.critic_hidden).to(self.device)
+        self.qf = make_critic(cfg).to(self.device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
@@ -118,10 +154,12 @@ class DDPG:
         cfg = self.cfg
         with torch.no_grad():
             next_actions = self.actor_target(next_obs)
-            next_q = self.qf_target(next_obs, next_actions)  # (B,)
+            next_q = self.qf_target(next_obs, next_actions)  # (B,) the ensemble's mean
             td_target = rewards + cfg.gamma * (1.0 - dones) * next_q
-        qf_values = self.qf(obs, actions)  # (B,)
-        qf_loss = F.mse_loss(qf_values, td_target)
+        member_values = critic_values(self.qf, obs, actions)  # (N, B)
+        qf_values = member_values.mean(0)  # (B,)
+        # each member regresses on the same target: the sum keeps each member's step as in plain DDPG
+        qf_loss = (member_values - td_target).pow(2).mean(1).sum()
         self.q_optimizer.zero_grad(set_to_none=True)
         qf_loss.backward()
         distributed.average_grads_(self.qf.parameters())  # data parallel: the same step on every rank

@@ -116,6 +116,8 @@ class PAPERecConfig:
     """weight generator (DDPG actor) hidden width"""
     critic_hidden: int = 128
     """critic hidden width"""
+    critics: int = 1
+    """critics in the weight generator's ensemble; the actor ascends their mean (learner.ddpg.QEnsemble)"""
     temperature: float = 1.0
     """softmax temperature of the weight generator"""
     actor_lr: float = 3e-4

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Iterator
 
 import pytest
 import torch
 
-from learner.ddpg import DDPG, DDPGConfig
+from learner.ddpg import DDPG, DDPGConfig, QEnsemble, QNetwork
 from model.policy import Actor, ActorConfig
 from model.runtime import torch_threads
 
@@ -74,7 +75,8 @@ def test_tanh_head_learns_point_mass() -> None:
     assert learned_return > -2.0
 
 
-def test_simplex_head_learns_state_dependent_weights() -> None:
+@pytest.mark.parametrize("critics", [1, 3])
+def test_simplex_head_learns_state_dependent_weights(critics: int) -> None:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     mixing = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [-1.0, -1.5]])
@@ -84,7 +86,7 @@ def test_simplex_head_learns_state_dependent_weights() -> None:
 
     cfg = DDPGConfig(
         obs_dim=2, action_dim=3, head="simplex", hidden=64, critic_hidden=64, gamma=0.0, tau=0.05,
-        actor_lr=1e-3, critic_lr=2e-3,
+        actor_lr=1e-3, critic_lr=2e-3, critics=critics,
     )  # fmt: skip
     noise = 0.5  # exploration
     agent = DDPG(cfg)
@@ -121,9 +123,10 @@ def test_heads_respect_their_action_sets() -> None:
     assert a.abs().max() <= 2.0 and (a.abs() == 2.0).any()  # clipped to the bound
 
 
-def test_state_dict_round_trip_and_no_input_mutation() -> None:
+@pytest.mark.parametrize("critics", [1, 3])
+def test_state_dict_round_trip_and_no_input_mutation(critics: int) -> None:
     torch.manual_seed(0)
-    cfg = DDPGConfig(obs_dim=3, action_dim=2, head="simplex", policy_frequency=2)
+    cfg = DDPGConfig(obs_dim=3, action_dim=2, head="simplex", policy_frequency=2, critics=critics)
     g = torch.Generator().manual_seed(0)
     batch = [torch.randn(16, 3, generator=g), torch.softmax(torch.randn(16, 2, generator=g), -1),
              torch.randn(16, generator=g), torch.randn(16, 3, generator=g), torch.zeros(16)]  # fmt: skip
@@ -140,6 +143,35 @@ def test_state_dict_round_trip_and_no_input_mutation() -> None:
     assert agent.update(*batch) == fresh.update(*batch)
     for a, b in zip(agent.actor_target.parameters(), fresh.actor_target.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_one_critic_keeps_the_plain_layout_and_an_ensemble_steps_each_member_as_plain_ddpg() -> None:
+    """critics=1 is plain DDPG (the checkpoint layout of before ensembles: old checkpoints load);
+    with N critics, Q is the members' mean and each member takes the step a lone critic would
+    take towards the same TD target."""
+    torch.manual_seed(0)
+    assert isinstance(DDPG(DDPGConfig(obs_dim=3, action_dim=2)).qf, QNetwork)
+    cfg = DDPGConfig(obs_dim=3, action_dim=2, critics=3, critic_lr=1e-2, gamma=0.9)
+    agent = DDPG(cfg)
+    assert isinstance(agent.qf, QEnsemble) and len(agent.qf.members) == 3
+    g = torch.Generator().manual_seed(0)
+    obs, next_obs = torch.randn(16, 3, generator=g), torch.randn(16, 3, generator=g)
+    action = torch.softmax(torch.randn(16, 2, generator=g), -1)
+    reward, done = torch.randn(16, generator=g), torch.zeros(16)
+    members = agent.qf.values(obs, action)  # (N, B)
+    assert members.shape == (3, 16) and not torch.allclose(members[0], members[1])  # own inits
+    assert torch.allclose(agent.qf(obs, action), members.mean(0))
+    with torch.no_grad():
+        target = reward + cfg.gamma * agent.qf_target(next_obs, agent.actor_target(next_obs))
+    lone = copy.deepcopy(agent.qf.members[1])  # a plain critic stepped by hand towards that target
+    opt = torch.optim.Adam(lone.parameters(), lr=cfg.critic_lr)
+    torch.nn.functional.mse_loss(lone(obs, action), target).backward()
+    opt.step()
+    agent.update(obs, action, reward, next_obs, done)
+    for a, b in zip(agent.qf.members[1].parameters(), lone.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="critics"):
+        DDPG(DDPGConfig(critics=0))
 
 
 class _InteriorQ(torch.nn.Module):
