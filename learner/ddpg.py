@@ -57,6 +57,12 @@ class DDPGConfig:
     """actor and target updates every this many critic updates"""
     preactivation_penalty: float = 0.0
     """weight of mean(z^2) of the actor's pre-head outputs z in its loss (0 = plain DDPG)"""
+    actor_search: int = 0
+    """simplex head: 0 = the actor ascends Q(s, mu(s)) (deterministic policy gradient); N > 0 =
+    it regresses (cross-entropy) on the best of N weights drawn uniformly on the simplex per state
+    under the critic, a step whose gradient does not vanish where the softmax saturates"""
+    seed: int = 0
+    """seeds the actor_search draws (with the update count: a step is a pure function of the state)"""
 
     def actor_config(self) -> ActorConfig:
         return sub_config(ActorConfig, self)
@@ -130,6 +136,8 @@ class DDPG:
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.q_optimizer = torch.optim.Adam(self.qf.parameters(), lr=cfg.critic_lr)
         self.num_updates = 0
+        if cfg.actor_search > 0 and cfg.head != "simplex":
+            raise ValueError(f"actor_search needs the simplex head, got head={cfg.head!r}")
 
     def update(
         self,
@@ -146,7 +154,8 @@ class DDPG:
         obs, next_obs (B, S); actions (B, A); rewards, dones (B,). Inputs are not modified.
         ``actor_penalty``: maps the actor's actions (B, A) to a per-row penalty (B,) that the actor
         also minimizes (its loss is mean(-Q(s, mu(s)) + penalty(mu(s)))): a known, differentiable
-        cost of the action that the critic need not learn by TD.
+        cost of the action that the critic need not learn by TD. With ``actor_search`` it also
+        takes candidates (B, M, A) to (B, M): the search maximizes Q - penalty.
         A non-finite loss or gradient skips the optimizer step it precedes and returns
         ``nonfinite_step = 1`` (if the actor's is, the critic has stepped already: undoing it is
         the caller's, see ``Trainer.step``).
@@ -175,11 +184,18 @@ class DDPG:
 
         self.num_updates += 1
         if self.num_updates % cfg.policy_frequency == 0:
-            # deterministic policy gradient: ascend Q(s, mu(s)) through the critic into the actor
             self.qf.requires_grad_(False)
             z = self.actor.net(obs)  # (B, A) pre-head outputs (logits for the simplex head)
             pi = self.actor.head(z)  # (B, A)
-            actor_loss = -self.qf(obs, pi).mean()
+            if cfg.actor_search > 0:
+                # policy improvement by search: the critic's best of N drawn weights is the target
+                best = self._search(obs, actor_penalty)  # (B, A)
+                actor_loss = -(best * torch.log_softmax(z / cfg.temperature, -1)).sum(-1).mean()
+                actor_penalty = None  # already in the search's objective
+                metrics["actor_q"] = self.qf(obs, pi).mean().item()
+            else:
+                # deterministic policy gradient: ascend Q(s, mu(s)) through the critic into the actor
+                actor_loss = -self.qf(obs, pi).mean()
             if cfg.preactivation_penalty > 0:
                 # A saturated head (softmax at a corner, tanh at its bound) passes almost no
                 # gradient of Q back to z: once there, the actor cannot return, whatever the
@@ -204,6 +220,20 @@ class DDPG:
             soft_update(self.qf_target, self.qf, cfg.tau)
             metrics["actor_loss"] = actor_loss.item()
         return metrics
+
+    @torch.no_grad()
+    def _search(self, obs: Tensor, penalty: Callable[[Tensor], Tensor] | None) -> Tensor:
+        """For each state (B, S), the best of ``actor_search`` weights (B, A) drawn uniformly on
+        the simplex, by Q(s, w) (minus ``penalty(w)``). The draws are seeded by (seed, update
+        count), so a step stays a pure function of the learner's state and its batch."""
+        b, m, k = obs.shape[0], self.cfg.actor_search, self.cfg.action_dim
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.num_updates)
+        e = -torch.rand(b, m, k, generator=g).clamp_min(1e-12).log()  # (B, M, K) Exp(1)
+        candidates = (e / e.sum(-1, keepdim=True)).to(obs)  # (B, M, K) Dirichlet(1): uniform
+        q = self.qf(obs.repeat_interleave(m, 0), candidates.reshape(b * m, k)).view(b, m)  # (B, M)
+        if penalty is not None:
+            q = q - penalty(candidates)
+        return candidates[torch.arange(b, device=obs.device), q.argmax(1)]  # (B, K)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -146,6 +146,10 @@ class PAPERecConfig:
     reward, which is computable for any weights; 0 = the logged weights only (plain DDPG)"""
     policy_frequency: int = 1
     """actor updates every this many critic updates"""
+    actor_search: int = 0
+    """weight generator's actor step: 0 = deterministic policy gradient (DDPG, as published); N > 0
+    = cross-entropy towards the critic's best of N weights drawn uniformly on the simplex
+    (learner.ddpg.DDPGConfig.actor_search)"""
     preactivation_penalty: float = 1e-3
     """weight of mean(z^2) of the weight generator's logits z in its loss: keeps the softmax off
     the corners, where the gradient of Q vanishes and the actor could never come back (learner.md)"""

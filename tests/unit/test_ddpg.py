@@ -75,8 +75,8 @@ def test_tanh_head_learns_point_mass() -> None:
     assert learned_return > -2.0
 
 
-@pytest.mark.parametrize("critics", [1, 3])
-def test_simplex_head_learns_state_dependent_weights(critics: int) -> None:
+@pytest.mark.parametrize(("critics", "search"), [(1, 0), (3, 0), (1, 32)])
+def test_simplex_head_learns_state_dependent_weights(critics: int, search: int) -> None:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     mixing = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [-1.0, -1.5]])
@@ -86,7 +86,7 @@ def test_simplex_head_learns_state_dependent_weights(critics: int) -> None:
 
     cfg = DDPGConfig(
         obs_dim=2, action_dim=3, head="simplex", hidden=64, critic_hidden=64, gamma=0.0, tau=0.05,
-        actor_lr=1e-3, critic_lr=2e-3, critics=critics,
+        actor_lr=1e-3, critic_lr=2e-3, critics=critics, actor_search=search,
     )  # fmt: skip
     noise = 0.5  # exploration
     agent = DDPG(cfg)
@@ -172,6 +172,8 @@ def test_one_critic_keeps_the_plain_layout_and_an_ensemble_steps_each_member_as_
         assert torch.allclose(a, b, atol=1e-6)
     with pytest.raises(ValueError, match="critics"):
         DDPG(DDPGConfig(critics=0))
+    with pytest.raises(ValueError, match="actor_search"):
+        DDPG(DDPGConfig(head="tanh", actor_search=8))
 
 
 class _InteriorQ(torch.nn.Module):
@@ -185,15 +187,17 @@ class _InteriorQ(torch.nn.Module):
         return -((action[:, 1] - 0.3) ** 2) + 0.0 * self.unused
 
 
-@pytest.mark.parametrize("penalty", [0.0, 1e-2])
-def test_preactivation_penalty_brings_a_saturated_actor_back(penalty: float) -> None:
+@pytest.mark.parametrize(("penalty", "search"), [(0.0, 0), (1e-2, 0), (0.0, 32)])
+def test_preactivation_penalty_or_search_brings_a_saturated_actor_back(penalty: float, search: int) -> None:
     """A softmax actor pushed to a corner (logits +-12) gets no gradient of Q back through the
     saturated head: without the penalty it stays at the corner although the critic's optimum is
-    inside; with it, the actor returns to where the critic's gradient acts."""
+    inside; with it, the actor returns to where the critic's gradient acts. The search step's
+    cross-entropy gradient (mu - best) does not vanish at the corner: it returns without one."""
     torch.manual_seed(0)
     cfg = DDPGConfig(
-        obs_dim=3, action_dim=2, hidden=8, critic_lr=0.0, actor_lr=1e-2, preactivation_penalty=penalty
-    )
+        obs_dim=3, action_dim=2, hidden=8, critic_lr=0.0, actor_lr=1e-2, preactivation_penalty=penalty,
+        actor_search=search,
+    )  # fmt: skip
     ddpg = DDPG(cfg)
     last = ddpg.actor.net[-1]
     assert isinstance(last, torch.nn.Linear)
@@ -208,7 +212,7 @@ def test_preactivation_penalty_brings_a_saturated_actor_back(penalty: float) -> 
         ddpg.update(obs, torch.full((64, 2), 0.5), zeros, obs, zeros)
     with torch.no_grad():
         w_dwell = float(ddpg.actor(obs)[:, 1].mean())
-    if penalty == 0.0:
+    if penalty == 0.0 and search == 0:
         assert w_dwell > 0.999  # stuck at the corner
     else:
         assert 0.2 < w_dwell < 0.5  # back near the critic's optimum (0.3)
