@@ -135,9 +135,10 @@ class PAPERecConfig:
     """std of the logit noise on widely explored lists (wide enough to learn the response to weights)"""
     exploration_wide_share: float = 0.0
     """share of lists explored with exploration_wide_noise (drawn per list)"""
-    exploration_uniform_share: float = 0.25
+    exploration_uniform_share: float = 0.5
     """share of lists served weights uniform on the simplex, whatever the actor outputs (covers the
-    interior once the softmax saturates); the rest (1 - wide - uniform) get exploration_noise"""
+    interior once the softmax saturates, and gives the critic the weights' effect to learn); the
+    rest (1 - wide - uniform) get exploration_noise (0.5 chosen on dev seeds, docs/evaluation.md)"""
     list_scaled_reward: bool = False
     """divide each list's reward by sum_k ||g_k|| (after grad_normalize): every list counts the
     same in the critic's expectation, whatever its gradient magnitudes; the list's optimum is kept"""
@@ -150,9 +151,10 @@ class PAPERecConfig:
     """weight generator's actor step: 0 = deterministic policy gradient (DDPG, as published); N > 0
     = cross-entropy towards the critic's best of N weights drawn uniformly on the simplex
     (learner.ddpg.DDPGConfig.actor_search)"""
-    preactivation_penalty: float = 1e-3
+    preactivation_penalty: float = 1e-2
     """weight of mean(z^2) of the weight generator's logits z in its loss: keeps the softmax off
-    the corners, where the gradient of Q vanishes and the actor could never come back (learner.md)"""
+    the corners, where the gradient of Q vanishes and the actor could never come back (learner.md;
+    1e-2 chosen on dev seeds, docs/evaluation.md)"""
     single_objective: str = "click"
     """single: the objective trained"""
     fixed_weights: tuple[float, ...] = (0.5, 0.5)
