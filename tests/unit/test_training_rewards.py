@@ -147,8 +147,16 @@ def test_list_regret_is_exact_and_zero_at_the_min_norm_weights() -> None:
 
 def test_hybrid_actor_moves_to_the_min_norm_weights_under_a_zero_critic() -> None:
     # critic_lr = 0 and a zero last layer: Q = 0 everywhere, the actor sees the exact penalty alone;
-    # ranker_lr = 0: the lists' gradients, hence their min-norm weights w*, stay as they are
-    cfg = config(reward="hybrid", grad_normalize="none", critic_lr=0.0, actor_lr=2e-3, ranker_lr=0.0)
+    # ranker_lr = 0: the lists' gradients, hence their min-norm weights w*, stay as they are;
+    # no preactivation penalty: its pull towards equal weights is not the regret's
+    cfg = config(
+        reward="hybrid",
+        grad_normalize="none",
+        critic_lr=0.0,
+        actor_lr=2e-3,
+        ranker_lr=0.0,
+        preactivation_penalty=0.0,
+    )
     trainer = Trainer(cfg)
     strategy = paperec(trainer)
     last = list(strategy.ddpg.qf.net.children())[-1]
