@@ -105,7 +105,7 @@ class QEnsemble(nn.Module):
         return self.values(obs, action).mean(0)  # (B,)
 
 
-def make_critic(cfg: DDPGConfig) -> nn.Module:
+def make_critic(cfg: DDPGConfig) -> QNetwork | QEnsemble:
     """One QNetwork (plain DDPG, the checkpoint layout of before ensembles) or a QEnsemble."""
     if cfg.critics < 1:
         raise ValueError(f"critics must be >= 1, got {cfg.critics}")

@@ -13,6 +13,7 @@ import torch
 from base.config_flags import build_config
 from learner import training
 from learner.cli import configure
+from learner.ddpg import QNetwork
 from learner.mgda import min_norm, weighted_norm
 from learner.training import (
     REWARDS,
@@ -159,6 +160,7 @@ def test_hybrid_actor_moves_to_the_min_norm_weights_under_a_zero_critic() -> Non
     )
     trainer = Trainer(cfg)
     strategy = paperec(trainer)
+    assert isinstance(strategy.ddpg.qf, QNetwork)  # critics=1: the plain critic
     last = list(strategy.ddpg.qf.net.children())[-1]
     assert isinstance(last, torch.nn.Linear)
     torch.nn.init.zeros_(last.weight)
