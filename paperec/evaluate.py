@@ -64,6 +64,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="worker processes (0: min(CPU cores, 2)); results do not depend on it",
     )
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        help="seeds training alone (models, exploration, replay sampling; default: --seed); the world "
+        "and the evaluation sessions stay --seed's: runs differing only in it are replicate trainings",
+    )
     parser.add_argument("--no-oracle", action="store_true", help="skip the oracle headroom")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -100,6 +106,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     spec = EvaluationSpec(
         seed=args.seed,
+        train_seed=args.train_seed,
         learner_overrides=overrides,
         setting="control" if args.control else (args.setting or "default"),
         simulator_overrides=simulator,

@@ -54,6 +54,13 @@ class EvaluationSpec:
     threads: int = 1  # torch threads per process (tiny models: 1 is fastest)
     progress: bool = True
     oracle: bool = True  # the oracle headroom on the evaluation sessions
+    train_seed: int | None = None
+    """seeds what training draws (the models' init and per-step randomness, the exploration, the
+    replay sampling); None = ``seed``. The world and its sessions stay ``seed``'s: runs that differ
+    only in it are replicate trainings evaluated on the same sessions (the training's own noise)"""
+
+    def training_seed(self) -> int:
+        return self.seed if self.train_seed is None else self.train_seed
 
     def simulator_config(self) -> SimulatorConfig:
         base = self.simulator.replace(seed=self.seed)
@@ -68,7 +75,7 @@ class EvaluationSpec:
 
     def learner_config(self) -> PAPERecConfig:
         ranker = self.simulator_config().ranker_config()
-        return PAPERecConfig(ranker=ranker, seed=self.seed, device="cpu", **self.learner_overrides)
+        return PAPERecConfig(ranker=ranker, seed=self.training_seed(), device="cpu", **self.learner_overrides)
 
     def specs(self) -> list[PolicySpec]:
         grid = self.grid if self.grid is not None else (QUICK_GRID if self.quick else FULL_GRID)
@@ -91,7 +98,7 @@ def _run_one(
     torch.set_num_threads(spec.threads)
     world = World.build(spec.simulator_config())
     contender = Contender(policy, spec.learner_config())
-    return run_contender(contender, world, spec.the_budget(), spec.seed, progress)
+    return run_contender(contender, world, spec.the_budget(), spec.training_seed(), progress)
 
 
 def _run_oracle(spec: EvaluationSpec) -> OracleData:
@@ -148,6 +155,7 @@ def run_evaluation(spec: EvaluationSpec, out_dir: Path | None = None) -> dict[st
         budget=dataclasses.asdict(spec.the_budget()),
         learner=config_to_dict(spec.learner_config()),
         workers=spec.workers,
+        train_seed=spec.training_seed(),
         runtime_seconds=round(time.perf_counter() - t0, 1),
     )
     if out_dir is not None:

@@ -29,7 +29,9 @@ def _pm(e: Mapping[str, Any], digits: int) -> str:
 
 
 def _run(r: Mapping[str, Any]) -> str:
-    return f"| {r['setting']} | {r['seed']} |"
+    train = r.get("train_seed")  # a replicate training (--train-seed) is labelled as such
+    seed = r["seed"] if train in (None, r["seed"]) else f"{r['seed']} (train {train})"
+    return f"| {r['setting']} | {seed} |"
 
 
 def totals_table(reports: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -161,6 +163,26 @@ def test_summary_of_reports(tmp_path: Path) -> None:
     assert "| default | 1 | paperec_engagement | engagement |" in table  # the reward probe
     for title in ("Paired differences vs PE-LTR", "per preference tercile", "Oracle headroom"):
         assert title in table
+
+
+def test_a_train_seed_replicates_training_on_the_same_world() -> None:
+    """--train-seed reseeds training alone: the default is --seed (the same run), another value a
+    replicate training of every policy on the same simulated world and evaluation sessions."""
+    base = EvaluationSpec(
+        seed=1, simulator=SIM, budget=TINY_BUDGET, progress=False, policies=("fixed_0.50",), oracle=False
+    )
+
+    def outcome(report: dict[str, Any]) -> tuple[float, float]:
+        p = report["policies"]["fixed_0.50"]
+        return p["clicks_per_session"]["value"], p["dwell_s_per_session"]["value"]
+
+    default = run_evaluation(base, None)
+    same = run_evaluation(dataclasses.replace(base, train_seed=1), None)
+    other = run_evaluation(dataclasses.replace(base, train_seed=5), None)
+    assert (default["train_seed"], default["learner"]["seed"]) == (1, 1)
+    assert outcome(same) == outcome(default)
+    assert (other["train_seed"], other["learner"]["seed"], other["simulator"]["seed"]) == (5, 5, 1)
+    assert outcome(other) != outcome(default)
 
 
 def test_learner_overrides_are_parsed_by_field_type() -> None:
