@@ -46,7 +46,6 @@ import numpy as np
 import torch
 
 from base.settings import Settings
-from learner.training import PAPERecConfig
 from model.featurize import ListView, list_inputs
 from model.policy import ActorConfig
 from model.scoring import ActorModel, policy_obs, policy_obs_dim
@@ -90,8 +89,11 @@ class OPEValidationConfig:
     """lists of the target's own sessions for the on-policy truth"""
     logging_weights: tuple[float, ...] = (0.5, 0.5)
     """the logging policy's constant weights (click, dwell)"""
-    logging_exploration: Exploration = field(default_factory=lambda: PAPERecConfig().exploration())
-    """the learner's default exploration (serving's)"""
+    logging_exploration: Exploration = field(
+        default_factory=lambda: Exploration(noise_std=0.1, wide_std=1.0, wide_share=0.0, uniform_share=0.25)
+    )
+    """the learner's default exploration when the validation was declared and ran (docs/rollout.md);
+    the default is half uniform lists since issue 17's second round, a fresh validation may set it"""
     target_exploration: Exploration = field(default_factory=lambda: Exploration(noise_std=0.3))
     """the target's exploration: logit noise only"""
     draws: int = 64
