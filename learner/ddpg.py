@@ -180,7 +180,8 @@ class DDPG:
             self.q_optimizer.zero_grad(set_to_none=True)
             return {"nonfinite_step": 1.0}
         self.q_optimizer.step()
-        metrics = {"qf_loss": qf_loss.item(), "qf_value": qf_values.mean().item()}
+        # per member, so that the metric reads the same whatever the ensemble's size
+        metrics = {"qf_loss": qf_loss.item() / member_values.shape[0], "qf_value": qf_values.mean().item()}
 
         self.num_updates += 1
         if self.num_updates % cfg.policy_frequency == 0:

@@ -167,7 +167,9 @@ def test_one_critic_keeps_the_plain_layout_and_an_ensemble_steps_each_member_as_
     opt = torch.optim.Adam(lone.parameters(), lr=cfg.critic_lr)
     torch.nn.functional.mse_loss(lone(obs, action), target).backward()
     opt.step()
-    agent.update(obs, action, reward, next_obs, done)
+    metrics = agent.update(obs, action, reward, next_obs, done)
+    per_member = (members - target).pow(2).mean().item()
+    assert metrics["qf_loss"] == pytest.approx(per_member, rel=1e-5)  # the metric reads per member
     for a, b in zip(agent.qf.members[1].parameters(), lone.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
     with pytest.raises(ValueError, match="critics"):
