@@ -84,6 +84,10 @@ class QNetwork(nn.Module):
     def forward(self, obs: Tensor, action: Tensor) -> Tensor:
         return self.net(torch.cat([obs, action], dim=-1)).squeeze(-1)  # (B,)
 
+    def values(self, obs: Tensor, action: Tensor) -> Tensor:
+        """Q(s, a) as an ensemble of one (1, B), like :meth:`QEnsemble.values`."""
+        return self(obs, action).unsqueeze(0)
+
 
 class QEnsemble(nn.Module):
     """N independently initialized critics; Q(s, a) is their mean.
@@ -112,11 +116,6 @@ def make_critic(cfg: DDPGConfig) -> QNetwork | QEnsemble:
     if cfg.critics == 1:
         return QNetwork(cfg.obs_dim, cfg.action_dim, cfg.critic_hidden)
     return QEnsemble(cfg.critics, cfg.obs_dim, cfg.action_dim, cfg.critic_hidden)
-
-
-def critic_values(qf: nn.Module, obs: Tensor, action: Tensor) -> Tensor:
-    """Every member's Q(s, a) (N, B); a single critic is an ensemble of one."""
-    return qf.values(obs, action) if isinstance(qf, QEnsemble) else qf(obs, action).unsqueeze(0)
 
 
 def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
@@ -165,7 +164,7 @@ class DDPG:
             next_actions = self.actor_target(next_obs)
             next_q = self.qf_target(next_obs, next_actions)  # (B,) the ensemble's mean
             td_target = rewards + cfg.gamma * (1.0 - dones) * next_q
-        member_values = critic_values(self.qf, obs, actions)  # (N, B)
+        member_values = self.qf.values(obs, actions)  # (N, B)
         qf_values = member_values.mean(0)  # (B,)
         # each member regresses on the same target: the sum keeps each member's step as in plain DDPG
         qf_loss = (member_values - td_target).pow(2).mean(1).sum()

@@ -188,6 +188,9 @@ class _InteriorQ(torch.nn.Module):
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return -((action[:, 1] - 0.3) ** 2) + 0.0 * self.unused
 
+    def values(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self(obs, action).unsqueeze(0)  # the critic's interface: an ensemble of one
+
 
 @pytest.mark.parametrize(("penalty", "search"), [(0.0, 0), (1e-2, 0), (0.0, 32)])
 def test_preactivation_penalty_or_search_brings_a_saturated_actor_back(penalty: float, search: int) -> None:
