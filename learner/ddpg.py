@@ -118,6 +118,12 @@ def make_critic(cfg: DDPGConfig) -> QNetwork | QEnsemble:
     return QEnsemble(cfg.critics, cfg.obs_dim, cfg.action_dim, cfg.critic_hidden)
 
 
+def q_at(qf: nn.Module, obs: Tensor, weights: Tensor) -> Tensor:
+    """Q(s_b, w_bm) of each state (B, S) at its M actions ``weights`` (B, M, A): (B, M)."""
+    b, m, a = weights.shape
+    return qf(obs.repeat_interleave(m, 0), weights.reshape(b * m, a)).view(b, m)
+
+
 def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     with torch.no_grad():
         for tp, p in zip(target.parameters(), online.parameters(), strict=True):
@@ -230,7 +236,7 @@ class DDPG:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.num_updates)
         e = -torch.rand(b, m, k, generator=g).clamp_min(1e-12).log()  # (B, M, K) Exp(1)
         candidates = (e / e.sum(-1, keepdim=True)).to(obs)  # (B, M, K) Dirichlet(1): uniform
-        q = self.qf(obs.repeat_interleave(m, 0), candidates.reshape(b * m, k)).view(b, m)  # (B, M)
+        q = q_at(self.qf, obs, candidates)  # (B, M)
         if penalty is not None:
             q = q - penalty(candidates)
         return candidates[torch.arange(b, device=obs.device), q.argmax(1)]  # (B, K)

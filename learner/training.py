@@ -58,7 +58,7 @@ from typing import Any, ClassVar
 import torch
 
 from learner import distributed
-from learner.ddpg import DDPG, DDPGConfig
+from learner.ddpg import DDPG, DDPGConfig, q_at
 from learner.grads import batch_grads, per_list_param_grads, per_list_repr_grads, shared_parameters
 from learner.mgda import Normalize, RunningGradScale, gram_norm, min_norm, normalize_grads, weighted_norm
 from learner.numeric import all_finite, nonfinite_rows
@@ -415,7 +415,7 @@ class PAPERecStrategy(Strategy):
         hybrid's lambda is calibrated as c * qf_spread / regret_spread."""
         b, g = obs.shape[0], self.spread_grid.shape[0]
         grid = self.spread_grid.to(obs.dtype)  # (G, K)
-        q = self.ddpg.qf(obs.repeat_interleave(g, 0), grid.repeat(b, 1)).view(b, g)  # (B, G)
+        q = q_at(self.ddpg.qf, obs, grid.expand(b, g, -1))  # (B, G)
         out = {"qf_spread": (q.amax(1) - q.amin(1)).mean().item()}
         if regret is not None:
             r = regret(grid.expand(b, g, -1))  # (B, G)
@@ -611,8 +611,7 @@ class Trainer:
                     assert regret is not None
                     objective = -gram_norm(regret.gram, grid_w)  # (B, G)
                 else:
-                    q = strategy.ddpg.qf(obs.repeat_interleave(g, 0), grid_w.reshape(b * g, -1))
-                    objective = q.view(b, g)  # (B, G)
+                    objective = q_at(strategy.ddpg.qf, obs, grid_w)  # (B, G)
                     if self.cfg.reward == "hybrid":
                         assert regret is not None
                         objective = objective - self.cfg.hybrid_lambda * regret(grid_w)
